@@ -1,0 +1,71 @@
+//! Journal errors. Every variant that concerns one record names its LSN, so an
+//! operator can find it with `replaymig journal dump --from LSN`.
+
+use crate::Lsn;
+use std::path::PathBuf;
+
+/// Why a journal operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// A stored record's checksum does not match its bytes: storage corruption.
+    #[error("journal record at LSN {lsn} is corrupt: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// Where the corrupt record lives.
+        lsn: Lsn,
+        /// The checksum kept with the record.
+        stored: u32,
+        /// The checksum of the bytes as read.
+        computed: u32,
+    },
+    /// A record's bytes do not parse (truncated, unknown kind, bad lengths).
+    #[error("journal record at LSN {lsn} is malformed: {reason}")]
+    Malformed {
+        /// Where the bad record lives.
+        lsn: Lsn,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The record was written by a newer (or unknown) format version.
+    #[error("journal record at LSN {lsn} has unsupported format version {version}")]
+    UnsupportedVersion {
+        /// Where the record lives.
+        lsn: Lsn,
+        /// The version byte found.
+        version: u8,
+    },
+    /// A key in the log tree is not an 8-byte big-endian LSN.
+    #[error("journal key of {len} bytes is not an LSN (expected 8)")]
+    BadKey {
+        /// Length of the odd key.
+        len: usize,
+    },
+    /// The directory holds no journal (and we were told not to create one).
+    #[error("{} is not a replaymig journal: {reason}", dir.display())]
+    NotAJournal {
+        /// The directory given.
+        dir: PathBuf,
+        /// What is missing or foreign there.
+        reason: String,
+    },
+    /// Another process holds the journal open (sled keeps an exclusive lock).
+    #[error("journal at {} is in use by another process (a running proxy?)", dir.display())]
+    Locked {
+        /// The directory given.
+        dir: PathBuf,
+    },
+    /// The storage engine failed (I/O error, full disk, corruption it detected).
+    #[error("journal storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// Plain I/O around the storage (fsync of the data file, creating the dir).
+    #[error("journal I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The journal was closed; no more appends are accepted.
+    #[error("journal is closed")]
+    Closed,
+    /// A caller asked for something the journal cannot hold.
+    #[error("invalid journal request: {0}")]
+    Invalid(String),
+}
+
+/// Result alias for journal operations.
+pub type Result<T, E = JournalError> = std::result::Result<T, E>;

@@ -1,0 +1,220 @@
+//! replaymig's write-ahead input journal.
+//!
+//! Every byte a client sends to a journaled service is appended here, under a
+//! log sequence number (LSN), before the proxy forwards it. LSNs are `u64`,
+//! start at 1, are contiguous and are never reused (not even after
+//! truncation). Records are versioned and checksummed ([`record`]); a record
+//! that fails its checksum is an error naming its LSN, never skipped.
+//!
+//! Appends go through one writer thread that groups concurrent appends into
+//! one flush (group commit) and answers only once the group is as durable as
+//! the [`Durability`] mode promises. Readers get verified ranges, a live
+//! [`Tail`] (what log shipping uses) and [`stat::JournalStats`].
+//!
+//! The public API has no sled types: the storage can change underneath.
+
+pub mod durability;
+pub mod error;
+pub mod names;
+pub mod record;
+pub mod stat;
+mod store;
+mod tail;
+mod writer;
+
+pub use durability::Durability;
+pub use error::{JournalError, Result};
+pub use record::{ConnId, Record};
+pub use store::{Entry, OpenMode};
+pub use tail::Tail;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use store::Store;
+use tokio::sync::{mpsc, oneshot, watch};
+use writer::{Records, Request, Writer};
+
+/// A log sequence number: a record's position in the journal.
+pub type Lsn = u64;
+
+/// How many appends may wait for the writer before callers are slowed down.
+const WRITER_QUEUE: usize = 8192;
+
+/// How to open a journal.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalOptions {
+    /// What an append promises before it returns.
+    pub durability: Durability,
+    /// Whether a missing journal is created.
+    pub mode: OpenMode,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            durability: Durability::Batch,
+            mode: OpenMode::CreateIfMissing,
+        }
+    }
+}
+
+/// A handle to an open journal; cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    durability: Durability,
+    /// Appends and the close request go to the writer thread through here.
+    requests: mpsc::Sender<Request>,
+    /// The last durable LSN (0 when empty); tails wait on it.
+    head: watch::Receiver<Lsn>,
+    /// Joined by `close` so the storage lock is released when it returns.
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Journal {
+    /// Opens (or, per `options.mode`, creates) the journal in `dir` and
+    /// starts its writer. Checks the format mark and the last record, so a
+    /// foreign or corrupt directory is refused here rather than mid-run.
+    pub fn open(dir: impl AsRef<Path>, options: JournalOptions) -> Result<Journal> {
+        let store = Store::open(dir.as_ref(), options.mode)?;
+        if let Some(last) = store.last_lsn()? {
+            store.get(last)?;
+        }
+        let head_lsn = store.next_lsn()? - 1;
+        let (head_tx, head_rx) = watch::channel(head_lsn);
+        let writer = Writer::new(store.clone(), options.durability, head_tx)?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                store,
+                durability: options.durability,
+                requests: tx,
+                head: head_rx,
+                writer_thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Appends one record; returns its LSN once it is durable per the mode.
+    pub async fn append(&self, record: Record) -> Result<Lsn> {
+        record.validate()?;
+        self.submit(Records::One(record)).await
+    }
+
+    /// Appends records as one unit under contiguous LSNs; returns the LSN of
+    /// the first. All or none become durable.
+    pub async fn append_batch(&self, records: Vec<Record>) -> Result<Lsn> {
+        if records.is_empty() {
+            return Err(JournalError::Invalid("empty batch".into()));
+        }
+        for r in &records {
+            r.validate()?;
+        }
+        self.submit(Records::Many(records)).await
+    }
+
+    async fn submit(&self, records: Records) -> Result<Lsn> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::Append {
+                records,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// The last durable LSN, 0 if nothing was ever appended.
+    pub fn last_lsn(&self) -> Lsn {
+        *self.inner.head.borrow()
+    }
+
+    /// The first LSN still stored (after truncation), if any.
+    pub fn first_lsn(&self) -> Result<Option<Lsn>> {
+        self.inner.store.first_lsn()
+    }
+
+    /// The verified record at `lsn`, if stored.
+    pub fn get(&self, lsn: Lsn) -> Result<Option<Entry>> {
+        self.inner.store.get(lsn)
+    }
+
+    /// Verified records with LSN in `[from, to]`, in LSN order.
+    pub fn read_range(&self, from: Lsn, to: Lsn) -> impl Iterator<Item = Result<Entry>> {
+        self.inner.store.range(from, to)
+    }
+
+    /// A live stream of records from `from` on: first what is stored, then
+    /// each record as soon as it is durable. Ends when the journal closes.
+    pub fn tail(&self, from: Lsn) -> Result<Tail> {
+        if let Some(first) = self.first_lsn()? {
+            if from < first {
+                return Err(JournalError::Invalid(format!(
+                    "LSN {from} was truncated (first kept LSN is {first})"
+                )));
+            }
+        }
+        Ok(Tail::new(
+            self.inner.store.clone(),
+            self.inner.head.clone(),
+            from.max(1),
+        ))
+    }
+
+    /// Drops every record below `lsn` (retention after a shipped snapshot).
+    /// LSNs below it are never handed out again. Returns records removed.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
+        let limit = self.last_lsn() + 1;
+        if lsn > limit {
+            return Err(JournalError::Invalid(format!(
+                "cannot truncate before LSN {lsn}: the journal ends at {}",
+                limit - 1
+            )));
+        }
+        self.inner.store.truncate_before(lsn)
+    }
+
+    /// Finishes queued appends, flushes, and stops the writer; later
+    /// appends fail with [`JournalError::Closed`]. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let flushed = match self.inner.requests.send(Request::Close { reply }).await {
+            Ok(()) => answer.await.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
+        let thread = self.inner.writer_thread.lock().expect("poisoned").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        flushed
+    }
+
+    /// The durability mode this journal was opened with.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.inner.store.dir.clone()
+    }
+
+    /// Bytes used on disk (sled needs 1.4–3.4× the logical size).
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.inner.store.size_on_disk()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! Metric names the journal exports, in one place so docs and tests agree.
+
+/// Records appended (counter).
+pub const APPENDS_TOTAL: &str = "replaymig_journal_appends_total";
+/// Encoded bytes appended (counter).
+pub const APPEND_BYTES_TOTAL: &str = "replaymig_journal_append_bytes_total";
+/// Time from an append call to its record being durable per the mode (histogram).
+pub const APPEND_DURATION_SECONDS: &str = "replaymig_journal_append_duration_seconds";
+/// Records per group commit (histogram).
+pub const BATCH_RECORDS: &str = "replaymig_journal_batch_records";
+/// Last durable LSN (gauge).
+pub const LAST_LSN: &str = "replaymig_journal_last_lsn";
+/// Errors by kind (counter, label `kind`); shared with the proxy.
+pub const ERRORS_TOTAL: &str = "replaymig_errors_total";

@@ -1,0 +1,70 @@
+//! Whole-journal statistics for `replaymig journal stat`.
+
+use crate::error::Result;
+use crate::record::Record;
+use crate::{Journal, Lsn};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+
+/// What an operator asks first about a journal: its extent, its volume and
+/// its connections. Computed by reading (and so verifying) every record.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct JournalStats {
+    /// First LSN still stored.
+    pub first_lsn: Option<Lsn>,
+    /// Last LSN stored.
+    pub last_lsn: Option<Lsn>,
+    /// Number of records stored.
+    pub records: u64,
+    /// Client bytes carried by data records.
+    pub data_bytes: u64,
+    /// Connections opened (opened records stored).
+    pub connections: u64,
+    /// Connections with an opened record and no closed record yet.
+    pub open_connections: u64,
+    /// Records per kind.
+    pub records_by_kind: BTreeMap<&'static str, u64>,
+    /// Time of the first record, µs since the Unix epoch.
+    pub first_time_us: Option<u64>,
+    /// Time of the last record, µs since the Unix epoch.
+    pub last_time_us: Option<u64>,
+    /// Bytes the journal occupies on disk.
+    pub size_on_disk_bytes: u64,
+}
+
+impl JournalStats {
+    /// Reads every record; the first corrupt one stops it with its LSN.
+    pub fn compute(journal: &Journal) -> Result<JournalStats> {
+        let mut stats = JournalStats {
+            size_on_disk_bytes: journal.size_on_disk()?,
+            ..Default::default()
+        };
+        let mut open = HashSet::new();
+        for entry in journal.read_range(1, Lsn::MAX) {
+            let entry = entry?;
+            stats.first_lsn.get_or_insert(entry.lsn);
+            stats.last_lsn = Some(entry.lsn);
+            stats.records += 1;
+            let time = entry.record.time_us();
+            stats.first_time_us.get_or_insert(time);
+            stats.last_time_us = Some(time);
+            *stats
+                .records_by_kind
+                .entry(entry.record.kind_name())
+                .or_default() += 1;
+            match &entry.record {
+                Record::Opened { .. } => {
+                    stats.connections += 1;
+                    open.insert(entry.lsn);
+                }
+                Record::Data { data, .. } => stats.data_bytes += data.len() as u64,
+                Record::Closed { conn, .. } => {
+                    open.remove(conn);
+                }
+                _ => {}
+            }
+        }
+        stats.open_connections = open.len() as u64;
+        Ok(stats)
+    }
+}

@@ -1,0 +1,209 @@
+//! Unit tests of the journal handle against real sled storage in temp dirs.
+
+use super::*;
+use bytes::Bytes;
+use tempfile::TempDir;
+
+fn open(dir: &TempDir, durability: Durability) -> Journal {
+    Journal::open(
+        dir.path().join("j"),
+        JournalOptions {
+            durability,
+            mode: OpenMode::CreateIfMissing,
+        },
+    )
+    .unwrap()
+}
+
+fn data(conn: ConnId, s: &str) -> Record {
+    Record::data(conn, 0, 0, Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn lsns(j: &Journal) -> Vec<Lsn> {
+    j.read_range(1, Lsn::MAX).map(|e| e.unwrap().lsn).collect()
+}
+
+#[tokio::test]
+async fn lsns_start_at_one_are_contiguous_and_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    for durability in [Durability::None, Durability::Batch, Durability::Sync] {
+        let sub = TempDir::new_in(dir.path()).unwrap();
+        let j = open(&sub, durability);
+        assert_eq!(j.last_lsn(), 0);
+        let conn = j.append(Record::opened("127.0.0.1:1")).await.unwrap();
+        assert_eq!(conn, 1);
+        assert_eq!(j.append(data(conn, "a")).await.unwrap(), 2);
+        let first = j
+            .append_batch(vec![data(conn, "b"), data(conn, "c")])
+            .await
+            .unwrap();
+        assert_eq!(first, 3);
+        assert_eq!(j.last_lsn(), 4);
+        j.close().await.unwrap();
+        drop(j);
+        let j = open(&sub, durability);
+        assert_eq!(j.last_lsn(), 4);
+        assert_eq!(j.append(data(conn, "d")).await.unwrap(), 5);
+        assert_eq!(lsns(&j), vec![1, 2, 3, 4, 5]);
+        j.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_get_distinct_contiguous_lsns_in_order_per_task() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let j = j.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..200 {
+                got.push(j.append(data(t, &format!("{t}:{i}"))).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "per-task order kept");
+        all.extend(got);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=3200).collect::<Vec<_>>());
+    // Each task's payloads come back in the order it appended them.
+    let mut seen = std::collections::HashMap::<u64, u64>::new();
+    for e in j.read_range(1, Lsn::MAX) {
+        let Record::Data { conn, data, .. } = e.unwrap().record else {
+            panic!("only data records were appended")
+        };
+        let i = seen.entry(conn).or_default();
+        assert_eq!(data, Bytes::from(format!("{conn}:{i}")));
+        *i += 1;
+    }
+    j.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn tail_yields_stored_then_live_records_then_ends_on_close() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    for i in 0..300 {
+        j.append(data(1, &i.to_string())).await.unwrap();
+    }
+    let mut tail = j.tail(250).unwrap();
+    for lsn in 250..=300 {
+        assert_eq!(tail.next().await.unwrap().unwrap().lsn, lsn);
+    }
+    let writer = j.clone();
+    let live = tokio::spawn(async move {
+        for i in 0..20 {
+            writer.append(data(1, &format!("live{i}"))).await.unwrap();
+        }
+        writer.close().await.unwrap();
+    });
+    let mut got = Vec::new();
+    while let Some(e) = tail.next().await.unwrap() {
+        got.push(e.lsn);
+    }
+    live.await.unwrap();
+    assert_eq!(got, (301..=320).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn truncation_never_lets_an_lsn_be_reused() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    for i in 0..10 {
+        j.append(data(1, &i.to_string())).await.unwrap();
+    }
+    assert_eq!(j.truncate_before(4).unwrap(), 3);
+    assert_eq!(j.first_lsn().unwrap(), Some(4));
+    assert!(j.tail(2).is_err(), "tailing a truncated LSN is refused");
+    assert!(j.truncate_before(12).is_err(), "cannot truncate past the end");
+    assert_eq!(j.truncate_before(11).unwrap(), 7);
+    j.close().await.unwrap();
+    drop(j);
+    let j = open(&dir, Durability::Batch);
+    assert_eq!(j.last_lsn(), 10, "the head is remembered with no record left");
+    assert_eq!(j.append(data(1, "x")).await.unwrap(), 11);
+    j.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_reported_with_its_lsn() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    for i in 0..5 {
+        j.append(data(1, &format!("payload-{i}"))).await.unwrap();
+    }
+    let key = 3u64.to_be_bytes();
+    let mut stored = j.inner.store.log.get(key).unwrap().unwrap().to_vec();
+    let n = stored.len();
+    stored[n - 6] ^= 0x20;
+    j.inner.store.log.insert(key, stored).unwrap();
+    let results: Vec<_> = j.read_range(1, 5).collect();
+    assert!(results[1].is_ok());
+    let err = results[2].as_ref().unwrap_err();
+    assert!(matches!(err, JournalError::Checksum { lsn: 3, .. }), "{err}");
+    assert!(err.to_string().contains("LSN 3"));
+    let err = stat::JournalStats::compute(&j).unwrap_err();
+    assert!(err.to_string().contains("LSN 3"), "{err}");
+    j.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_last_record_refuses_the_open() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    for i in 0..3 {
+        j.append(data(1, &i.to_string())).await.unwrap();
+    }
+    j.inner.store.log.insert(3u64.to_be_bytes(), &b"garbage!garbage!"[..]).unwrap();
+    j.close().await.unwrap();
+    drop(j);
+    let err = Journal::open(dir.path().join("j"), JournalOptions::default())
+        .err()
+        .expect("open must fail");
+    assert!(err.to_string().contains("LSN 3"), "{err}");
+}
+
+#[tokio::test]
+async fn foreign_missing_and_locked_directories_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let must_exist = JournalOptions {
+        mode: OpenMode::MustExist,
+        ..Default::default()
+    };
+    let err = Journal::open(dir.path().join("nope"), must_exist).err().unwrap();
+    assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
+    assert!(!dir.path().join("nope").exists(), "inspection creates nothing");
+
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+    let err = Journal::open(dir.path(), JournalOptions::default()).err().unwrap();
+    assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
+
+    let plain_sled = dir.path().join("other");
+    sled::open(&plain_sled).unwrap().insert("k", "v").unwrap();
+    let err = Journal::open(&plain_sled, JournalOptions::default()).err().unwrap();
+    assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
+
+    let j = open(&dir, Durability::Batch);
+    let err = Journal::open(dir.path().join("j"), JournalOptions::default()).err().unwrap();
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    j.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn appends_after_close_fail_cleanly_and_bad_records_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    let big = Record::data(1, 0, 0, Bytes::from(vec![0; record::MAX_DATA_LEN + 1]));
+    assert!(matches!(j.append(big).await, Err(JournalError::Invalid(_))));
+    assert!(j.append_batch(vec![]).await.is_err());
+    assert_eq!(j.last_lsn(), 0, "a refused record takes no LSN");
+    j.close().await.unwrap();
+    assert!(matches!(j.append(data(1, "late")).await, Err(JournalError::Closed)));
+    j.close().await.unwrap();
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs, idempotently, what replaymig's demo, tests and benchmarks need on a
+# fresh Debian 12 machine. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+# redis-server/redis-tools: the real service the tests and the demo journal.
+# haproxy: the reference L4 proxy tools/bench-proxy.sh compares against.
+# iproute2: namespaces and tc for the two-node testbed.
+# curl: scraping /metrics from scripts.
+packages=(redis-server redis-tools haproxy iproute2 curl procps)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Debian's redis-server postinst tries to start a service; there is no init
+  # system here, so tell invoke-rc.d not to (exit 101 = action forbidden).
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    created_policy=1
+  fi
+  apt-get install -y -qq -t bookworm --no-install-recommends "${missing[@]}" >/dev/null \
+    || apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$created_policy" = 1 ] && rm -f "$policy"
+fi
+
+for tool in redis-server redis-cli redis-benchmark haproxy ip; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool still missing" >&2; exit 1; }
+done
+echo "setup: ok ($(redis-server --version | awk '{print $3}'), $(haproxy -v | head -1 | awk '{print $1, $3}'))"
