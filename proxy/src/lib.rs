@@ -1,1 +1,10 @@
+//! replaymig's data plane: an L4 proxy that appends every client→service
+//! byte to the [`replaymig_journal`] before forwarding it, relays the
+//! service's answers back while counting them per connection, propagates
+//! half-close both ways, keeps memory bounded, and shuts down gracefully.
 
+mod connection;
+pub mod metrics;
+mod server;
+
+pub use server::{Proxy, ProxyConfig, ShutdownReport};

@@ -1,0 +1,137 @@
+//! The proxy's metrics: names in one place, handles registered once (the
+//! per-read path only bumps atomics), and the Prometheus exporter setup
+//! with real histogram buckets (the exporter would otherwise render
+//! summaries, which Grafana cannot aggregate).
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Counter, Gauge, Unit};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use replaymig_journal::names as journal_names;
+use std::net::SocketAddr;
+
+/// Client connections open now (gauge).
+pub const CONNECTIONS_ACTIVE: &str = "replaymig_proxy_connections_active";
+/// Client connections accepted and connected to the backend (counter).
+pub const CONNECTIONS_TOTAL: &str = "replaymig_proxy_connections_total";
+/// Bytes relayed, label `direction` = `client_to_service` | `service_to_client`.
+pub const BYTES_TOTAL: &str = "replaymig_proxy_bytes_total";
+/// Errors by `kind`; the same family the journal writer uses.
+pub const ERRORS_TOTAL: &str = journal_names::ERRORS_TOTAL;
+
+/// Why a connection or the accept loop failed, as the `kind` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The backend refused or did not answer the connect.
+    BackendConnect,
+    /// Reading from or writing to the backend failed mid-connection.
+    BackendIo,
+    /// Reading from or writing to the client failed mid-connection.
+    ClientIo,
+    /// The journal refused an append (disk full, closed, corrupt).
+    JournalAppend,
+    /// `accept()` failed (e.g. out of file descriptors).
+    Accept,
+    /// Connections still open when the drain timeout ran out.
+    DrainTimeout,
+}
+
+impl ErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BackendConnect => "backend_connect",
+            ErrorKind::BackendIo => "backend_io",
+            ErrorKind::ClientIo => "client_io",
+            ErrorKind::JournalAppend => "journal_append",
+            ErrorKind::Accept => "accept",
+            ErrorKind::DrainTimeout => "drain_timeout",
+        }
+    }
+
+    const ALL: [ErrorKind; 6] = [
+        ErrorKind::BackendConnect,
+        ErrorKind::BackendIo,
+        ErrorKind::ClientIo,
+        ErrorKind::JournalAppend,
+        ErrorKind::Accept,
+        ErrorKind::DrainTimeout,
+    ];
+}
+
+/// Handles for everything the data path counts.
+pub struct ProxyMetrics {
+    /// Open connections.
+    pub active: Gauge,
+    /// Accepted connections.
+    pub total: Counter,
+    /// Client→service bytes forwarded.
+    pub client_to_service: Counter,
+    /// Service→client bytes delivered.
+    pub service_to_client: Counter,
+    errors: [Counter; ErrorKind::ALL.len()],
+}
+
+impl ProxyMetrics {
+    /// Registers (and so exports, at zero) every proxy metric.
+    pub fn new() -> Self {
+        ProxyMetrics {
+            active: gauge!(CONNECTIONS_ACTIVE),
+            total: counter!(CONNECTIONS_TOTAL),
+            client_to_service: counter!(BYTES_TOTAL, "direction" => "client_to_service"),
+            service_to_client: counter!(BYTES_TOTAL, "direction" => "service_to_client"),
+            errors: ErrorKind::ALL.map(|k| counter!(ERRORS_TOTAL, "kind" => k.as_str())),
+        }
+    }
+
+    /// Counts one error of `kind`.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].increment(1);
+    }
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Installs the global Prometheus recorder with an HTTP listener on `addr`
+/// (`GET /metrics`). Must run inside a tokio runtime. Fails clearly if the
+/// address is taken.
+pub fn install_prometheus_exporter(addr: SocketAddr) -> anyhow::Result<()> {
+    let latency_buckets = [
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+    let batch_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &latency_buckets,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(journal_names::BATCH_RECORDS.into()),
+            &batch_buckets,
+        )?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+/// Help texts, so `/metrics` explains itself.
+fn describe() {
+    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now");
+    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted and connected to the backend");
+    describe_counter!(BYTES_TOTAL, Unit::Bytes, "Bytes relayed by direction");
+    describe_counter!(ERRORS_TOTAL, "Errors by kind");
+    describe_counter!(journal_names::APPENDS_TOTAL, "Records appended to the journal");
+    describe_counter!(journal_names::APPEND_BYTES_TOTAL, Unit::Bytes, "Encoded bytes appended to the journal");
+    describe_histogram!(
+        journal_names::APPEND_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from an append call until its record is durable per the durability mode"
+    );
+    describe_histogram!(journal_names::BATCH_RECORDS, "Records per journal group commit");
+    describe_gauge!(journal_names::LAST_LSN, "Last durable LSN of the journal");
+}

@@ -1,0 +1,154 @@
+//! The accept loop: bounded concurrent connections, backoff on transient
+//! accept errors, and graceful shutdown (stop accepting, let connections
+//! finish what they forwarded, abort stragglers at the drain timeout).
+
+use crate::connection::{serve, Shared};
+use crate::metrics::{ErrorKind, ProxyMetrics};
+use anyhow::Context;
+use replaymig_journal::Journal;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of one proxy listener.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The service they are relayed to.
+    pub backend: SocketAddr,
+    /// Bytes per read in each direction (also the most one data record holds
+    /// per read, give or take the buffer's growth).
+    pub read_buffer: usize,
+    /// Connections served at once; further clients wait in the backlog.
+    pub max_connections: usize,
+    /// Bound on connecting to the backend.
+    pub connect_timeout: Duration,
+    /// How long graceful shutdown waits for open connections to finish.
+    pub drain_timeout: Duration,
+}
+
+impl ProxyConfig {
+    /// Defaults for everything but the two addresses.
+    pub fn new(listen: SocketAddr, backend: SocketAddr) -> Self {
+        ProxyConfig {
+            listen,
+            backend,
+            read_buffer: 16 * 1024,
+            max_connections: 4096,
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How the proxy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections that finished during the drain.
+    pub drained: usize,
+    /// Connections still open at the drain timeout, then aborted.
+    pub aborted: usize,
+}
+
+/// A bound, not yet running, proxy.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    config: ProxyConfig,
+}
+
+impl Proxy {
+    /// Binds the listen address. A taken port or a bad address is an error
+    /// here, before anything is served.
+    pub async fn bind(config: ProxyConfig, journal: Journal) -> anyhow::Result<Proxy> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let shared = Arc::new(Shared {
+            journal,
+            backend: config.backend,
+            read_buffer: config.read_buffer,
+            connect_timeout: config.connect_timeout,
+            resp_total: AtomicU64::new(0),
+            metrics: ProxyMetrics::new(),
+        });
+        Ok(Proxy {
+            listener,
+            shared,
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains. The journal is
+    /// left open: the caller closes it (final flush) once this returns.
+    pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut connections = JoinSet::new();
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            tokio::select! {
+                // Stop accepting as soon as shutdown starts.
+                _ = shutdown.cancelled() => break,
+                // Reap finished connections so the set stays small.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = self.listener.accept() => match accepted {
+                    Ok((client, peer)) => {
+                        backoff = Duration::from_millis(5);
+                        let shared = self.shared.clone();
+                        let stop = shutdown.child_token();
+                        connections.spawn(async move {
+                            serve(client, peer, shared, stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning or dying.
+                        self.shared.metrics.error(ErrorKind::Accept);
+                        tracing::warn!(error = %e, ?backoff, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                },
+            }
+        }
+        drop(self.listener);
+        let open = connections.len();
+        tracing::info!(open, "shutting down: draining connections");
+        let mut drained = 0;
+        let deadline = tokio::time::sleep(self.config.drain_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                joined = connections.join_next() => match joined {
+                    Some(_) => drained += 1,
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        let aborted = connections.len();
+        if aborted > 0 {
+            tracing::warn!(aborted, "drain timeout: aborting open connections");
+            for _ in 0..aborted {
+                self.shared.metrics.error(ErrorKind::DrainTimeout);
+            }
+            connections.shutdown().await;
+        }
+        ShutdownReport { drained, aborted }
+    }
+}
