@@ -13,7 +13,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "replaymig", version, about = "Move live TCP services between nodes by snapshot + input replay")]
+#[command(
+    name = "replaymig",
+    version,
+    about = "Move live TCP services between nodes by snapshot + input replay"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +98,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Proxy(args) => run_proxy(args).await,
-        Command::Journal(JournalCommand::Stat { journal, json }) => journal_stat(journal, json).await,
+        Command::Journal(JournalCommand::Stat { journal, json }) => {
+            journal_stat(journal, json).await
+        }
     }
 }
 
@@ -126,7 +132,10 @@ async fn run_proxy(args: ProxyArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let report = proxy.run(shutdown).await;
-    journal.close().await.context("final journal flush failed")?;
+    journal
+        .close()
+        .await
+        .context("final journal flush failed")?;
     tracing::info!(
         drained = report.drained,
         aborted = report.aborted,
@@ -139,7 +148,10 @@ async fn run_proxy(args: ProxyArgs) -> Result<()> {
 /// SIGINT or SIGTERM starts a graceful shutdown.
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -29,6 +29,7 @@ pub use store::{Entry, OpenMode};
 pub use tail::Tail;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use store::Store;
@@ -74,20 +75,28 @@ struct Inner {
     head: watch::Receiver<Lsn>,
     /// Joined by `close` so the storage lock is released when it returns.
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Group commits the writer has done (benchmarks report group sizes).
+    groups: Arc<AtomicU64>,
 }
 
 impl Journal {
     /// Opens (or, per `options.mode`, creates) the journal in `dir` and
-    /// starts its writer. Checks the format mark and the last record, so a
-    /// foreign or corrupt directory is refused here rather than mid-run.
+    /// starts its writer. Checks the format mark (and, when opened for
+    /// appending, the last record), so a foreign or corrupt directory is
+    /// refused here rather than mid-run.
     pub fn open(dir: impl AsRef<Path>, options: JournalOptions) -> Result<Journal> {
         let store = Store::open(dir.as_ref(), options.mode)?;
-        if let Some(last) = store.last_lsn()? {
-            store.get(last)?;
+        // A writer must not append after a record it cannot read; an
+        // inspector opens anyway and reports the first bad LSN it meets.
+        if options.mode == OpenMode::CreateIfMissing {
+            if let Some(last) = store.last_lsn()? {
+                store.get(last)?;
+            }
         }
         let head_lsn = store.next_lsn()? - 1;
         let (head_tx, head_rx) = watch::channel(head_lsn);
-        let writer = Writer::new(store.clone(), options.durability, head_tx)?;
+        let groups = Arc::new(AtomicU64::new(0));
+        let writer = Writer::new(store.clone(), options.durability, head_tx, groups.clone())?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -99,6 +108,7 @@ impl Journal {
                 requests: tx,
                 head: head_rx,
                 writer_thread: Mutex::new(Some(thread)),
+                groups,
             }),
         })
     }
@@ -198,6 +208,11 @@ impl Journal {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         flushed
+    }
+
+    /// Group commits done since open: records appended / this = mean group size.
+    pub fn group_commits(&self) -> u64 {
+        self.inner.groups.load(Ordering::Relaxed)
     }
 
     /// The durability mode this journal was opened with.

@@ -56,6 +56,9 @@ pub enum Record {
         resp_before: u64,
         /// Service→client bytes delivered on all connections of this
         /// journal before the read: cross-connection causality for replay.
+        /// Taken when the client's bytes were read, so it is a causal lower
+        /// bound and, across connections, not monotone in LSN order (two
+        /// reads can reach the writer in the other order).
         resp_total_before: u64,
         /// The client's bytes.
         #[serde(serialize_with = "serialize_len")]
@@ -208,7 +211,9 @@ impl Record {
             Record::Marker { mark, payload, .. }
                 if mark.len() > MAX_MARKER_KIND_LEN || payload.len() > MAX_DATA_LEN =>
             {
-                Err(JournalError::Invalid("marker kind or payload too long".into()))
+                Err(JournalError::Invalid(
+                    "marker kind or payload too long".into(),
+                ))
             }
             _ => Ok(()),
         }
@@ -486,7 +491,10 @@ mod tests {
     fn a_record_moved_to_another_lsn_is_detected() {
         let stored = Record::half_closed(3).encode(10);
         let err = Record::decode(11, &stored).unwrap_err();
-        assert!(matches!(err, JournalError::Checksum { lsn: 11, .. }), "{err}");
+        assert!(
+            matches!(err, JournalError::Checksum { lsn: 11, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -497,7 +505,13 @@ mod tests {
         let crc = checksum(10, &stored[..body_len]);
         stored[body_len..].copy_from_slice(&crc.to_be_bytes());
         let err = Record::decode(10, &stored).unwrap_err();
-        assert!(matches!(err, JournalError::UnsupportedVersion { lsn: 10, version: 9 }));
+        assert!(matches!(
+            err,
+            JournalError::UnsupportedVersion {
+                lsn: 10,
+                version: 9
+            }
+        ));
     }
 
     #[test]

@@ -197,12 +197,10 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> JournalError {
                 dir: dir.to_path_buf(),
             }
         }
-        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
-            JournalError::NotAJournal {
-                dir: dir.to_path_buf(),
-                reason: format!("storage is corrupt or foreign: {e}"),
-            }
-        }
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => JournalError::NotAJournal {
+            dir: dir.to_path_buf(),
+            reason: format!("storage is corrupt or foreign: {e}"),
+        },
         _ => JournalError::Storage(e),
     }
 }

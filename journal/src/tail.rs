@@ -45,8 +45,7 @@ impl Tail {
             let head = *self.head.borrow_and_update();
             if self.next <= head {
                 let to = head.min(self.next + SCAN_CHUNK - 1);
-                let mut expected = self.next;
-                for entry in self.store.range(self.next, to) {
+                for (expected, entry) in (self.next..).zip(self.store.range(self.next, to)) {
                     let entry = entry?;
                     if entry.lsn != expected {
                         return Err(JournalError::Malformed {
@@ -54,7 +53,6 @@ impl Tail {
                             reason: format!("missing record (next stored is {})", entry.lsn),
                         });
                     }
-                    expected += 1;
                     self.buffered.push_back(entry);
                 }
                 if self.buffered.is_empty() {

@@ -121,12 +121,19 @@ async fn truncation_never_lets_an_lsn_be_reused() {
     assert_eq!(j.truncate_before(4).unwrap(), 3);
     assert_eq!(j.first_lsn().unwrap(), Some(4));
     assert!(j.tail(2).is_err(), "tailing a truncated LSN is refused");
-    assert!(j.truncate_before(12).is_err(), "cannot truncate past the end");
+    assert!(
+        j.truncate_before(12).is_err(),
+        "cannot truncate past the end"
+    );
     assert_eq!(j.truncate_before(11).unwrap(), 7);
     j.close().await.unwrap();
     drop(j);
     let j = open(&dir, Durability::Batch);
-    assert_eq!(j.last_lsn(), 10, "the head is remembered with no record left");
+    assert_eq!(
+        j.last_lsn(),
+        10,
+        "the head is remembered with no record left"
+    );
     assert_eq!(j.append(data(1, "x")).await.unwrap(), 11);
     j.close().await.unwrap();
 }
@@ -146,7 +153,10 @@ async fn a_corrupt_record_is_reported_with_its_lsn() {
     let results: Vec<_> = j.read_range(1, 5).collect();
     assert!(results[1].is_ok());
     let err = results[2].as_ref().unwrap_err();
-    assert!(matches!(err, JournalError::Checksum { lsn: 3, .. }), "{err}");
+    assert!(
+        matches!(err, JournalError::Checksum { lsn: 3, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("LSN 3"));
     let err = stat::JournalStats::compute(&j).unwrap_err();
     assert!(err.to_string().contains("LSN 3"), "{err}");
@@ -160,7 +170,11 @@ async fn a_corrupt_last_record_refuses_the_open() {
     for i in 0..3 {
         j.append(data(1, &i.to_string())).await.unwrap();
     }
-    j.inner.store.log.insert(3u64.to_be_bytes(), &b"garbage!garbage!"[..]).unwrap();
+    j.inner
+        .store
+        .log
+        .insert(3u64.to_be_bytes(), &b"garbage!garbage!"[..])
+        .unwrap();
     j.close().await.unwrap();
     drop(j);
     let err = Journal::open(dir.path().join("j"), JournalOptions::default())
@@ -176,21 +190,32 @@ async fn foreign_missing_and_locked_directories_are_refused() {
         mode: OpenMode::MustExist,
         ..Default::default()
     };
-    let err = Journal::open(dir.path().join("nope"), must_exist).err().unwrap();
+    let err = Journal::open(dir.path().join("nope"), must_exist)
+        .err()
+        .unwrap();
     assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
-    assert!(!dir.path().join("nope").exists(), "inspection creates nothing");
+    assert!(
+        !dir.path().join("nope").exists(),
+        "inspection creates nothing"
+    );
 
     std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
-    let err = Journal::open(dir.path(), JournalOptions::default()).err().unwrap();
+    let err = Journal::open(dir.path(), JournalOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
 
     let plain_sled = dir.path().join("other");
     sled::open(&plain_sled).unwrap().insert("k", "v").unwrap();
-    let err = Journal::open(&plain_sled, JournalOptions::default()).err().unwrap();
+    let err = Journal::open(&plain_sled, JournalOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
 
     let j = open(&dir, Durability::Batch);
-    let err = Journal::open(dir.path().join("j"), JournalOptions::default()).err().unwrap();
+    let err = Journal::open(dir.path().join("j"), JournalOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, JournalError::Locked { .. }), "{err}");
     j.close().await.unwrap();
 }
@@ -204,6 +229,9 @@ async fn appends_after_close_fail_cleanly_and_bad_records_are_refused() {
     assert!(j.append_batch(vec![]).await.is_err());
     assert_eq!(j.last_lsn(), 0, "a refused record takes no LSN");
     j.close().await.unwrap();
-    assert!(matches!(j.append(data(1, "late")).await, Err(JournalError::Closed)));
+    assert!(matches!(
+        j.append(data(1, "late")).await,
+        Err(JournalError::Closed)
+    ));
     j.close().await.unwrap();
 }

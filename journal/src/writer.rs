@@ -12,6 +12,8 @@ use crate::store::Store;
 use crate::Lsn;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -104,11 +106,18 @@ pub(crate) struct Writer {
     data_file: Option<File>,
     next_lsn: Lsn,
     head: watch::Sender<Lsn>,
+    /// Group commits done, readable through `Journal::group_commits`.
+    groups: Arc<AtomicU64>,
     metrics: WriterMetrics,
 }
 
 impl Writer {
-    pub(crate) fn new(store: Store, durability: Durability, head: watch::Sender<Lsn>) -> Result<Self> {
+    pub(crate) fn new(
+        store: Store,
+        durability: Durability,
+        head: watch::Sender<Lsn>,
+        groups: Arc<AtomicU64>,
+    ) -> Result<Self> {
         let next_lsn = store.next_lsn()?;
         let data_file = match durability {
             Durability::Sync => Some(store.data_file()?),
@@ -122,6 +131,7 @@ impl Writer {
             data_file,
             next_lsn,
             head,
+            groups,
             metrics,
         })
     }
@@ -179,6 +189,7 @@ impl Writer {
             Ok(()) => {
                 let last = lsn - 1;
                 self.head.send_replace(last);
+                self.groups.fetch_add(1, Ordering::Relaxed);
                 self.metrics.appends.increment(records);
                 self.metrics.bytes.increment(bytes);
                 self.metrics.batch.record(records as f64);

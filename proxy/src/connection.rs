@@ -76,7 +76,12 @@ impl Drop for ActiveGuard<'_> {
 /// Serves one client until both directions are done. `stop` asks it to stop
 /// taking client input at a safe point (graceful shutdown): it then
 /// half-closes the backend and relays the remaining answers.
-pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     shared.metrics.active.increment(1.0);
     let _active = ActiveGuard(&shared.metrics);
     if let Err(e) = relay(client, peer, &shared, &stop).await {
@@ -90,17 +95,30 @@ pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Share
     }
 }
 
-async fn relay(client: TcpStream, peer: SocketAddr, shared: &Shared, stop: &CancellationToken) -> Result<(), ConnError> {
+async fn relay(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Result<(), ConnError> {
     let backend = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(shared.backend))
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })
         .map_err(|source| ConnError::BackendConnect {
             addr: shared.backend,
             source,
         })?;
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
-    let conn = shared.journal.append(Record::opened(peer.to_string())).await?;
+    let conn = shared
+        .journal
+        .append(Record::opened(peer.to_string()))
+        .await?;
     shared.metrics.total.increment(1);
 
     let (client_read, client_write) = client.into_split();
@@ -109,7 +127,15 @@ async fn relay(client: TcpStream, peer: SocketAddr, shared: &Shared, stop: &Canc
     // Either direction failing ends the other too.
     let failed = stop.child_token();
     let upstream = async {
-        let r = client_to_service(client_read, backend_write, conn, &delivered, shared, &failed).await;
+        let r = client_to_service(
+            client_read,
+            backend_write,
+            conn,
+            &delivered,
+            shared,
+            &failed,
+        )
+        .await;
         if r.is_err() {
             failed.cancel();
         }
@@ -177,9 +203,17 @@ async fn client_to_service(
         let chunk = buf.split().freeze();
         shared
             .journal
-            .append(Record::data(conn, resp_before, resp_total_before, chunk.clone()))
+            .append(Record::data(
+                conn,
+                resp_before,
+                resp_total_before,
+                chunk.clone(),
+            ))
             .await?;
-        backend.write_all(&chunk).await.map_err(ConnError::BackendIo)?;
+        backend
+            .write_all(&chunk)
+            .await
+            .map_err(ConnError::BackendIo)?;
         shared.metrics.client_to_service.increment(n as u64);
     }
 }
@@ -198,9 +232,14 @@ async fn service_to_client(
             let _ = client.shutdown().await;
             return Ok(());
         }
-        client.write_all(&buf[..n]).await.map_err(ConnError::ClientIo)?;
-        delivered.fetch_add(n as u64, Ordering::AcqRel);
+        client
+            .write_all(&buf[..n])
+            .await
+            .map_err(ConnError::ClientIo)?;
+        // Total first: a reader that loads `delivered` then `resp_total`
+        // always sees resp_total_before >= resp_before.
         shared.resp_total.fetch_add(n as u64, Ordering::AcqRel);
+        delivered.fetch_add(n as u64, Ordering::AcqRel);
         shared.metrics.service_to_client.increment(n as u64);
     }
 }

@@ -3,7 +3,9 @@
 //! with real histogram buckets (the exporter would otherwise render
 //! summaries, which Grafana cannot aggregate).
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Counter, Gauge, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, Counter, Gauge, Unit,
+};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use replaymig_journal::names as journal_names;
 use std::net::SocketAddr;
@@ -99,10 +101,12 @@ impl Default for ProxyMetrics {
 /// address is taken.
 pub fn install_prometheus_exporter(addr: SocketAddr) -> anyhow::Result<()> {
     let latency_buckets = [
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0,
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0,
     ];
-    let batch_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    let batch_buckets = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    ];
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(
@@ -122,16 +126,29 @@ pub fn install_prometheus_exporter(addr: SocketAddr) -> anyhow::Result<()> {
 /// Help texts, so `/metrics` explains itself.
 fn describe() {
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now");
-    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted and connected to the backend");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Client connections accepted and connected to the backend"
+    );
     describe_counter!(BYTES_TOTAL, Unit::Bytes, "Bytes relayed by direction");
     describe_counter!(ERRORS_TOTAL, "Errors by kind");
-    describe_counter!(journal_names::APPENDS_TOTAL, "Records appended to the journal");
-    describe_counter!(journal_names::APPEND_BYTES_TOTAL, Unit::Bytes, "Encoded bytes appended to the journal");
+    describe_counter!(
+        journal_names::APPENDS_TOTAL,
+        "Records appended to the journal"
+    );
+    describe_counter!(
+        journal_names::APPEND_BYTES_TOTAL,
+        Unit::Bytes,
+        "Encoded bytes appended to the journal"
+    );
     describe_histogram!(
         journal_names::APPEND_DURATION_SECONDS,
         Unit::Seconds,
         "Time from an append call until its record is durable per the durability mode"
     );
-    describe_histogram!(journal_names::BATCH_RECORDS, "Records per journal group commit");
+    describe_histogram!(
+        journal_names::BATCH_RECORDS,
+        "Records per journal group commit"
+    );
     describe_gauge!(journal_names::LAST_LSN, "Last durable LSN of the journal");
 }

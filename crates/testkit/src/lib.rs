@@ -1,1 +1,11 @@
+//! Helpers for replaymig's integration tests: real `redis-server` processes
+//! in temp dirs, child processes killed by PID when a test ends (also on
+//! panic), free loopback ports, and a small blocking RESP client.
 
+mod process;
+mod redis;
+mod resp;
+
+pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard};
+pub use redis::RedisServer;
+pub use resp::{encode_command, Reply, RespClient};

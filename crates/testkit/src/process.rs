@@ -1,0 +1,108 @@
+//! Child processes that cannot outlive their test.
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Owns a child process; dropping it kills that PID (SIGKILL) and reaps it.
+pub struct ChildGuard {
+    child: Option<Child>,
+    name: String,
+}
+
+impl ChildGuard {
+    /// Takes ownership of a spawned child.
+    pub fn new(name: impl Into<String>, child: Child) -> Self {
+        ChildGuard {
+            child: Some(child),
+            name: name.into(),
+        }
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child present").id()
+    }
+
+    /// Sends `signal` to the child (by PID).
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.pid() as i32), signal)
+            .with_context(|| format!("signal {}", self.name))
+    }
+
+    /// Waits up to `timeout` for the child to exit and returns its status.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let child = self.child.as_mut().expect("child present");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for a graceful exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal(Signal::SIGTERM)?;
+        self.wait_timeout(timeout)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on {addr} after {timeout:?}")
+}
+
+/// Waits until a socket listens on loopback `port`, without connecting to
+/// it (a probe connection would be journaled by a proxy). Reads the
+/// kernel's table of TCP sockets in this network namespace.
+pub fn wait_for_listen(port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    while Instant::now() < deadline {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        if table.lines().any(|l| l.contains(&needle)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on port {port} after {timeout:?}")
+}
