@@ -4,23 +4,26 @@ use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 
-/// How hard the writer pushes each batch towards the disk before it reports
-/// the batch's records as appended (and the proxy forwards them).
+/// How hard the writer pushes each group of records towards the disk
+/// before it reports them appended (and the proxy forwards them).
 ///
-/// What each mode survives (sled 0.34: `flush()` writes its buffers with
-/// `pwrite` + `sync_file_range`, and fsyncs only from its background flusher
-/// every `flush_every_ms`):
+/// Each group commit is one sled insert (in memory) plus, in `batch` and
+/// `sync`, one `write` of the group to the staging log (`staging/*.log`);
+/// `sync` adds an `fdatasync` of that file. Every 250 ms a background
+/// checkpoint flushes sled and fsyncs its data file, then deletes the
+/// staging files it covers; opening a journal replays leftover staging
+/// files into sled. What each mode survives:
 ///
-/// | mode    | process killed (`kill -9`, panic) | power loss / kernel crash |
+/// | mode    | process killed (`kill -9`, panic, OOM) | power loss / kernel crash |
 /// |---------|-----------------------------------|---------------------------|
-/// | `none`  | may lose the records of the last ~`flush_every_ms` (sled's own buffers) | same |
-/// | `batch` | loses nothing that was forwarded  | may lose records appended since sled's last background fsync (≤ `flush_every_ms`, default 500 ms): `sync_file_range` does not flush the drive cache or file metadata |
-/// | `sync`  | loses nothing that was forwarded  | loses nothing that was forwarded: each batch is also `fdatasync`ed |
+/// | `none`  | may lose records from the last ~0.5 s (sled's own buffers, flushed by its background flusher) | same |
+/// | `batch` | loses nothing that was forwarded: the group is in the kernel's page cache before release | may lose records since the last checkpoint (≤ ~250 ms plus the checkpoint's own duration) |
+/// | `sync`  | loses nothing that was forwarded  | loses nothing that was forwarded: the staging write is `fdatasync`ed before release |
 ///
-/// `batch` groups every append that arrived while the previous flush ran
-/// into one flush (group commit); `sync` does the same grouping but adds an
-/// `fdatasync` of the data file per group, so it is power-loss durable and
-/// costs one disk cache flush per group.
+/// Sled alone could not give `batch` cheaply: its `flush()` is `pwrite` +
+/// `sync_file_range` (a wait for the device, ~0.3 ms here) yet not a
+/// power-loss guarantee (no drive-cache flush, no metadata). The staging
+/// log gives each mode exactly its promise at the cost of one `write`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {

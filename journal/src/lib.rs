@@ -6,7 +6,7 @@
 //! truncation). Records are versioned and checksummed ([`record`]); a record
 //! that fails its checksum is an error naming its LSN, never skipped.
 //!
-//! Appends go through one writer thread that groups concurrent appends into
+//! Appends go through one writer task that groups concurrent appends into
 //! one flush (group commit) and answers only once the group is as durable as
 //! the [`Durability`] mode promises. Readers get verified ranges, a live
 //! [`Tail`] (what log shipping uses) and [`stat::JournalStats`].
@@ -15,8 +15,11 @@
 
 pub mod durability;
 pub mod error;
+pub mod fault;
 pub mod names;
 pub mod record;
+mod segment;
+mod staging;
 pub mod stat;
 mod store;
 mod tail;
@@ -69,12 +72,12 @@ pub struct Journal {
 struct Inner {
     store: Store,
     durability: Durability,
-    /// Appends and the close request go to the writer thread through here.
+    /// Appends and the close request go to the writer task through here.
     requests: mpsc::Sender<Request>,
     /// The last durable LSN (0 when empty); tails wait on it.
     head: watch::Receiver<Lsn>,
-    /// Joined by `close` so the storage lock is released when it returns.
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Awaited by `close` so the storage lock is released when it returns.
+    writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Group commits the writer has done (benchmarks report group sizes).
     groups: Arc<AtomicU64>,
 }
@@ -98,16 +101,17 @@ impl Journal {
         let groups = Arc::new(AtomicU64::new(0));
         let writer = Writer::new(store.clone(), options.durability, head_tx, groups.clone())?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("journal-writer".into())
-            .spawn(move || writer.run(rx))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            JournalError::Invalid("a journal must be opened inside a tokio runtime".into())
+        })?;
+        let task = runtime.spawn(writer.run(rx));
         Ok(Journal {
             inner: Arc::new(Inner {
                 store,
                 durability: options.durability,
                 requests: tx,
                 head: head_rx,
-                writer_thread: Mutex::new(Some(thread)),
+                writer_task: Mutex::new(Some(task)),
                 groups,
             }),
         })
@@ -203,9 +207,9 @@ impl Journal {
             Ok(()) => answer.await.unwrap_or(Ok(())),
             Err(_) => Ok(()),
         };
-        let thread = self.inner.writer_thread.lock().expect("poisoned").take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let task = self.inner.writer_task.lock().expect("poisoned").take();
+        if let Some(task) = task {
+            let _ = task.await;
         }
         flushed
     }

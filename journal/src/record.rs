@@ -222,6 +222,14 @@ impl Record {
     /// Encodes the record as stored under `lsn`.
     pub fn encode(&self, lsn: Lsn) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len_hint());
+        self.encode_into(lsn, &mut out);
+        out
+    }
+
+    /// Appends the encoding of the record under `lsn` to `out` (the writer
+    /// encodes a whole group into one buffer).
+    pub fn encode_into(&self, lsn: Lsn, out: &mut Vec<u8>) {
+        let start = out.len();
         out.put_u8(FORMAT_VERSION);
         match self {
             Record::Opened {
@@ -278,12 +286,12 @@ impl Record {
                 out.put_slice(payload);
             }
         }
-        let crc = checksum(lsn, &out);
+        let crc = checksum(lsn, &out[start..]);
         out.put_u32(crc);
-        out
     }
 
-    fn encoded_len_hint(&self) -> usize {
+    /// About how many bytes `encode` produces (to size buffers).
+    pub fn encoded_len_hint(&self) -> usize {
         let body = match self {
             Record::Data { data, .. } => 36 + data.len(),
             Record::Marker { payload, mark, .. } => 13 + mark.len() + payload.len(),

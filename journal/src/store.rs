@@ -1,10 +1,12 @@
 //! The storage underneath the journal: a sled database holding one tree of
-//! records keyed by big-endian LSN, plus a few meta keys. Nothing outside
-//! this module touches sled, so the engine can change if measurements ask.
+//! segments (the records of one group commit, see `segment`) keyed by the
+//! big-endian LSN of their first record, plus a few meta keys, and the
+//! staging log replayed into it on open. Nothing outside this module and
+//! the writer touches sled, so the engine can change if measurements ask.
 
 use crate::error::{JournalError, Result};
 use crate::record::Record;
-use crate::Lsn;
+use crate::{segment, staging, Lsn};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -98,11 +100,55 @@ impl Store {
             }
         }
         let log = db.open_tree(LOG_TREE)?;
-        Ok(Store {
+        let store = Store {
             db,
             log,
             dir: dir.to_path_buf(),
-        })
+        };
+        store.recover_staging()?;
+        Ok(store)
+    }
+
+    /// Where the staging log lives.
+    pub(crate) fn staging_dir(&self) -> PathBuf {
+        self.dir.join("staging")
+    }
+
+    /// Puts every staged group that sled lost (process killed before a
+    /// checkpoint) back into sled, makes sled durable, and removes the
+    /// staging files. Returns the number of groups restored.
+    fn recover_staging(&self) -> Result<usize> {
+        let files = staging::existing(&self.staging_dir())?;
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let spent_below = self.truncated_before()?;
+        let mut restored = 0;
+        for (_, path) in &files {
+            for frame in staging::read_frames(path)? {
+                let covered = self.log.contains_key(frame.first_lsn.to_be_bytes())?;
+                if !covered && frame.first_lsn >= spent_below {
+                    self.log
+                        .insert(frame.first_lsn.to_be_bytes(), frame.segment)?;
+                    restored += 1;
+                }
+            }
+        }
+        self.make_durable()?;
+        for (_, path) in &files {
+            std::fs::remove_file(path)?;
+        }
+        if restored > 0 {
+            tracing::info!(restored, dir = %self.dir.display(), "journal recovered groups from its staging log");
+        }
+        Ok(restored)
+    }
+
+    /// Flushes sled and fsyncs its data file: a checkpoint.
+    pub(crate) fn make_durable(&self) -> Result<()> {
+        self.db.flush()?;
+        File::open(self.dir.join("db"))?.sync_all()?;
+        Ok(())
     }
 
     /// First LSN still stored, if any.
@@ -112,64 +158,107 @@ impl Store {
 
     /// Last LSN stored, if any.
     pub(crate) fn last_lsn(&self) -> Result<Option<Lsn>> {
-        self.log.last()?.map(|(k, _)| key_to_lsn(&k)).transpose()
+        match self.log.last()? {
+            Some((k, v)) => {
+                let first = key_to_lsn(&k)?;
+                Ok(Some(first + segment::count(first, &v)? - 1))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn truncated_before(&self) -> Result<Lsn> {
+        Ok(self
+            .db
+            .get(TRUNCATED_BEFORE_KEY)?
+            .map(|v| key_to_lsn(&v))
+            .transpose()?
+            .unwrap_or(1))
     }
 
     /// The next LSN to hand out: never one that was used before.
     pub(crate) fn next_lsn(&self) -> Result<Lsn> {
         let after_last = self.last_lsn()?.map_or(1, |l| l + 1);
-        let truncated = self
-            .db
-            .get(TRUNCATED_BEFORE_KEY)?
-            .map(|v| key_to_lsn(&v))
-            .transpose()?
-            .unwrap_or(1);
-        Ok(after_last.max(truncated).max(1))
+        Ok(after_last.max(self.truncated_before()?).max(1))
     }
 
-    /// Reads and verifies the record at `lsn`.
-    pub(crate) fn get(&self, lsn: Lsn) -> Result<Option<Entry>> {
-        match self.log.get(lsn.to_be_bytes())? {
-            Some(v) => Ok(Some(Entry {
-                lsn,
-                record: Record::decode(lsn, &v)?,
-            })),
+    /// The segment holding `lsn`, if any: `(its first LSN, its bytes)`.
+    fn segment_holding(&self, lsn: Lsn) -> Result<Option<(Lsn, sled::IVec)>> {
+        match self.log.range(..=lsn.to_be_bytes()).next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((key_to_lsn(&k)?, v)))
+            }
             None => Ok(None),
         }
     }
 
+    /// Reads and verifies the record at `lsn`.
+    pub(crate) fn get(&self, lsn: Lsn) -> Result<Option<Entry>> {
+        self.range(lsn, lsn).next().transpose()
+    }
+
     /// Verified records with LSN in `[from, to]`, in order.
     pub(crate) fn range(&self, from: Lsn, to: Lsn) -> impl Iterator<Item = Result<Entry>> {
-        self.log
-            .range(from.to_be_bytes()..=to.to_be_bytes())
-            .map(|item| {
-                let (k, v) = item?;
-                let lsn = key_to_lsn(&k)?;
-                Ok(Entry {
-                    lsn,
-                    record: Record::decode(lsn, &v)?,
-                })
-            })
+        let start = match self.segment_holding(from) {
+            Ok(found) => Ok(found.map_or(from, |(first, _)| first)),
+            Err(e) => Err(e),
+        };
+        let segments: Box<dyn Iterator<Item = Result<Entry>>> = match start {
+            Err(e) => Box::new(std::iter::once(Err(e))),
+            Ok(start) => Box::new(
+                self.log
+                    .range(start.to_be_bytes()..=to.to_be_bytes())
+                    .flat_map(|item| -> Vec<Result<Entry>> {
+                        match item
+                            .map_err(JournalError::from)
+                            .and_then(|(k, v)| Ok((key_to_lsn(&k)?, v)))
+                        {
+                            Ok((first, value)) => segment::entries(first, &value).collect(),
+                            Err(e) => vec![Err(e)],
+                        }
+                    }),
+            ),
+        };
+        segments.filter(move |e| match e {
+            Ok(e) => e.lsn >= from && e.lsn <= to,
+            Err(_) => true,
+        })
     }
 
     /// Removes every record below `lsn` and remembers that LSNs below it
-    /// are spent.
+    /// are spent. A segment that straddles `lsn` is kept from `lsn` on (its
+    /// records keep their bytes: each is checksummed with its own LSN).
     pub(crate) fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
         self.db.insert(TRUNCATED_BEFORE_KEY, &lsn.to_be_bytes())?;
         let mut removed = 0;
         let mut batch = sled::Batch::default();
-        for key in self.log.range(..lsn.to_be_bytes()).keys() {
-            batch.remove(key?);
-            removed += 1;
+        for item in self.log.range(..lsn.to_be_bytes()) {
+            let (k, v) = item?;
+            let first = key_to_lsn(&k)?;
+            batch.remove(k);
+            let mut kept_from = None;
+            for raw in segment::raw(first, &v) {
+                let (record_lsn, offset, _) = raw?;
+                if record_lsn >= lsn {
+                    kept_from = Some(offset);
+                    break;
+                }
+                removed += 1;
+            }
+            if let Some(offset) = kept_from {
+                batch.insert(&lsn.to_be_bytes(), &v[offset..]);
+            }
         }
         self.log.apply_batch(batch)?;
-        self.db.flush()?;
+        self.make_durable()?;
         Ok(removed)
     }
 
-    /// Opens the data file once, for per-batch fsync.
-    pub(crate) fn data_file(&self) -> Result<File> {
-        Ok(File::open(self.dir.join("db"))?)
+    /// Stores one group's segment (in memory; durability is the writer's job).
+    pub(crate) fn insert_segment(&self, first_lsn: Lsn, segment: &[u8]) -> Result<()> {
+        self.log.insert(first_lsn.to_be_bytes(), segment)?;
+        Ok(())
     }
 
     /// Bytes the journal occupies on disk (sled uses more than the logical size).

@@ -9,7 +9,7 @@
 //! of growing memory.
 
 use crate::metrics::{ErrorKind, ProxyMetrics};
-use bytes::BytesMut;
+use bytes::Bytes;
 use replaymig_journal::{ConnId, Journal, Record};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,15 +182,18 @@ async fn client_to_service(
     shared: &Shared,
     stop: &CancellationToken,
 ) -> Result<(), ConnError> {
-    let mut buf = BytesMut::with_capacity(shared.read_buffer);
+    // One fixed buffer per direction; each read is copied once into an
+    // exactly-sized `Bytes` that the journal and the backend write share.
+    // (Splitting a growable buffer instead would allocate a fresh
+    // read-sized buffer per read while the journal still holds the last.)
+    let mut buf = vec![0u8; shared.read_buffer];
     loop {
-        buf.reserve(shared.read_buffer);
         let n = tokio::select! {
             biased;
             // Stop between records, never between append and forward; the
             // service then sees end-of-input exactly as a client FIN.
             _ = stop.cancelled() => 0,
-            read = client.read_buf(&mut buf) => read.map_err(ConnError::ClientIo)?,
+            read = client.read(&mut buf) => read.map_err(ConnError::ClientIo)?,
         };
         if n == 0 {
             shared.journal.append(Record::half_closed(conn)).await?;
@@ -200,7 +203,7 @@ async fn client_to_service(
         // Causality as the client saw it when it sent these bytes.
         let resp_before = delivered.load(Ordering::Acquire);
         let resp_total_before = shared.resp_total.load(Ordering::Acquire);
-        let chunk = buf.split().freeze();
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
         shared
             .journal
             .append(Record::data(
