@@ -24,7 +24,7 @@ use std::str::FromStr;
 /// `sync_file_range` (a wait for the device, ~0.3 ms here) yet not a
 /// power-loss guarantee (no drive-cache flush, no metadata). The staging
 /// log gives each mode exactly its promise at the cost of one `write`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Records are released as soon as sled accepted them in memory.
