@@ -54,17 +54,36 @@ pub enum JournalError {
         dir: PathBuf,
     },
     /// The storage engine failed (I/O error, full disk, corruption it detected).
+    /// Once sled hit an I/O error it refuses further writes: the proxy then
+    /// refuses clients until it is restarted on a healthy disk.
     #[error("journal storage error: {0}")]
-    Storage(#[from] sled::Error),
-    /// Plain I/O around the storage (fsync of the data file, creating the dir).
+    Storage(sled::Error),
+    /// Plain I/O around the storage (staging log, fsync, creating the dir).
     #[error("journal I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// A group commit failed; every append in the group gets this.
+    #[error("{0}")]
+    GroupFailed(String),
     /// The journal was closed; no more appends are accepted.
     #[error("journal is closed")]
     Closed,
     /// A caller asked for something the journal cannot hold.
     #[error("invalid journal request: {0}")]
     Invalid(String),
+}
+
+// Written out instead of `#[from]` so the wrapped error is shown once (in
+// the message) rather than again as a `source` by error-chain printers.
+impl From<sled::Error> for JournalError {
+    fn from(e: sled::Error) -> Self {
+        JournalError::Storage(e)
+    }
+}
+
+impl From<std::io::Error> for JournalError {
+    fn from(e: std::io::Error) -> Self {
+        JournalError::Io(e)
+    }
 }
 
 /// Result alias for journal operations.

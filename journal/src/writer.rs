@@ -238,7 +238,7 @@ impl Writer {
                 self.metrics.errors.increment(1);
                 let msg = e.to_string();
                 for (_, _, reply) in group.drain(..) {
-                    let _ = reply.send(Err(JournalError::Io(std::io::Error::other(msg.clone()))));
+                    let _ = reply.send(Err(JournalError::GroupFailed(msg.clone())));
                 }
             }
         }
