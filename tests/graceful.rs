@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use replaymig_journal::Record;
-use replaymig_testkit::{encode_command, RedisServer, Reply, RespClient};
+use replaymig_testkit::RedisServer;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,45 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count()
-}
-
 #[test]
 fn sigterm_under_load_drains_every_forwarded_command_and_flushes() {
     let redis = RedisServer::start().unwrap();
     let dir = TempDir::new().unwrap();
     let journal = dir.path().join("journal");
     let mut proxy = ProxyProcess::start(redis.addr, &journal, "batch").unwrap();
-    let workers: Vec<_> = (0..8)
-        .map(|i| {
-            let listen = proxy.listen;
-            std::thread::spawn(move || {
-                let key = format!("g{i}");
-                let mut c = RespClient::connect(listen).unwrap();
-                let mut acked = 0i64;
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while Instant::now() < deadline && acked < 50_000 {
-                    let cmds: Vec<Vec<&str>> =
-                        (0..1 + i % 3).map(|_| vec!["INCR", key.as_str()]).collect();
-                    match c.pipeline(&cmds) {
-                        Ok(replies) => {
-                            for r in replies {
-                                acked += 1;
-                                assert_eq!(r, Reply::Int(acked));
-                            }
-                        }
-                        // The proxy closed us while draining.
-                        Err(_) => break,
-                    }
-                }
-                (key, acked)
-            })
-        })
-        .collect();
+    let load = IncrLoad::start(proxy.listen, 8, "g", 50_000);
     std::thread::sleep(Duration::from_millis(800));
     let started = Instant::now();
     proxy.stop();
@@ -58,7 +26,7 @@ fn sigterm_under_load_drains_every_forwarded_command_and_flushes() {
         started.elapsed() < Duration::from_secs(5),
         "drained well within the drain timeout"
     );
-    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let results = load.finish();
 
     assert!(
         std::fs::read_dir(journal.join("staging")).map_or(0, |d| d.count()) == 0,
@@ -76,8 +44,7 @@ fn sigterm_under_load_drains_every_forwarded_command_and_flushes() {
     }
     for (key, acked) in results {
         let executed = redis.get_int(&key).unwrap();
-        let needle = encode_command(&["INCR", &key]);
-        let journaled: usize = conns.values().map(|c| count(&c.data, &needle)).sum();
+        let journaled = journaled_incrs(&conns, &key);
         assert!(acked > 0);
         assert!(acked <= executed);
         assert_eq!(

@@ -15,24 +15,12 @@ bash tools/setup.sh >/dev/null
 cargo build --release --quiet --bin replaymig --example journal_append_bench -p replaymig -p replaymig-journal
 BIN=target/release/replaymig
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source tools/lib.sh
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listen() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+REDIS=$(free_port)
+start_redis "$REDIS"
 
-REDIS=$(port)
-redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!)
-wait_listen "$REDIS"
-
-HAP=$(port)
+HAP=$(free_port)
 cat >"$work/haproxy.cfg" <<CFG
 global
   maxconn 4096
@@ -53,7 +41,7 @@ wait_listen "$HAP"
 
 declare -A target_port=([direct]=$REDIS [haproxy]=$HAP)
 for d in none batch sync; do
-  p=$(port)
+  p=$(free_port)
   REPLAYMIG_LOG=warn $BIN proxy --listen 127.0.0.1:"$p" --backend 127.0.0.1:"$REDIS" \
     --journal "$work/journal-$d" --durability "$d" &
   pids+=($!)

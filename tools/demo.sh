@@ -8,21 +8,10 @@ bash tools/setup.sh
 cargo build --release --quiet --bin replaymig
 BIN=$PWD/target/release/replaymig
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listen() { for _ in $(seq 200); do grep -q ":$(printf %04X "$1") 00000000:0000 0A" /proc/net/tcp && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source tools/lib.sh
 
-REDIS=$(port); PROXY=$(port); METRICS=$(port)
-redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!)
-wait_listen "$REDIS"
+REDIS=$(free_port); PROXY=$(free_port); METRICS=$(free_port)
+start_redis "$REDIS"
 echo "== redis-server on 127.0.0.1:$REDIS; replaymig proxy on 127.0.0.1:$PROXY (journal $work/journal, metrics :$METRICS)"
 "$BIN" proxy --listen 127.0.0.1:"$PROXY" --backend 127.0.0.1:"$REDIS" \
   --journal "$work/journal" --metrics 127.0.0.1:"$METRICS" &

@@ -163,3 +163,74 @@ pub fn connections(entries: &[Entry]) -> BTreeMap<u64, JournaledConn> {
     }
     conns
 }
+
+/// A bounded INCR load through the proxy: `clients` threads, each on its own
+/// key `{prefix}{i}`, pipelining `1 + i % 3` commands per write, checking
+/// every answer, until the connection fails, `stop` is set, `max_per_client`
+/// commands were acknowledged, or 20 s passed.
+pub struct IncrLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<(String, i64)>>,
+}
+
+impl IncrLoad {
+    pub fn start(
+        listen: SocketAddr,
+        clients: usize,
+        prefix: &str,
+        max_per_client: i64,
+    ) -> IncrLoad {
+        use replaymig_testkit::{Reply, RespClient};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..clients)
+            .map(|i| {
+                let (stop, key) = (stop.clone(), format!("{prefix}{i}"));
+                std::thread::spawn(move || {
+                    let mut c = RespClient::connect(listen).unwrap();
+                    let mut acked = 0i64;
+                    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                    while !stop.load(Ordering::Relaxed)
+                        && acked < max_per_client
+                        && std::time::Instant::now() < deadline
+                    {
+                        let cmds: Vec<Vec<&str>> =
+                            (0..1 + i % 3).map(|_| vec!["INCR", key.as_str()]).collect();
+                        let Ok(replies) = c.pipeline(&cmds) else {
+                            break; // the proxy went away or closed us
+                        };
+                        for r in replies {
+                            acked += 1;
+                            assert_eq!(r, Reply::Int(acked), "{key}");
+                        }
+                    }
+                    (key, acked)
+                })
+            })
+            .collect();
+        IncrLoad { stop, workers }
+    }
+
+    /// Stops the load; returns each key with the INCRs acknowledged on it.
+    pub fn finish(self) -> Vec<(String, i64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect()
+    }
+}
+
+/// How many `INCR key` commands the journal holds across all connections.
+pub fn journaled_incrs(conns: &BTreeMap<u64, JournaledConn>, key: &str) -> usize {
+    let needle = replaymig_testkit::encode_command(&["INCR", key]);
+    conns
+        .values()
+        .map(|c| {
+            c.data
+                .windows(needle.len())
+                .filter(|w| *w == needle)
+                .count()
+        })
+        .sum()
+}
