@@ -26,7 +26,17 @@ impl RedisServer {
 
     /// Starts redis on `port` (e.g. to bring a backend back on the same port).
     pub fn start_on(port: u16) -> Result<RedisServer> {
+        Self::start_in(TempDir::new()?, port)
+    }
+
+    /// Starts redis loading the RDB file `rdb` (a snapshot), on a free port.
+    pub fn start_from_rdb(rdb: &Path) -> Result<RedisServer> {
         let dir = TempDir::new()?;
+        std::fs::copy(rdb, dir.path().join("dump.rdb")).context("copy the RDB snapshot")?;
+        Self::start_in(dir, free_port())
+    }
+
+    fn start_in(dir: TempDir, port: u16) -> Result<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -53,6 +63,35 @@ impl RedisServer {
             Reply::Nil => Ok(0),
             Reply::Bulk(b) => Ok(String::from_utf8(b)?.parse()?),
             other => anyhow::bail!("GET {key}: unexpected {other:?}"),
+        }
+    }
+
+    /// Every key with its `DUMP` (serialized value), sorted by key: equal
+    /// maps mean equal datasets.
+    pub fn dump_all(&self) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+        let mut c = self.client()?;
+        let Reply::Array(keys) = c.cmd(&["KEYS", "*"])? else {
+            anyhow::bail!("KEYS did not answer an array")
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for k in keys {
+            let Reply::Bulk(k) = k else {
+                anyhow::bail!("odd key")
+            };
+            let key = String::from_utf8(k)?;
+            let Reply::Bulk(v) = c.cmd(&["DUMP", &key])? else {
+                anyhow::bail!("DUMP {key} failed")
+            };
+            out.insert(key, v);
+        }
+        Ok(out)
+    }
+
+    /// `SAVE`, then the path of the RDB file written.
+    pub fn save(&self) -> Result<std::path::PathBuf> {
+        match self.client()?.cmd(&["SAVE"])? {
+            Reply::Status(s) if s == "OK" => Ok(self.dir.path().join("dump.rdb")),
+            other => anyhow::bail!("SAVE: {other:?}"),
         }
     }
 

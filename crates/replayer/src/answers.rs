@@ -1,0 +1,179 @@
+//! The reading side of one replayed connection. It reads the target's
+//! answers as they come (so cross-connection waits can never deadlock on an
+//! unread socket), counts them, and drops those the original client is
+//! known to have received (up to the *watermark*, raised as records are
+//! applied). Answers beyond the watermark are kept, bounded, as `pending`:
+//! a migration that takes the connection over forwards exactly those.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Answers kept beyond the watermark before the reader pauses (and so
+/// slows the target, like a slow client would).
+const MAX_PENDING: usize = 16 << 20;
+
+/// Shared by every connection of one replay: answer bytes read in total.
+#[derive(Default)]
+pub(crate) struct TotalAnswers {
+    bytes: AtomicU64,
+    changed: Notify,
+}
+
+impl TotalAnswers {
+    /// Waits until at least `bytes` were read over all connections.
+    pub(crate) async fn wait_for(&self, bytes: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.bytes.load(Ordering::Acquire) >= bytes {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Answer bytes read so far over all connections.
+    pub(crate) fn get(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Answer bytes read.
+    got: u64,
+    /// Answer bytes the original client had: dropped, not kept.
+    watermark: u64,
+    /// Answer bytes read beyond the watermark, in order.
+    pending: BytesMut,
+    /// The target closed or failed the connection.
+    ended: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+    stop: Notify,
+}
+
+/// Handle to a connection's answer reader.
+pub(crate) struct AnswerReader {
+    shared: Arc<Shared>,
+    task: JoinHandle<Option<OwnedReadHalf>>,
+}
+
+impl AnswerReader {
+    pub(crate) fn spawn(read: OwnedReadHalf, total: Arc<TotalAnswers>) -> AnswerReader {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            stop: Notify::new(),
+        });
+        let task = tokio::spawn(read_answers(read, shared.clone(), total));
+        AnswerReader { shared, task }
+    }
+
+    /// The original client had received `bytes` answer bytes in all: drop
+    /// them (never lowers the watermark).
+    pub(crate) fn raise_watermark(&self, bytes: u64) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        if bytes <= s.watermark {
+            return;
+        }
+        let kept_from = s.got - s.pending.len() as u64;
+        let drop = (bytes.min(s.got).saturating_sub(kept_from)) as usize;
+        s.pending.advance(drop);
+        s.watermark = bytes;
+        drop_guard(s);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Answer bytes read so far.
+    pub(crate) fn got(&self) -> u64 {
+        self.shared.state.lock().expect("poisoned").got
+    }
+
+    /// Waits until at least `bytes` were read; false if the target closed
+    /// the connection first.
+    pub(crate) async fn wait_for(&self, bytes: u64) -> bool {
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.shared.state.lock().expect("poisoned");
+                if s.got >= bytes {
+                    return true;
+                }
+                if s.ended {
+                    return false;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops reading; gives back the read half (unless the target closed
+    /// it) and the answers read beyond the watermark.
+    pub(crate) async fn stop(self) -> (Option<OwnedReadHalf>, Bytes) {
+        self.shared.stop.notify_one();
+        let read = self.task.await.unwrap_or(None);
+        let pending = std::mem::take(&mut self.shared.state.lock().expect("poisoned").pending);
+        (read, pending.freeze())
+    }
+}
+
+/// Ends a lock's scope explicitly before notifying.
+fn drop_guard<T>(_guard: T) {}
+
+async fn read_answers(
+    mut read: OwnedReadHalf,
+    shared: Arc<Shared>,
+    total: Arc<TotalAnswers>,
+) -> Option<OwnedReadHalf> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let full = {
+            let s = shared.state.lock().expect("poisoned");
+            s.pending.len() >= MAX_PENDING
+        };
+        if full {
+            // Wait for the watermark to move (or a stop) before reading more.
+            let changed = shared.changed.notified();
+            tokio::select! {
+                _ = changed => continue,
+                _ = shared.stop.notified() => return Some(read),
+            }
+        }
+        let n = tokio::select! {
+            n = read.read(&mut buf) => n,
+            _ = shared.stop.notified() => return Some(read),
+        };
+        let mut s = shared.state.lock().expect("poisoned");
+        match n {
+            Ok(n) if n > 0 => {
+                let start = s.got;
+                s.got += n as u64;
+                // Only the part above the watermark is kept.
+                let skip = s.watermark.saturating_sub(start).min(n as u64) as usize;
+                s.pending.extend_from_slice(&buf[skip..n]);
+                drop_guard(s);
+                total.bytes.fetch_add(n as u64, Ordering::AcqRel);
+                total.changed.notify_waiters();
+                shared.changed.notify_waiters();
+            }
+            _ => {
+                s.ended = true;
+                drop_guard(s);
+                shared.changed.notify_waiters();
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! One replayer, two users: migration (feed the journal after the snapshot
+//! point into the restored service, then hand the connections over) and the
+//! debugging tool (`replaymig replay`).
+//!
+//! Records are applied in LSN order. Each journaled connection gets a fresh
+//! connection to the target. Before a data record is sent, the target must
+//! have produced, on that connection, as many answer bytes as the original
+//! client had received when it sent it (`resp_before`), and, across all
+//! connections, as many as were delivered journal-wide (`resp_total_before`)
+//! — both counted from the replay's starting point. Answers are read as
+//! they come and counted; those the original client had received are
+//! dropped, the rest kept for a connection take-over (see `answers`);
+//! missing or extra answer bytes are divergences.
+//!
+//! Limits, by design: per-connection order is kept, and order across
+//! connections wherever it was causal (a client acted on an answer), but two
+//! connections writing the same key concurrently are not ordered the way the
+//! original service happened to order them (an L4 proxy cannot see that);
+//! a fresh connection has no per-connection state of the
+//! original (e.g. a Redis `SELECT` or `MULTI` issued before the starting
+//! point); a service that answers non-deterministically (timestamps, random
+//! ids) diverges in content but not in counts unless answer lengths change.
+
+mod answers;
+
+use answers::{AnswerReader, TotalAnswers};
+use replaymig_journal::{ConnId, Entry, Lsn, Record};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+/// How a replay runs.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The service to feed.
+    pub target: SocketAddr,
+    /// Only these connections (all when `None`). Cross-connection causality
+    /// is not enforced when filtering: the skipped connections' answers
+    /// never come.
+    pub only: Option<HashSet<ConnId>>,
+    /// How long to wait for answer bytes the original had before declaring
+    /// a divergence.
+    pub answer_timeout: Duration,
+    /// Stop at the first divergence (migration) or record it and go on
+    /// (debugging).
+    pub stop_on_divergence: bool,
+}
+
+impl ReplayOptions {
+    /// Defaults: every connection, 5 s answer timeout, stop at the first divergence.
+    pub fn new(target: SocketAddr) -> Self {
+        ReplayOptions {
+            target,
+            only: None,
+            answer_timeout: Duration::from_secs(5),
+            stop_on_divergence: true,
+        }
+    }
+}
+
+/// What went differently from the original.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DivergenceKind {
+    /// The target produced fewer answer bytes than the original client got.
+    MissingAnswer {
+        /// Bytes the original had delivered at this point.
+        expected: u64,
+        /// Bytes the target produced within the timeout.
+        got: u64,
+    },
+    /// The target produced more answer bytes than the original client got.
+    ExtraAnswer {
+        /// Bytes the original delivered in all.
+        expected: u64,
+    },
+    /// The target closed or reset the connection while input remained.
+    TargetClosed,
+    /// The target could not be connected to or written to.
+    TargetIo {
+        /// The I/O error.
+        error: String,
+    },
+}
+
+/// A divergence, located by LSN and connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    /// The record being applied when it showed.
+    pub lsn: Lsn,
+    /// The journaled connection.
+    pub conn: ConnId,
+    /// What differed.
+    #[serde(flatten)]
+    pub kind: DivergenceKind,
+}
+
+/// Figures of a replay.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// Records applied (all kinds).
+    pub records: u64,
+    /// Data records sent.
+    pub data_records: u64,
+    /// Client bytes sent to the target.
+    pub data_bytes: u64,
+    /// Target connections opened.
+    pub connections: u64,
+    /// Answer bytes consumed from the target.
+    pub answer_bytes: u64,
+    /// Last LSN applied.
+    pub last_lsn: Option<Lsn>,
+    /// What differed from the original.
+    pub divergences: Vec<Divergence>,
+    /// Wall time spent applying.
+    pub elapsed_seconds: f64,
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The target answered differently and `stop_on_divergence` is set.
+    #[error("replay diverged at LSN {} (connection {}): {:?}", .0.lsn, .0.conn, .0.kind)]
+    Diverged(Divergence),
+}
+
+/// A replayed connection still open when the replay finished: the
+/// migration takes it over as the client's live service connection.
+pub struct OpenConnection {
+    /// The journaled connection it replays.
+    pub conn: ConnId,
+    /// The target connection; `None` if the target closed it.
+    pub stream: Option<TcpStream>,
+    /// Answer bytes read from the target since the replay's starting point.
+    pub answered: u64,
+    /// The answers read beyond what the journal says the original client
+    /// had received: the first bytes to forward after a take-over.
+    pub pending: bytes::Bytes,
+    /// `resp_before` base: answer bytes the original connection had
+    /// delivered before the replay's starting point.
+    pub base: u64,
+}
+
+struct ReplayConn {
+    write: OwnedWriteHalf,
+    answers: AnswerReader,
+    /// Answer bytes of the original before the starting point.
+    base: u64,
+    /// The client side was half-closed.
+    write_shut: bool,
+}
+
+/// Applies records one at a time; keeps the target connections between
+/// calls, so it can follow a live journal tail.
+pub struct Replayer {
+    options: ReplayOptions,
+    conns: BTreeMap<ConnId, ReplayConn>,
+    total: Arc<TotalAnswers>,
+    /// `resp_total_before` of the first data record: the journal-wide base.
+    total_base: Option<u64>,
+    report: ReplayReport,
+    started: Instant,
+}
+
+impl Replayer {
+    /// A replayer with no connection open yet.
+    pub fn new(options: ReplayOptions) -> Self {
+        Replayer {
+            options,
+            conns: BTreeMap::new(),
+            total: Arc::new(TotalAnswers::default()),
+            total_base: None,
+            report: ReplayReport::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The figures so far.
+    pub fn report(&self) -> &ReplayReport {
+        &self.report
+    }
+
+    /// Applies one record. Divergences are recorded in the report; with
+    /// `stop_on_divergence` the first one is also returned as an error.
+    pub async fn apply(&mut self, entry: &Entry) -> Result<(), ReplayError> {
+        let lsn = entry.lsn;
+        let Some(conn) = entry.record.conn(lsn) else {
+            self.count(lsn);
+            return Ok(());
+        };
+        if self
+            .options
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.contains(&conn))
+        {
+            return Ok(());
+        }
+        self.count(lsn);
+        let outcome = match &entry.record {
+            Record::Opened { .. } => self.open(conn, 0).await.map(|_| ()),
+            Record::Data {
+                resp_before,
+                resp_total_before,
+                data,
+                ..
+            } => {
+                self.send(conn, *resp_before, *resp_total_before, data)
+                    .await
+            }
+            Record::HalfClosed { .. } => self.half_close(conn).await,
+            Record::Closed { resp_total, .. } => self.close(conn, *resp_total).await,
+            Record::Marker { .. } => Ok(()),
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(kind) => {
+                let d = Divergence { lsn, conn, kind };
+                tracing::warn!(lsn, conn, kind = ?d.kind, "replay diverged");
+                self.report.divergences.push(d.clone());
+                if let Some(c) = self.conns.remove(&conn) {
+                    let _ = c.answers.stop().await;
+                }
+                if self.options.stop_on_divergence {
+                    Err(ReplayError::Diverged(d))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, lsn: Lsn) {
+        self.report.records += 1;
+        self.report.last_lsn = Some(lsn);
+    }
+
+    /// Opens the target connection for `conn`; `base` = answer bytes the
+    /// original had delivered before the starting point.
+    async fn open(&mut self, conn: ConnId, base: u64) -> Result<&mut ReplayConn, DivergenceKind> {
+        if !self.conns.contains_key(&conn) {
+            let stream = TcpStream::connect(self.options.target).await.map_err(|e| {
+                DivergenceKind::TargetIo {
+                    error: e.to_string(),
+                }
+            })?;
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            self.conns.insert(
+                conn,
+                ReplayConn {
+                    write,
+                    answers: AnswerReader::spawn(read, self.total.clone()),
+                    base,
+                    write_shut: false,
+                },
+            );
+            self.report.connections += 1;
+        }
+        Ok(self.conns.get_mut(&conn).expect("inserted"))
+    }
+
+    async fn send(
+        &mut self,
+        conn: ConnId,
+        resp_before: u64,
+        resp_total_before: u64,
+        data: &[u8],
+    ) -> Result<(), DivergenceKind> {
+        // A connection opened before the starting point: what it had
+        // received by its first replayed record is its base.
+        let timeout = self.options.answer_timeout;
+        let enforce_total = self.options.only.is_none();
+        let total_base = *self.total_base.get_or_insert(resp_total_before);
+        let c = self.open(conn, resp_before).await?;
+        let expected = resp_before.saturating_sub(c.base);
+        c.answers.raise_watermark(expected);
+        wait_answers(&c.answers, expected, timeout).await?;
+        if enforce_total {
+            let total_expected = resp_total_before.saturating_sub(total_base);
+            wait_total(&self.total, total_expected, timeout).await?;
+        }
+        let c = self.conns.get_mut(&conn).expect("opened above");
+        c.write
+            .write_all(data)
+            .await
+            .map_err(|_| DivergenceKind::TargetClosed)?;
+        self.report.data_records += 1;
+        self.report.data_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    async fn half_close(&mut self, conn: ConnId) -> Result<(), DivergenceKind> {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let _ = c.write.shutdown().await;
+            c.write_shut = true;
+        }
+        Ok(())
+    }
+
+    /// The original connection ended having delivered `resp_total` answer
+    /// bytes: the target must produce exactly as many.
+    async fn close(&mut self, conn: ConnId, resp_total: u64) -> Result<(), DivergenceKind> {
+        let Some(c) = self.conns.remove(&conn) else {
+            return Ok(());
+        };
+        let expected = resp_total.saturating_sub(c.base);
+        c.answers.raise_watermark(expected);
+        let waited = wait_answers(&c.answers, expected, self.options.answer_timeout).await;
+        if waited.is_ok() {
+            // Give the target a moment to show answers the original never had.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(50), c.answers.wait_for(expected + 1))
+                    .await;
+        }
+        let got = c.answers.got();
+        self.report.answer_bytes += got;
+        let _ = c.answers.stop().await;
+        waited?;
+        if got > expected {
+            return Err(DivergenceKind::ExtraAnswer { expected });
+        }
+        Ok(())
+    }
+
+    /// Ends the replay: connections the journal had not closed are handed
+    /// back open (nothing beyond the original's answers read from them).
+    pub async fn finish(mut self) -> (ReplayReport, Vec<OpenConnection>) {
+        let mut open = Vec::new();
+        for (conn, c) in std::mem::take(&mut self.conns) {
+            let answered = c.answers.got();
+            self.report.answer_bytes += answered;
+            let (read, pending) = c.answers.stop().await;
+            let stream = read.and_then(|r| r.reunite(c.write).ok());
+            open.push(OpenConnection {
+                conn,
+                stream,
+                answered,
+                pending,
+                base: c.base,
+            });
+        }
+        self.report.elapsed_seconds = self.started.elapsed().as_secs_f64();
+        (self.report, open)
+    }
+}
+
+async fn wait_answers(
+    answers: &AnswerReader,
+    expected: u64,
+    timeout: Duration,
+) -> Result<(), DivergenceKind> {
+    match tokio::time::timeout(timeout, answers.wait_for(expected)).await {
+        Ok(true) => Ok(()),
+        Ok(false) if answers.got() < expected => Err(DivergenceKind::TargetClosed),
+        _ => Err(DivergenceKind::MissingAnswer {
+            expected,
+            got: answers.got(),
+        }),
+    }
+}
+
+async fn wait_total(
+    total: &TotalAnswers,
+    expected: u64,
+    timeout: Duration,
+) -> Result<(), DivergenceKind> {
+    tokio::time::timeout(timeout, total.wait_for(expected))
+        .await
+        .map_err(|_| DivergenceKind::MissingAnswer {
+            expected,
+            got: total.get(),
+        })
+}
+
+/// Replays every entry of `entries` (in LSN order) and finishes, closing
+/// what remains open. For the debugging tool and tests.
+pub async fn replay_all<I>(entries: I, options: ReplayOptions) -> Result<ReplayReport, ReplayError>
+where
+    I: IntoIterator<Item = Entry>,
+{
+    let mut replayer = Replayer::new(options);
+    for entry in entries {
+        replayer.apply(&entry).await?;
+    }
+    let (report, _open) = replayer.finish().await;
+    Ok(report)
+}
