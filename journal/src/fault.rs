@@ -9,7 +9,19 @@ use std::path::Path;
 /// Flips one byte inside the record at `lsn` (not its length prefix), so the
 /// record fails its checksum. The journal must not be open elsewhere.
 pub fn corrupt_record(dir: &Path, lsn: Lsn) -> Result<()> {
-    let db = sled::open(dir)?;
+    // sled's I/O threads may hold the file lock a moment after the last
+    // handle in this process was dropped.
+    let mut tries = 0;
+    let db = loop {
+        match sled::open(dir) {
+            Ok(db) => break db,
+            Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let log = db.open_tree("log")?;
     let (key, value) = log
         .range(..=lsn.to_be_bytes())

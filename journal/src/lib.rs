@@ -129,8 +129,16 @@ impl Journal {
         if records.is_empty() {
             return Err(JournalError::Invalid("empty batch".into()));
         }
+        let mut bytes = 0;
         for r in &records {
             r.validate()?;
+            bytes += r.encoded_len_hint();
+        }
+        if bytes > writer::MAX_GROUP_BYTES {
+            return Err(JournalError::Invalid(format!(
+                "a batch of {bytes} bytes exceeds {} (split it)",
+                writer::MAX_GROUP_BYTES
+            )));
         }
         self.submit(Records::Many(records)).await
     }
@@ -203,13 +211,27 @@ impl Journal {
     /// appends fail with [`JournalError::Closed`]. Idempotent.
     pub async fn close(&self) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        let flushed = match self.inner.requests.send(Request::Close { reply }).await {
-            Ok(()) => answer.await.unwrap_or(Ok(())),
-            Err(_) => Ok(()),
-        };
+        let sent = self
+            .inner
+            .requests
+            .send(Request::Close { reply })
+            .await
+            .is_ok();
         let task = self.inner.writer_task.lock().expect("poisoned").take();
+        let flushed = match answer.await {
+            Ok(result) => result,
+            // Already closed by an earlier call: it reported the outcome.
+            Err(_) if !sent && task.is_none() => Ok(()),
+            Err(_) => Err(JournalError::GroupFailed(
+                "the journal writer stopped unexpectedly".into(),
+            )),
+        };
         if let Some(task) = task {
-            let _ = task.await;
+            if let Err(e) = task.await {
+                return Err(JournalError::GroupFailed(format!(
+                    "the journal writer failed: {e}"
+                )));
+            }
         }
         flushed
     }

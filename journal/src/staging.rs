@@ -61,7 +61,14 @@ impl StagingLog {
         self.frame.extend_from_slice(segment);
         let crc = crc32fast::hash(&self.frame);
         self.frame.extend_from_slice(&crc.to_be_bytes());
-        self.file.write_all(&self.frame)?;
+        if let Err(e) = self.file.write_all(&self.frame) {
+            // A partly written frame would hide every later frame from
+            // recovery: cut it off, or start a new file if that fails too.
+            if self.file.set_len(self.bytes).is_err() {
+                self.rotate()?;
+            }
+            return Err(e.into());
+        }
         self.bytes += self.frame.len() as u64;
         Ok(())
     }
@@ -75,8 +82,8 @@ impl StagingLog {
     /// (to delete once sled has made its groups durable).
     pub(crate) fn rotate(&mut self) -> Result<PathBuf> {
         let finished = path_of(&self.dir, self.generation);
+        self.file = open_generation(&self.dir, self.generation + 1)?;
         self.generation += 1;
-        self.file = open_generation(&self.dir, self.generation)?;
         self.bytes = 0;
         Ok(finished)
     }
@@ -91,11 +98,15 @@ fn path_of(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("{generation:020}.log"))
 }
 
+/// Creates a generation's file and makes its directory entry durable, so a
+/// power loss cannot lose the file that `sync` mode relies on.
 fn open_generation(dir: &Path, generation: u64) -> Result<File> {
-    Ok(OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path_of(dir, generation))?)
+        .open(path_of(dir, generation))?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
 }
 
 /// Staging files present, oldest first, with their generations.

@@ -144,10 +144,19 @@ impl Store {
         Ok(restored)
     }
 
-    /// Flushes sled and fsyncs its data file: a checkpoint.
+    /// Flushes sled and fsyncs its files: a checkpoint. Sled writes values
+    /// over ~128 KiB to separate files under `blobs/` and never fsyncs them,
+    /// so those are synced here too, before any staging file is dropped.
     pub(crate) fn make_durable(&self) -> Result<()> {
         self.db.flush()?;
         File::open(self.dir.join("db"))?.sync_all()?;
+        let blobs = self.dir.join("blobs");
+        if blobs.is_dir() {
+            for entry in std::fs::read_dir(&blobs)? {
+                File::open(entry?.path())?.sync_all()?;
+            }
+            File::open(&blobs)?.sync_all()?;
+        }
         Ok(())
     }
 
@@ -230,6 +239,8 @@ impl Store {
     /// are spent. A segment that straddles `lsn` is kept from `lsn` on (its
     /// records keep their bytes: each is checksummed with its own LSN).
     pub(crate) fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
+        // The spent range only ever grows.
+        let lsn = lsn.max(self.truncated_before()?);
         self.db.insert(TRUNCATED_BEFORE_KEY, &lsn.to_be_bytes())?;
         let mut removed = 0;
         let mut batch = sled::Batch::default();

@@ -126,6 +126,11 @@ async fn truncation_never_lets_an_lsn_be_reused() {
         "cannot truncate past the end"
     );
     assert_eq!(j.truncate_before(11).unwrap(), 7);
+    assert_eq!(
+        j.truncate_before(2).unwrap(),
+        0,
+        "a lower point changes nothing"
+    );
     j.close().await.unwrap();
     drop(j);
     let j = open(&dir, Durability::Batch);
@@ -233,6 +238,13 @@ async fn appends_after_close_fail_cleanly_and_bad_records_are_refused() {
     let big = Record::data(1, 0, 0, Bytes::from(vec![0; record::MAX_DATA_LEN + 1]));
     assert!(matches!(j.append(big).await, Err(JournalError::Invalid(_))));
     assert!(j.append_batch(vec![]).await.is_err());
+    let huge: Vec<_> = (0..5)
+        .map(|_| Record::data(1, 0, 0, Bytes::from(vec![0; record::MAX_DATA_LEN])))
+        .collect();
+    assert!(matches!(
+        j.append_batch(huge).await,
+        Err(JournalError::Invalid(_))
+    ));
     assert_eq!(j.last_lsn(), 0, "a refused record takes no LSN");
     j.close().await.unwrap();
     assert!(matches!(

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 /// latency stays bounded under a flood.
 const MAX_GROUP_REQUESTS: usize = 1024;
 /// Upper bound on one group's encoded bytes (one sled value).
-const MAX_GROUP_BYTES: usize = 4 << 20;
+pub(crate) const MAX_GROUP_BYTES: usize = 4 << 20;
 /// How often sled is flushed + fsynced and covered staging files dropped.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// A staging file this large triggers a checkpoint early.
@@ -87,6 +87,15 @@ fn sort(req: Request, group: &mut Vec<Pending>) -> Option<oneshot::Sender<Result
         }
         Request::Close { reply } => Some(reply),
     }
+}
+
+/// About how many bytes a group's segment will take.
+fn group_bytes(group: &[Pending]) -> usize {
+    group
+        .iter()
+        .flat_map(|(records, _, _)| records.iter())
+        .map(|r| r.encoded_len_hint() + 4)
+        .sum()
 }
 
 /// Metric handles, registered once so the per-record path does no lookups.
@@ -173,13 +182,16 @@ impl Writer {
                 }
             };
             let Some(first) = first else {
-                let _ = self.final_checkpoint().await;
+                // Every handle is gone: nobody to tell, so log a failure.
+                if let Err(e) = self.final_checkpoint().await {
+                    tracing::error!(error = %e, "final journal checkpoint failed; staging files kept");
+                }
                 return;
             };
             let mut close = sort(first, &mut group);
             while close.is_none()
                 && group.len() < MAX_GROUP_REQUESTS
-                && self.segment.len() < MAX_GROUP_BYTES
+                && group_bytes(&group) < MAX_GROUP_BYTES
             {
                 match rx.try_recv() {
                     Ok(req) => close = sort(req, &mut group),
@@ -244,23 +256,33 @@ impl Writer {
         }
     }
 
-    /// Staging write (+ fdatasync), then the sled insert.
+    /// Staging write (+ fdatasync), then the sled insert. Once the group is
+    /// staged it is also inserted even if the fdatasync failed, so a later
+    /// checkpoint never deletes the only copy of LSNs already spent (which
+    /// would leave a gap); the callers still get the error.
     async fn persist(&mut self, first_lsn: Lsn) -> Result<(), Failure> {
+        let mut synced = Ok(());
         if let Some(staging) = self.staging.as_mut() {
             staging
                 .append(first_lsn, &self.segment)
                 .map_err(Failure::BeforeStaging)?;
             if self.durability == Durability::Sync {
-                let file = staging.file_handle().map_err(Failure::AfterStaging)?;
-                tokio::task::spawn_blocking(move || file.sync_data())
-                    .await
-                    .map_err(|e| Failure::AfterStaging(JournalError::Io(std::io::Error::other(e))))?
-                    .map_err(|e| Failure::AfterStaging(e.into()))?;
+                synced = match staging.file_handle() {
+                    Ok(file) => tokio::task::spawn_blocking(move || file.sync_data())
+                        .await
+                        .map_err(|e| JournalError::Io(std::io::Error::other(e)))
+                        .and_then(|r| r.map_err(JournalError::from)),
+                    Err(e) => Err(e),
+                };
             }
         }
-        self.store
-            .insert_segment(first_lsn, &self.segment)
-            .map_err(Failure::AfterStaging)
+        let inserted = self.store.insert_segment(first_lsn, &self.segment);
+        match (self.staging.is_some(), inserted, synced) {
+            // Without a staging log nothing is spent until sled has it.
+            (false, Err(e), _) => Err(Failure::BeforeStaging(e)),
+            (true, Err(e), _) | (_, Ok(()), Err(e)) => Err(Failure::AfterStaging(e)),
+            (_, Ok(()), Ok(())) => Ok(()),
+        }
     }
 
     /// Starts a background checkpoint when one is due and none is running:
@@ -271,7 +293,12 @@ impl Writer {
             return;
         }
         if let Some(done) = self.checkpoint.take() {
-            if let Some(Ok(Err(e))) = futures_now(done) {
+            let failure = match futures_now(done) {
+                Some(Ok(Err(e))) => Some(e.to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(e) = failure {
                 tracing::error!(error = %e, "journal checkpoint failed; staging files kept");
                 self.metrics.errors.increment(1);
             }
@@ -307,7 +334,13 @@ impl Writer {
     /// sled, remove the staging files.
     async fn final_checkpoint(&mut self) -> Result<()> {
         if let Some(running) = self.checkpoint.take() {
-            let _ = running.await;
+            match running.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "journal checkpoint failed; staging files kept")
+                }
+                Err(e) => tracing::error!(error = %e, "journal checkpoint task failed"),
+            }
         }
         let store = self.store.clone();
         let current = self.staging.as_ref().map(|s| s.current_path());

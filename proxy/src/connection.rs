@@ -134,6 +134,7 @@ async fn relay(
             &delivered,
             shared,
             &failed,
+            stop,
         )
         .await;
         if r.is_err() {
@@ -173,7 +174,9 @@ async fn wait_failed(failed: &CancellationToken, stop: &CancellationToken) {
     }
 }
 
-/// Client → journal → service, one read at a time.
+/// Client → journal → service, one read at a time. `stop` (cancelled by a
+/// graceful shutdown or by the other direction failing) ends it between
+/// records; a forward in progress is cut short only by a failure.
 async fn client_to_service(
     mut client: OwnedReadHalf,
     mut backend: OwnedWriteHalf,
@@ -181,6 +184,7 @@ async fn client_to_service(
     delivered: &AtomicU64,
     shared: &Shared,
     stop: &CancellationToken,
+    graceful: &CancellationToken,
 ) -> Result<(), ConnError> {
     // One fixed buffer per direction; each read is copied once into an
     // exactly-sized `Bytes` that the journal and the backend write share.
@@ -213,10 +217,16 @@ async fn client_to_service(
                 chunk.clone(),
             ))
             .await?;
-        backend
-            .write_all(&chunk)
-            .await
-            .map_err(ConnError::BackendIo)?;
+        tokio::select! {
+            written = backend.write_all(&chunk) => written.map_err(ConnError::BackendIo)?,
+            // The answers side failed (e.g. the client reset): a service
+            // that is not reading must not pin this task forever.
+            _ = wait_failed(stop, graceful) => {
+                return Err(ConnError::BackendIo(std::io::Error::other(
+                    "forward abandoned: the connection failed",
+                )))
+            }
+        }
         shared.metrics.client_to_service.increment(n as u64);
     }
 }
