@@ -1,7 +1,8 @@
 //! A full disk under the journal: the client whose bytes could not be
 //! journaled is closed (never forwarded), the error is logged and counted,
-//! the proxy process stays up and never forwards unjournaled input, and once there is space again the journal reopens
-//! with everything that was acknowledged.
+//! the proxy process stays up and never forwards unjournaled input, and
+//! once there is space again the journal reopens with everything that was
+//! acknowledged.
 //!
 //! Needs root (it mounts a small tmpfs under its temp dir); skips with a
 //! printed reason otherwise.
