@@ -23,6 +23,7 @@ const HEADER: usize = 4 + 8 + 4;
 /// The staging file being appended to.
 pub(crate) struct StagingLog {
     dir: PathBuf,
+    sync_dir: bool,
     generation: u64,
     file: File,
     /// Bytes written to the current file (checkpoint trigger).
@@ -38,11 +39,14 @@ pub(crate) struct Frame {
 
 impl StagingLog {
     /// Starts a new generation after `last_generation`.
-    pub(crate) fn create(dir: &Path, last_generation: u64) -> Result<StagingLog> {
+    /// `sync_dir`: make each new file's directory entry durable (the `sync`
+    /// mode's power-loss promise needs it; a process kill does not).
+    pub(crate) fn create(dir: &Path, last_generation: u64, sync_dir: bool) -> Result<StagingLog> {
         std::fs::create_dir_all(dir)?;
         let generation = last_generation + 1;
-        let file = open_generation(dir, generation)?;
+        let file = open_generation(dir, generation, sync_dir)?;
         Ok(StagingLog {
+            sync_dir,
             dir: dir.to_path_buf(),
             generation,
             file,
@@ -82,7 +86,7 @@ impl StagingLog {
     /// (to delete once sled has made its groups durable).
     pub(crate) fn rotate(&mut self) -> Result<PathBuf> {
         let finished = path_of(&self.dir, self.generation);
-        self.file = open_generation(&self.dir, self.generation + 1)?;
+        self.file = open_generation(&self.dir, self.generation + 1, self.sync_dir)?;
         self.generation += 1;
         self.bytes = 0;
         Ok(finished)
@@ -98,14 +102,16 @@ fn path_of(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("{generation:020}.log"))
 }
 
-/// Creates a generation's file and makes its directory entry durable, so a
-/// power loss cannot lose the file that `sync` mode relies on.
-fn open_generation(dir: &Path, generation: u64) -> Result<File> {
+/// Creates a generation's file; with `sync_dir`, also makes its directory
+/// entry durable, so a power loss cannot lose the file `sync` mode relies on.
+fn open_generation(dir: &Path, generation: u64, sync_dir: bool) -> Result<File> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path_of(dir, generation))?;
-    File::open(dir)?.sync_all()?;
+    if sync_dir {
+        File::open(dir)?.sync_all()?;
+    }
     Ok(file)
 }
 

@@ -267,7 +267,7 @@ async fn staged_groups_that_sled_lost_are_restored_on_open() {
     let mut staged = Vec::new();
     segment::push(&mut staged, 2, &data(1, "only staged"));
     segment::push(&mut staged, 3, &Record::half_closed(1));
-    let mut log = staging::StagingLog::create(&jdir.join("staging"), 41).unwrap();
+    let mut log = staging::StagingLog::create(&jdir.join("staging"), 41, true).unwrap();
     log.append(2, &staged).unwrap();
     // A torn frame after it is ignored.
     drop(log);

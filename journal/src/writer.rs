@@ -150,7 +150,11 @@ impl Writer {
         let staging = match durability {
             Durability::None => None,
             // Recovery on open emptied the staging dir; start afresh.
-            _ => Some(StagingLog::create(&store.staging_dir(), 0)?),
+            mode => Some(StagingLog::create(
+                &store.staging_dir(),
+                0,
+                mode == Durability::Sync,
+            )?),
         };
         let metrics = WriterMetrics::new();
         metrics.last_lsn.set((next_lsn - 1) as f64);
