@@ -193,12 +193,15 @@ impl Writer {
                 return;
             };
             let mut close = sort(first, &mut group);
-            while close.is_none()
-                && group.len() < MAX_GROUP_REQUESTS
-                && group_bytes(&group) < MAX_GROUP_BYTES
-            {
+            let mut bytes = group_bytes(&group);
+            while close.is_none() && group.len() < MAX_GROUP_REQUESTS && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
-                    Ok(req) => close = sort(req, &mut group),
+                    Ok(req) => {
+                        close = sort(req, &mut group);
+                        bytes += group
+                            .last()
+                            .map_or(0, |p| group_bytes(std::slice::from_ref(p)));
+                    }
                     Err(_) => break,
                 }
             }

@@ -1,0 +1,57 @@
+//! What nodes say to each other. The handshake messages come first on
+//! every link; the rest is only accepted after it succeeded.
+
+use serde::{Deserialize, Serialize};
+
+/// One peer-link message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Dialer → listener: who I am and a fresh challenge for you.
+    Hello {
+        /// The dialing node's name.
+        node: String,
+        /// Random challenge the listener must answer.
+        nonce: [u8; 32],
+    },
+    /// Listener → dialer: who I am, proof that I know the secret, and a
+    /// challenge for you.
+    HelloProof {
+        /// The listening node's name.
+        node: String,
+        /// Random challenge the dialer must answer.
+        nonce: [u8; 32],
+        /// HMAC over both challenges, bound to the listener's role.
+        proof: Vec<u8>,
+    },
+    /// Dialer → listener: proof that I know the secret.
+    Proof {
+        /// HMAC over both challenges, bound to the dialer's role.
+        proof: Vec<u8>,
+    },
+    /// Listener → dialer: authenticated.
+    Welcome,
+    /// Either way: the link is being refused or closed, and why.
+    Goodbye {
+        /// A sentence for the other side's log.
+        reason: String,
+    },
+    /// Liveness probe.
+    Ping(u64),
+    /// Answer to a probe.
+    Pong(u64),
+}
+
+impl Message {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::HelloProof { .. } => "hello_proof",
+            Message::Proof { .. } => "proof",
+            Message::Welcome => "welcome",
+            Message::Goodbye { .. } => "goodbye",
+            Message::Ping(_) => "ping",
+            Message::Pong(_) => "pong",
+        }
+    }
+}
