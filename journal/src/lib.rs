@@ -16,6 +16,7 @@
 pub mod durability;
 pub mod error;
 pub mod fault;
+pub mod marker;
 pub mod names;
 pub mod record;
 mod segment;

@@ -34,6 +34,28 @@ pub(crate) struct Shared {
     pub resp_total: AtomicU64,
     /// Counters.
     pub metrics: ProxyMetrics,
+    /// Held shared by each record from its append to the end of its
+    /// forward; the quiesce barrier takes it exclusively (see `barrier`).
+    pub gate: Arc<tokio::sync::RwLock<()>>,
+    /// Answer bytes delivered per open connection, for snapshot marks.
+    /// Touched once per connection open/close, never per record.
+    pub open: std::sync::Mutex<std::collections::HashMap<ConnId, Arc<AtomicU64>>>,
+}
+
+/// Removes a connection from the open set however its task ends.
+struct OpenGuard<'a> {
+    shared: &'a Shared,
+    conn: ConnId,
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .open
+            .lock()
+            .expect("poisoned")
+            .remove(&self.conn);
+    }
 }
 
 /// A failure that ends a connection, with the metric kind it is counted as.
@@ -123,7 +145,13 @@ async fn relay(
 
     let (client_read, client_write) = client.into_split();
     let (backend_read, backend_write) = backend.into_split();
-    let delivered = AtomicU64::new(0);
+    let delivered = Arc::new(AtomicU64::new(0));
+    shared
+        .open
+        .lock()
+        .expect("poisoned")
+        .insert(conn, delivered.clone());
+    let _registered = OpenGuard { shared, conn };
     // Either direction failing ends the other too.
     let failed = stop.child_token();
     let upstream = async {
@@ -200,6 +228,9 @@ async fn client_to_service(
             read = client.read(&mut buf) => read.map_err(ConnError::ClientIo)?,
         };
         if n == 0 {
+            // End of input is input too: journal and deliver it atomically
+            // with respect to a barrier.
+            let _permit = shared.gate.read().await;
             shared.journal.append(Record::half_closed(conn)).await?;
             let _ = backend.shutdown().await;
             return Ok(());
@@ -207,6 +238,9 @@ async fn client_to_service(
         // Causality as the client saw it when it sent these bytes.
         let resp_before = delivered.load(Ordering::Acquire);
         let resp_total_before = shared.resp_total.load(Ordering::Acquire);
+        // Journal and forward under one gate permit: a barrier sees either
+        // both or neither.
+        let _permit = shared.gate.read().await;
         let chunk = Bytes::copy_from_slice(&buf[..n]);
         shared
             .journal

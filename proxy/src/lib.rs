@@ -3,8 +3,10 @@
 //! service's answers back while counting them per connection, propagates
 //! half-close both ways, keeps memory bounded, and shuts down gracefully.
 
+pub mod barrier;
 mod connection;
 pub mod metrics;
 mod server;
 
-pub use server::{Proxy, ProxyConfig, ShutdownReport};
+pub use barrier::{QuiesceError, QuiesceOptions, Quiesced};
+pub use server::{Proxy, ProxyConfig, ProxyControl, ShutdownReport};

@@ -2,6 +2,7 @@
 //! accept errors, and graceful shutdown (stop accepting, let connections
 //! finish what they forwarded, abort stragglers at the drain timeout).
 
+use crate::barrier::{QuiesceError, QuiesceOptions, Quiesced};
 use crate::connection::{serve, Shared};
 use crate::metrics::{ErrorKind, ProxyMetrics};
 use anyhow::Context;
@@ -56,6 +57,27 @@ pub struct ShutdownReport {
     pub aborted: usize,
 }
 
+/// Controls a proxy from outside its data path (the node agent, tests).
+#[derive(Clone)]
+pub struct ProxyControl {
+    shared: Arc<Shared>,
+}
+
+impl ProxyControl {
+    /// Fixes a consistent snapshot point: see [`crate::barrier`]. Forwarding
+    /// stays held until the returned [`Quiesced`] is dropped.
+    pub async fn quiesce(&self, options: QuiesceOptions) -> Result<Quiesced, QuiesceError> {
+        crate::barrier::quiesce(&self.shared, options).await
+    }
+
+    /// Service→client bytes delivered so far over all connections.
+    pub fn answer_bytes(&self) -> u64 {
+        self.shared
+            .resp_total
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// A bound, not yet running, proxy.
 pub struct Proxy {
     listener: TcpListener,
@@ -77,12 +99,21 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             resp_total: AtomicU64::new(0),
             metrics: ProxyMetrics::new(),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            open: Default::default(),
         });
         Ok(Proxy {
             listener,
             shared,
             config,
         })
+    }
+
+    /// A handle to control the running proxy (the quiesce barrier).
+    pub fn control(&self) -> ProxyControl {
+        ProxyControl {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The address actually bound (useful with port 0).

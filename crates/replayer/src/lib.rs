@@ -24,6 +24,7 @@
 mod answers;
 
 use answers::{AnswerReader, TotalAnswers};
+use replaymig_journal::marker::SnapshotMark;
 use replaymig_journal::{ConnId, Entry, Lsn, Record};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -161,8 +162,15 @@ pub struct Replayer {
     options: ReplayOptions,
     conns: BTreeMap<ConnId, ReplayConn>,
     total: Arc<TotalAnswers>,
-    /// `resp_total_before` of the first data record: the journal-wide base.
+    /// Journal-wide answer bytes before the starting point: from the
+    /// snapshot mark, else `resp_total_before` of the first data record.
     total_base: Option<u64>,
+    /// Per-connection answer bytes before the starting point, from the
+    /// snapshot mark (connections not in it: their first record's
+    /// `resp_before`, or 0 when opened in range).
+    bases: std::collections::HashMap<ConnId, u64>,
+    /// First LSN applied.
+    first_lsn: Option<Lsn>,
     report: ReplayReport,
     started: Instant,
 }
@@ -175,9 +183,20 @@ impl Replayer {
             conns: BTreeMap::new(),
             total: Arc::new(TotalAnswers::default()),
             total_base: None,
+            bases: Default::default(),
+            first_lsn: None,
             report: ReplayReport::default(),
             started: Instant::now(),
         }
+    }
+
+    /// Counts answers from a snapshot point: what each connection (and the
+    /// whole journal) had delivered when the snapshot was taken. Applied by
+    /// itself when the replay starts right after a `snapshot` marker's point
+    /// and meets that marker before any data.
+    pub fn start_at(&mut self, mark: &SnapshotMark) {
+        self.total_base = Some(mark.resp_total);
+        self.bases = mark.delivered.iter().map(|(c, d)| (*c, *d)).collect();
     }
 
     /// The figures so far.
@@ -189,7 +208,13 @@ impl Replayer {
     /// `stop_on_divergence` the first one is also returned as an error.
     pub async fn apply(&mut self, entry: &Entry) -> Result<(), ReplayError> {
         let lsn = entry.lsn;
+        let first = *self.first_lsn.get_or_insert(lsn);
         let Some(conn) = entry.record.conn(lsn) else {
+            if let Some(mark) = SnapshotMark::from_record(&entry.record) {
+                if mark.lsn + 1 == first && self.report.data_records == 0 {
+                    self.start_at(&mark);
+                }
+            }
             self.count(lsn);
             return Ok(());
         };
@@ -277,7 +302,8 @@ impl Replayer {
         let timeout = self.options.answer_timeout;
         let enforce_total = self.options.only.is_none();
         let total_base = *self.total_base.get_or_insert(resp_total_before);
-        let c = self.open(conn, resp_before).await?;
+        let base = self.bases.get(&conn).copied().unwrap_or(resp_before);
+        let c = self.open(conn, base).await?;
         let expected = resp_before.saturating_sub(c.base);
         c.answers.raise_watermark(expected);
         wait_answers(&c.answers, expected, timeout).await?;

@@ -3,73 +3,12 @@
 //! restored from an RDB saved at LSN s (from s+1, as migration does), ends
 //! in the same dataset; a target with other data diverges at the right LSN.
 
-use replaymig_journal::{Entry, Journal, JournalOptions, Lsn, Record};
-use replaymig_proxy::{Proxy, ProxyConfig};
+use replaymig_journal::{Entry, Journal, Lsn, Record};
 use replaymig_replayer::{replay_all, DivergenceKind, ReplayOptions, Replayer};
-use replaymig_testkit::{RedisServer, Reply, RespClient};
+use replaymig_testkit::{InProcessProxy, RedisServer, Reply, RespClient};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
-
-/// A journaling proxy running in this process.
-struct InProcessProxy {
-    journal: Journal,
-    listen: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl InProcessProxy {
-    async fn start(backend: SocketAddr, dir: &std::path::Path) -> InProcessProxy {
-        let journal = Journal::open(dir, JournalOptions::default()).unwrap();
-        let proxy = Proxy::bind(
-            ProxyConfig::new(([127, 0, 0, 1], 0).into(), backend),
-            journal.clone(),
-        )
-        .await
-        .unwrap();
-        let listen = proxy.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let run = proxy.run(stop.clone());
-        let task = tokio::spawn(async move {
-            run.await;
-        });
-        InProcessProxy {
-            journal,
-            listen,
-            stop,
-            task,
-        }
-    }
-
-    /// Waits until the journal holds a `closed` record for every connection
-    /// opened so far (clients dropped their sockets): a quiescent point.
-    async fn quiesce(&self) -> Lsn {
-        for _ in 0..200 {
-            let entries = entries(&self.journal, 1);
-            let opened = entries
-                .iter()
-                .filter(|e| matches!(e.record, Record::Opened { .. }))
-                .count();
-            let closed = entries
-                .iter()
-                .filter(|e| matches!(e.record, Record::Closed { .. }))
-                .count();
-            if opened == closed {
-                return self.journal.last_lsn();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("connections did not close");
-    }
-
-    async fn stop(self) -> Journal {
-        self.stop.cancel();
-        self.task.await.unwrap();
-        self.journal
-    }
-}
 
 fn entries(journal: &Journal, from: Lsn) -> Vec<Entry> {
     journal
@@ -131,7 +70,7 @@ async fn replay_from_lsn_1_rebuilds_the_same_dataset() {
     tokio::task::spawn_blocking(move || mixed_session(listen, 0))
         .await
         .unwrap();
-    proxy.quiesce().await;
+    proxy.wait_all_closed().await;
     let journal = proxy.stop().await;
     let recorded = entries(&journal, 1);
     let answers_original: u64 = recorded
@@ -198,7 +137,7 @@ async fn replay_after_a_snapshot_point_onto_the_restored_snapshot_matches() {
         .await
         .unwrap();
     drop(long_lived);
-    proxy.quiesce().await;
+    proxy.wait_all_closed().await;
     let journal = proxy.stop().await;
 
     let restored = RedisServer::start_from_rdb(&snapshot.path().join("at-s.rdb")).unwrap();
@@ -235,7 +174,7 @@ async fn a_target_with_other_data_diverges_at_the_right_lsn() {
     })
     .await
     .unwrap();
-    proxy.quiesce().await;
+    proxy.wait_all_closed().await;
     let journal = proxy.stop().await;
     let recorded = entries(&journal, 1);
     let second_incr = recorded

@@ -2,10 +2,12 @@
 //! in temp dirs, child processes killed by PID when a test ends (also on
 //! panic), free loopback ports, and a small blocking RESP client.
 
+mod inproc;
 mod process;
 mod redis;
 mod resp;
 
+pub use inproc::InProcessProxy;
 pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard};
 pub use redis::RedisServer;
 pub use resp::{encode_command, Reply, RespClient};

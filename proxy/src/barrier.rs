@@ -1,0 +1,113 @@
+//! The quiesce barrier: a consistent snapshot point. Every client record
+//! is journaled *and* forwarded while holding a shared permit of the
+//! forward gate; the barrier takes the gate exclusively, so when it holds
+//! the gate no record is between journal and service, and the records the
+//! service has received are exactly LSNs `..= s` (a prefix). It then waits
+//! until the service has gone quiet (no answer bytes for an idle window),
+//! journals a `snapshot` marker naming `s`, and keeps the gate until the
+//! caller's snapshot point is fixed. Client input waits meanwhile (in
+//! socket buffers, nothing dropped); releasing the hold resumes it.
+
+use crate::connection::Shared;
+use replaymig_journal::marker::SnapshotMark;
+use replaymig_journal::Lsn;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedRwLockWriteGuard;
+
+/// How the barrier waits.
+#[derive(Debug, Clone, Copy)]
+pub struct QuiesceOptions {
+    /// The service counts as quiet after this long without answer bytes.
+    pub idle: Duration,
+    /// Give up (and resume forwarding) if not quiet within this long.
+    pub timeout: Duration,
+}
+
+impl Default for QuiesceOptions {
+    fn default() -> Self {
+        QuiesceOptions {
+            idle: Duration::from_millis(20),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a quiesce failed; forwarding has resumed in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum QuiesceError {
+    /// In-flight forwards did not finish in time.
+    #[error("could not stop forwarding within {0:?} (a forward is stuck)")]
+    GateTimeout(Duration),
+    /// The service kept answering past the timeout.
+    #[error("service did not go quiet within {0:?}")]
+    NotQuiet(Duration),
+    /// The snapshot marker could not be journaled.
+    #[error("cannot journal the snapshot marker: {0}")]
+    Journal(#[from] replaymig_journal::JournalError),
+}
+
+/// A held barrier: the service has received exactly LSNs `..= lsn` and is
+/// quiet. Dropping it resumes forwarding.
+pub struct Quiesced {
+    /// The snapshot point: last client record the service received.
+    pub lsn: Lsn,
+    /// The full snapshot point (per-connection answer counts).
+    pub mark: SnapshotMark,
+    /// LSN of the `snapshot` marker journaled for it.
+    pub marker_lsn: Lsn,
+    /// When the hold began (client input has waited since).
+    pub held_since: Instant,
+    _gate: OwnedRwLockWriteGuard<()>,
+}
+
+impl Quiesced {
+    /// How long client input has been held so far.
+    pub fn held_for(&self) -> Duration {
+        self.held_since.elapsed()
+    }
+}
+
+pub(crate) async fn quiesce(
+    shared: &Arc<Shared>,
+    options: QuiesceOptions,
+) -> Result<Quiesced, QuiesceError> {
+    let started = Instant::now();
+    let gate = tokio::time::timeout(options.timeout, shared.gate.clone().write_owned())
+        .await
+        .map_err(|_| QuiesceError::GateTimeout(options.timeout))?;
+    let held_since = Instant::now();
+    // Quiet = the answer counter stood still for a whole idle window.
+    let mut last = shared.resp_total.load(Ordering::Acquire);
+    loop {
+        tokio::time::sleep(options.idle).await;
+        let now = shared.resp_total.load(Ordering::Acquire);
+        if now == last {
+            break;
+        }
+        last = now;
+        if started.elapsed() > options.timeout {
+            return Err(QuiesceError::NotQuiet(options.timeout));
+        }
+    }
+    let mark = SnapshotMark {
+        lsn: shared.journal.last_lsn(),
+        resp_total: shared.resp_total.load(Ordering::Acquire),
+        delivered: shared
+            .open
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|(conn, d)| (*conn, d.load(Ordering::Acquire)))
+            .collect(),
+    };
+    let marker_lsn = shared.journal.append(mark.to_record()).await?;
+    Ok(Quiesced {
+        lsn: mark.lsn,
+        mark,
+        marker_lsn,
+        held_since,
+        _gate: gate,
+    })
+}
