@@ -35,6 +35,26 @@ pub enum Message {
         /// A sentence for the other side's log.
         reason: String,
     },
+    /// A snapshot begins: its manifest (JSON, see `replaymig-snapshot`).
+    SnapshotBegin {
+        /// The manifest, serialized.
+        manifest: Vec<u8>,
+    },
+    /// A piece of one snapshot file, in order.
+    SnapshotChunk {
+        /// Index of the file in the manifest.
+        file: u32,
+        /// Where the piece starts in the file.
+        offset: u64,
+        /// Whether `data` is zstd-compressed.
+        compressed: bool,
+        /// The bytes (compressed or not).
+        data: Vec<u8>,
+        /// CRC-32 of the uncompressed bytes.
+        crc32: u32,
+    },
+    /// Every chunk was sent.
+    SnapshotEnd,
     /// Liveness probe.
     Ping(u64),
     /// Answer to a probe.
@@ -50,6 +70,9 @@ impl Message {
             Message::Proof { .. } => "proof",
             Message::Welcome => "welcome",
             Message::Goodbye { .. } => "goodbye",
+            Message::SnapshotBegin { .. } => "snapshot_begin",
+            Message::SnapshotChunk { .. } => "snapshot_chunk",
+            Message::SnapshotEnd => "snapshot_end",
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
         }

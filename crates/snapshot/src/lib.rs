@@ -1,0 +1,13 @@
+//! Snapshots: how a service's state is dumped on one node and restored on
+//! another ([`Driver`]), the [`Manifest`] that travels with every snapshot
+//! (files, their SHA-256, the driver, and the LSN the snapshot reflects —
+//! like a base backup's start WAL position), and shipping a snapshot over
+//! the peer link in checksummed, optionally zstd-compressed chunks
+//! ([`transfer`]).
+
+mod driver;
+mod manifest;
+pub mod transfer;
+
+pub use driver::{Driver, DriverError, ExecDriver, Placeholders};
+pub use manifest::{FileEntry, Manifest, ManifestError, MANIFEST_FILE};
