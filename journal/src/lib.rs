@@ -144,6 +144,31 @@ impl Journal {
         self.submit(Records::Many(records)).await
     }
 
+    /// Appends records under the LSNs they already have, starting at
+    /// `first` (log shipping: the receiving node keeps the sender's LSNs).
+    /// They must continue this journal exactly; an empty journal may start
+    /// at any LSN (LSNs below it count as spent).
+    pub async fn append_at(&self, first: Lsn, records: Vec<Record>) -> Result<Lsn> {
+        if records.is_empty() {
+            return Err(JournalError::Invalid("empty batch".into()));
+        }
+        for r in &records {
+            r.validate()?;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::AppendAt {
+                first,
+                records,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
     async fn submit(&self, records: Records) -> Result<Lsn> {
         let (reply, answer) = oneshot::channel();
         self.inner

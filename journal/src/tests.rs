@@ -290,3 +290,40 @@ async fn staged_groups_that_sled_lost_are_restored_on_open() {
     assert_eq!(j.append(data(1, "next")).await.unwrap(), 4);
     j.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn shipped_records_keep_their_lsns_and_must_continue_the_journal() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    // An empty journal may start at the sender's snapshot point + 1.
+    assert_eq!(
+        j.append_at(101, vec![data(7, "a"), data(7, "b")])
+            .await
+            .unwrap(),
+        101
+    );
+    assert_eq!(j.last_lsn(), 102);
+    assert!(
+        j.append_at(101, vec![data(7, "dup")]).await.is_err(),
+        "no LSN twice"
+    );
+    assert!(
+        j.append_at(104, vec![data(7, "gap")]).await.is_err(),
+        "no gap"
+    );
+    assert_eq!(j.append_at(103, vec![data(7, "c")]).await.unwrap(), 103);
+    // Local appends continue after the shipped ones.
+    assert_eq!(j.append(data(7, "local")).await.unwrap(), 104);
+    assert_eq!(j.first_lsn().unwrap(), Some(101));
+    j.close().await.unwrap();
+    drop(j);
+    let j = open(&dir, Durability::Batch);
+    assert_eq!(lsns_from(&j, 101), vec![101, 102, 103, 104]);
+    j.close().await.unwrap();
+}
+
+fn lsns_from(j: &Journal, from: Lsn) -> Vec<Lsn> {
+    j.read_range(from, Lsn::MAX)
+        .map(|e| e.unwrap().lsn)
+        .collect()
+}

@@ -65,17 +65,37 @@ pub(crate) enum Request {
         enqueued: Instant,
         reply: oneshot::Sender<Result<Lsn>>,
     },
+    /// Append these records under LSNs starting at `first` (records
+    /// shipped from another node keep their LSNs); answer with `first`.
+    AppendAt {
+        first: Lsn,
+        records: Vec<Record>,
+        enqueued: Instant,
+        reply: oneshot::Sender<Result<Lsn>>,
+    },
     /// Finish what is queued, checkpoint, stop.
     Close { reply: oneshot::Sender<Result<()>> },
+}
+
+/// A request that ends the current group: it is handled on its own after
+/// the group is committed.
+enum Interrupt {
+    AppendAt {
+        first: Lsn,
+        records: Vec<Record>,
+        enqueued: Instant,
+        reply: oneshot::Sender<Result<Lsn>>,
+    },
+    Close(oneshot::Sender<Result<()>>),
 }
 
 /// An append waiting in the current group: its records, when it was asked
 /// for (for the latency histogram) and whom to answer.
 type Pending = (Records, Instant, oneshot::Sender<Result<Lsn>>);
 
-/// Files a request into the current group; a close request is returned so
-/// the loop commits the group first and then stops.
-fn sort(req: Request, group: &mut Vec<Pending>) -> Option<oneshot::Sender<Result<()>>> {
+/// Files a request into the current group; anything else is returned so
+/// the loop commits the group first and then handles it.
+fn sort(req: Request, group: &mut Vec<Pending>) -> Option<Interrupt> {
     match req {
         Request::Append {
             records,
@@ -85,7 +105,18 @@ fn sort(req: Request, group: &mut Vec<Pending>) -> Option<oneshot::Sender<Result
             group.push((records, enqueued, reply));
             None
         }
-        Request::Close { reply } => Some(reply),
+        Request::AppendAt {
+            first,
+            records,
+            enqueued,
+            reply,
+        } => Some(Interrupt::AppendAt {
+            first,
+            records,
+            enqueued,
+            reply,
+        }),
+        Request::Close { reply } => Some(Interrupt::Close(reply)),
     }
 }
 
@@ -208,12 +239,50 @@ impl Writer {
             if !group.is_empty() {
                 self.commit(&mut group).await;
             }
-            if let Some(reply) = close {
-                let _ = reply.send(self.final_checkpoint().await);
-                return;
+            match close {
+                Some(Interrupt::Close(reply)) => {
+                    let _ = reply.send(self.final_checkpoint().await);
+                    return;
+                }
+                Some(Interrupt::AppendAt {
+                    first,
+                    records,
+                    enqueued,
+                    reply,
+                }) => self.import(first, records, enqueued, reply).await,
+                None => {}
             }
             self.maybe_checkpoint(false);
         }
+    }
+
+    /// Appends records at the LSNs they already have: they must continue
+    /// the journal exactly, except that an empty journal may start anywhere
+    /// (a node receiving a service's log after its snapshot point).
+    async fn import(
+        &mut self,
+        first: Lsn,
+        records: Vec<Record>,
+        enqueued: Instant,
+        reply: oneshot::Sender<Result<Lsn>>,
+    ) {
+        if first != self.next_lsn {
+            let empty = matches!(self.store.last_lsn(), Ok(None));
+            if !(empty && first > self.next_lsn) {
+                let _ = reply.send(Err(JournalError::Invalid(format!(
+                    "records for LSN {first} do not continue this journal (next LSN is {})",
+                    self.next_lsn
+                ))));
+                return;
+            }
+            if let Err(e) = self.store.truncate_before(first) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            self.next_lsn = first;
+        }
+        let mut group = vec![(Records::Many(records), enqueued, reply)];
+        self.commit(&mut group).await;
     }
 
     /// Encodes, stages, stores one group; answers its callers.
