@@ -55,6 +55,19 @@ pub enum Message {
     },
     /// Every chunk was sent.
     SnapshotEnd,
+    /// Journal records after the snapshot point, in LSN order, each in the
+    /// journal's own checksummed encoding (verified on arrival).
+    LogBatch {
+        /// LSN of the first record.
+        first_lsn: u64,
+        /// The encoded records, LSNs `first_lsn..`.
+        records: Vec<Vec<u8>>,
+    },
+    /// The receiver has journaled everything up to `lsn`.
+    LogApplied {
+        /// Highest LSN done.
+        lsn: u64,
+    },
     /// Liveness probe.
     Ping(u64),
     /// Answer to a probe.
@@ -73,6 +86,8 @@ impl Message {
             Message::SnapshotBegin { .. } => "snapshot_begin",
             Message::SnapshotChunk { .. } => "snapshot_chunk",
             Message::SnapshotEnd => "snapshot_end",
+            Message::LogBatch { .. } => "log_batch",
+            Message::LogApplied { .. } => "log_applied",
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
         }

@@ -1,0 +1,159 @@
+//! Log shipping: the owner streams every durable journal record from
+//! `from` on to the receiving node in batches; the receiver verifies each
+//! record's checksum under its LSN, journals it under the same LSN, hands
+//! it to the caller (the replayer), and acknowledges the highest LSN done.
+
+use futures_util::FutureExt;
+use replaymig_journal::{Entry, Journal, JournalError, Lsn, Record};
+use replaymig_peer::{LinkError, Message, PeerLink};
+use std::time::Duration;
+
+/// Most records per batch (a batch also stays under the frame limit: the
+/// journal caps a record at 1 MiB and the proxy reads 16 KiB at a time).
+pub const MAX_BATCH_RECORDS: usize = 256;
+/// Most encoded bytes per batch.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Why shipping failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// The link failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// Reading or writing a journal failed (a corrupt record names its LSN).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The peer broke the protocol.
+    #[error("log shipping protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Figures of the shipping so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShipStats {
+    /// Records shipped.
+    pub records: u64,
+    /// Encoded bytes shipped.
+    pub bytes: u64,
+    /// Batches shipped.
+    pub batches: u64,
+    /// Last LSN shipped.
+    pub last_lsn: Lsn,
+    /// Highest LSN the receiver acknowledged.
+    pub acked: Lsn,
+}
+
+/// Ships records from `from` on, reading the receiver's acknowledgements
+/// as they come (so neither side's buffers fill up), until the journal
+/// closes or `until` (inclusive) was shipped *and* acknowledged.
+pub async fn send(
+    journal: &Journal,
+    from: Lsn,
+    until: Option<Lsn>,
+    link: &mut PeerLink,
+) -> Result<ShipStats, ShipError> {
+    let mut tail = journal.tail(from)?;
+    let mut stats = ShipStats::default();
+    let mut shipping = true;
+    loop {
+        if until.is_some_and(|u| stats.acked >= u) {
+            return Ok(stats);
+        }
+        tokio::select! {
+            next = tail.next(), if shipping => {
+                let Some(first) = next? else {
+                    shipping = false;
+                    if until.is_none() {
+                        return Ok(stats);
+                    }
+                    continue;
+                };
+                let batch = fill_batch(first, &mut tail, until)?;
+                stats.records += batch.records.len() as u64;
+                stats.bytes += batch.bytes as u64;
+                stats.batches += 1;
+                stats.last_lsn = batch.last;
+                shipping = until.is_none_or(|u| batch.last < u);
+                link.send(Message::LogBatch { first_lsn: batch.first, records: batch.records }).await?;
+            }
+            msg = link.recv() => match msg? {
+                Message::LogApplied { lsn } => stats.acked = stats.acked.max(lsn),
+                other => return Err(ShipError::Protocol(format!("unexpected {} while shipping", other.name()))),
+            },
+        }
+    }
+}
+
+/// One batch being assembled.
+struct Batch {
+    first: Lsn,
+    last: Lsn,
+    bytes: usize,
+    records: Vec<Vec<u8>>,
+}
+
+/// Adds to `first` whatever else is already durable, without waiting.
+fn fill_batch(
+    first: Entry,
+    tail: &mut replaymig_journal::Tail,
+    until: Option<Lsn>,
+) -> Result<Batch, ShipError> {
+    let encoded = first.record.encode(first.lsn);
+    let mut batch = Batch {
+        first: first.lsn,
+        last: first.lsn,
+        bytes: encoded.len(),
+        records: vec![encoded],
+    };
+    while batch.records.len() < MAX_BATCH_RECORDS
+        && batch.bytes < MAX_BATCH_BYTES
+        && until.is_none_or(|u| batch.last < u)
+    {
+        match tail.next().now_or_never() {
+            Some(Ok(Some(entry))) => {
+                let encoded = entry.record.encode(entry.lsn);
+                batch.bytes += encoded.len();
+                batch.last = entry.lsn;
+                batch.records.push(encoded);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(None)) | None => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Receives one batch: verifies and journals it under its LSNs (which must
+/// continue `journal`), acknowledges it, and returns its entries for the
+/// caller to apply. `Ok(Err(message))` when the peer sent something else
+/// (returned for the caller's protocol to handle).
+pub async fn receive_batch(
+    journal: &Journal,
+    link: &mut PeerLink,
+    timeout: Duration,
+) -> Result<Result<Vec<Entry>, Message>, ShipError> {
+    let (first_lsn, encoded) = match link.recv_timeout(timeout).await? {
+        Message::LogBatch { first_lsn, records } => (first_lsn, records),
+        other => return Ok(Err(other)),
+    };
+    if encoded.is_empty() {
+        return Err(ShipError::Protocol("empty log batch".into()));
+    }
+    let mut entries = Vec::with_capacity(encoded.len());
+    for (i, bytes) in encoded.iter().enumerate() {
+        let lsn = first_lsn + i as Lsn;
+        entries.push(Entry {
+            lsn,
+            record: Record::decode(lsn, bytes)?,
+        });
+    }
+    journal
+        .append_at(
+            first_lsn,
+            entries.iter().map(|e| e.record.clone()).collect(),
+        )
+        .await?;
+    let last = first_lsn + entries.len() as Lsn - 1;
+    link.send(Message::LogApplied { lsn: last }).await?;
+    Ok(Ok(entries))
+}
