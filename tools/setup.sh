@@ -6,8 +6,9 @@ set -euo pipefail
 # redis-server/redis-tools: the real service the tests and the demo journal.
 # haproxy: the reference L4 proxy tools/bench-proxy.sh compares against.
 # iproute2: namespaces and tc for the two-node testbed.
+# iptables: CRIU locks the network with it while dumping.
 # curl: scraping /metrics from scripts.
-packages=(redis-server redis-tools haproxy iproute2 curl procps)
+packages=(redis-server redis-tools haproxy iproute2 iptables curl procps)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -34,6 +35,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq -t bookworm --no-install-recommends "${missing[@]}" >/dev/null \
     || apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ "$created_policy" = 1 ] && rm -f "$policy"
+fi
+
+# CRIU 4.2 in a private prefix (Debian 12's own does not work here).
+if [ "$(id -u)" -eq 0 ]; then
+  bash "$(dirname "$0")/install-criu.sh" >/dev/null
 fi
 
 for tool in redis-server redis-cli redis-benchmark haproxy ip; do

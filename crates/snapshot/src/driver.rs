@@ -5,9 +5,15 @@
 //!   {snapshot_dir}/`; restore = copy the file back before the service is
 //!   started on it. Each command runs under `sh -c` with a timeout; a
 //!   non-zero exit fails the snapshot with the command's stderr.
+//! * `criu`: process-level, as in the paper. The service runs as the init
+//!   of its own PID namespace (`unshare --pid --fork setsid ...`, started
+//!   with `nsenter --net=...` rather than `ip netns exec`, which would give
+//!   it a mount namespace CRIU cannot dump); `criu dump --leave-running
+//!   --tcp-close` of that init from inside the service's network namespace,
+//!   `criu restore -d` from inside the destination's, which gives the
+//!   restored process its old PIDs in a fresh PID namespace while the
+//!   original still runs (see ENVIRONMENT.md and tools/install-criu.sh).
 //! * `none`: a stateless service; nothing to dump, replay starts at LSN 1.
-//!
-//! (`criu` is the third driver DESIGN.md names; it is not built yet.)
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -75,13 +81,41 @@ fn default_timeout_secs() -> u64 {
     60
 }
 
+/// CRIU checkpoint/restore of a process tree.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct CriuDriver {
+    /// The criu command (tools/install-criu.sh's wrapper by default).
+    #[serde(default = "default_criu")]
+    pub criu: String,
+    /// Network namespace (name under /run/netns) the service runs in on
+    /// this node; `None` = the agent's own.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Bound on a dump or restore, seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_criu() -> String {
+    "/opt/replaymig/criu/bin/criu".into()
+}
+
 /// A service's snapshot driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Driver {
     /// Operator commands.
     Exec(ExecDriver),
+    /// CRIU (placeholder `{pid}`: the service's PID-namespace init).
+    Criu(CriuDriver),
     /// Stateless: nothing to dump.
     None,
+}
+
+/// What a restore produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restored {
+    /// The restored process (CRIU), to stop later by PID.
+    pub pid: Option<u32>,
 }
 
 impl Driver {
@@ -89,6 +123,7 @@ impl Driver {
     pub fn name(&self) -> &'static str {
         match self {
             Driver::Exec(_) => "exec",
+            Driver::Criu(_) => "criu",
             Driver::None => "none",
         }
     }
@@ -97,19 +132,26 @@ impl Driver {
     pub async fn dump(&self, snapshot_dir: &Path, vars: &Placeholders) -> Result<(), DriverError> {
         match self {
             Driver::Exec(exec) => exec.run_all(&exec.dump, snapshot_dir, vars).await,
+            Driver::Criu(criu) => criu.dump(snapshot_dir, vars).await,
             Driver::None => Ok(()),
         }
     }
 
-    /// Puts the state in `snapshot_dir` in place for the service.
+    /// Puts the state in `snapshot_dir` in place for the service (CRIU:
+    /// restores and starts the process itself, in `netns` if given).
     pub async fn restore(
         &self,
         snapshot_dir: &Path,
         vars: &Placeholders,
-    ) -> Result<(), DriverError> {
+        netns: Option<&str>,
+    ) -> Result<Restored, DriverError> {
         match self {
-            Driver::Exec(exec) => exec.run_all(&exec.restore, snapshot_dir, vars).await,
-            Driver::None => Ok(()),
+            Driver::Exec(exec) => exec
+                .run_all(&exec.restore, snapshot_dir, vars)
+                .await
+                .map(|()| Restored::default()),
+            Driver::Criu(criu) => criu.restore(snapshot_dir, netns).await,
+            Driver::None => Ok(Restored::default()),
         }
     }
 }
@@ -128,6 +170,56 @@ impl ExecDriver {
             run(&command, Duration::from_secs(self.timeout_secs)).await?;
         }
         Ok(())
+    }
+}
+
+impl CriuDriver {
+    /// `nsenter --net=/run/netns/NS` prefix, or nothing.
+    fn in_netns(netns: Option<&str>) -> String {
+        match netns {
+            Some(ns) => format!(
+                "nsenter --net={} ",
+                shlex::try_quote(&format!("/run/netns/{ns}")).expect("no NUL")
+            ),
+            None => String::new(),
+        }
+    }
+
+    async fn dump(&self, snapshot_dir: &Path, vars: &Placeholders) -> Result<(), DriverError> {
+        let template = format!(
+            "{}{{criu}} dump -t {{pid}} -D {{snapshot_dir}} --leave-running --tcp-close -o dump.log",
+            Self::in_netns(self.netns.as_deref())
+        );
+        let mut vars = vars.clone();
+        vars.insert("criu".into(), self.criu.clone());
+        vars.insert("snapshot_dir".into(), snapshot_dir.display().to_string());
+        let command = substitute(&template, &vars)?;
+        run(&command, Duration::from_secs(self.timeout_secs)).await
+    }
+
+    async fn restore(
+        &self,
+        snapshot_dir: &Path,
+        netns: Option<&str>,
+    ) -> Result<Restored, DriverError> {
+        let pidfile = snapshot_dir.join("restored.pid");
+        let mut vars = Placeholders::new();
+        vars.insert("criu".into(), self.criu.clone());
+        vars.insert("snapshot_dir".into(), snapshot_dir.display().to_string());
+        vars.insert("pidfile".into(), pidfile.display().to_string());
+        let template = format!(
+            "{}{{criu}} restore -D {{snapshot_dir}} --tcp-close -d --pidfile {{pidfile}} -o restore.log",
+            Self::in_netns(netns)
+        );
+        run(
+            &substitute(&template, &vars)?,
+            Duration::from_secs(self.timeout_secs),
+        )
+        .await?;
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        Ok(Restored { pid })
     }
 }
 
@@ -241,7 +333,7 @@ mod tests {
         let err = d.dump(dir.path(), &Placeholders::new()).await.unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
         let err = d
-            .restore(dir.path(), &Placeholders::new())
+            .restore(dir.path(), &Placeholders::new(), None)
             .await
             .unwrap_err();
         assert!(matches!(err, DriverError::Timeout { .. }), "{err}");

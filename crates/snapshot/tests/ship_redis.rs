@@ -90,7 +90,7 @@ async fn an_exec_snapshot_of_redis_ships_and_restores_with_the_same_data() {
         let data_dir = TempDir::new().unwrap();
         let mut vars = Placeholders::new();
         vars.insert("data_dir".into(), data_dir.path().display().to_string());
-        driver.restore(&into, &vars).await.unwrap();
+        driver.restore(&into, &vars, None).await.unwrap();
         let restored = RedisServer::start_from_rdb(&data_dir.path().join("dump.rdb")).unwrap();
         assert_eq!(restored.dump_all().unwrap(), source.dump_all().unwrap());
     }

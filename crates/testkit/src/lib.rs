@@ -3,11 +3,13 @@
 //! panic), free loopback ports, and a small blocking RESP client.
 
 mod inproc;
+mod netns;
 mod process;
 mod redis;
 mod resp;
 
 pub use inproc::InProcessProxy;
+pub use netns::{in_netns, is_root, Testbed};
 pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard};
 pub use redis::RedisServer;
 pub use resp::{encode_command, Reply, RespClient};
