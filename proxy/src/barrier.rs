@@ -99,7 +99,7 @@ pub(crate) async fn quiesce(
             .lock()
             .expect("poisoned")
             .iter()
-            .map(|(conn, d)| (*conn, d.load(Ordering::Acquire)))
+            .map(|(conn, slot)| (*conn, slot.delivered.load(Ordering::Acquire)))
             .collect(),
     };
     let marker_lsn = shared.journal.append(mark.to_record()).await?;

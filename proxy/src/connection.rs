@@ -7,25 +7,33 @@
 //! Each direction holds one bounded buffer and awaits the other side before
 //! reading more, so a slow service slows the client (and vice versa) instead
 //! of growing memory.
+//!
+//! A connection on a node that does not own the service relays without
+//! journaling through a tunnel (see `route`). A journaled connection can be
+//! handed over while the barrier holds the gate: its service side is
+//! switched to a tunnel to the new owner and it stops journaling (the new
+//! owner journals from then on).
 
 use crate::metrics::{ErrorKind, ProxyMetrics};
+use crate::route::{Adopted, Route, TunnelRequest};
 use bytes::Bytes;
 use replaymig_journal::{ConnId, Journal, Record};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What every connection of one proxy shares.
 pub(crate) struct Shared {
     /// Where client bytes are written before they are forwarded.
     pub journal: Journal,
-    /// The service every client is relayed to.
-    pub backend: SocketAddr,
+    /// Where new clients go (owner: local backend; else: a tunnel).
+    pub route: std::sync::RwLock<Route>,
     /// Bytes read per client or backend read (the per-direction buffer).
     pub read_buffer: usize,
     /// Bound on the backend connect.
@@ -37,9 +45,27 @@ pub(crate) struct Shared {
     /// Held shared by each record from its append to the end of its
     /// forward; the quiesce barrier takes it exclusively (see `barrier`).
     pub gate: Arc<tokio::sync::RwLock<()>>,
-    /// Answer bytes delivered per open connection, for snapshot marks.
-    /// Touched once per connection open/close, never per record.
-    pub open: std::sync::Mutex<std::collections::HashMap<ConnId, Arc<AtomicU64>>>,
+    /// Open journaled connections: answer counts for snapshot marks, and
+    /// the handles a hand-over switches. Touched once per connection
+    /// open/close, never per record.
+    pub open: std::sync::Mutex<std::collections::HashMap<ConnId, Arc<ConnSlot>>>,
+}
+
+/// What the rest of the proxy can reach of one journaled connection.
+pub(crate) struct ConnSlot {
+    /// Answer bytes delivered to the client.
+    pub delivered: AtomicU64,
+    /// The client's address.
+    pub client: String,
+    /// Cleared by a hand-over: the new owner journals from then on.
+    pub journaling: AtomicBool,
+    /// The service side's writing half; replaced by a hand-over.
+    pub backend_write: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// A replacement reading half (and bytes it already carried), taken
+    /// by the answers direction when `switched` fires.
+    pub new_backend_read: std::sync::Mutex<Option<(OwnedReadHalf, Bytes)>>,
+    /// Tells the answers direction to take `new_backend_read`.
+    pub switched: Notify,
 }
 
 /// Removes a connection from the open set however its task ends.
@@ -63,7 +89,7 @@ impl Drop for OpenGuard<'_> {
 pub(crate) enum ConnError {
     #[error("backend {addr} unreachable: {source}")]
     BackendConnect {
-        addr: SocketAddr,
+        addr: String,
         source: std::io::Error,
     },
     #[error("backend I/O: {0}")]
@@ -95,35 +121,37 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// How a connection starts.
+pub(crate) enum Start {
+    /// Accepted by the listener.
+    Accepted(TcpStream, SocketAddr),
+    /// Handed in from outside (a tunnel arriving at the owner).
+    Adopted(Adopted),
+}
+
 /// Serves one client until both directions are done. `stop` asks it to stop
 /// taking client input at a safe point (graceful shutdown): it then
 /// half-closes the backend and relays the remaining answers.
-pub(crate) async fn serve(
-    client: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) {
+pub(crate) async fn serve(start: Start, shared: Arc<Shared>, stop: CancellationToken) {
     shared.metrics.active.increment(1.0);
     let _active = ActiveGuard(&shared.metrics);
-    if let Err(e) = relay(client, peer, &shared, &stop).await {
+    let label = match &start {
+        Start::Accepted(_, peer) => peer.to_string(),
+        Start::Adopted(a) => a.client_label.clone(),
+    };
+    if let Err(e) = relay(start, &shared, &stop).await {
         shared.metrics.error(e.kind());
         match e {
             ConnError::BackendConnect { .. } | ConnError::Journal(_) => {
-                tracing::warn!(%peer, error = %e, "client connection closed")
+                tracing::warn!(peer = %label, error = %e, "client connection closed")
             }
-            _ => tracing::debug!(%peer, error = %e, "client connection ended"),
+            _ => tracing::debug!(peer = %label, error = %e, "client connection ended"),
         }
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    peer: SocketAddr,
-    shared: &Shared,
-    stop: &CancellationToken,
-) -> Result<(), ConnError> {
-    let backend = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(shared.backend))
+async fn connect_backend(shared: &Shared, addr: SocketAddr) -> Result<TcpStream, ConnError> {
+    let stream = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr))
         .await
         .unwrap_or_else(|_| {
             Err(std::io::Error::new(
@@ -132,39 +160,102 @@ async fn relay(
             ))
         })
         .map_err(|source| ConnError::BackendConnect {
-            addr: shared.backend,
+            addr: addr.to_string(),
             source,
         })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The service side of a new connection, per the route; `None` for the
+/// journal means the connection relays without journaling.
+async fn open_backend(shared: &Shared, label: &str) -> Result<(TcpStream, Bytes, bool), ConnError> {
+    let route = shared.route.read().expect("poisoned").clone();
+    match route {
+        Route::Owner { backend } => {
+            Ok((connect_backend(shared, backend).await?, Bytes::new(), true))
+        }
+        Route::Remote { dial } => {
+            let request = TunnelRequest {
+                conn: None,
+                delivered: 0,
+                client: label.to_string(),
+            };
+            let (stream, owed) =
+                dial(request)
+                    .await
+                    .map_err(|source| ConnError::BackendConnect {
+                        addr: "the owner's tunnel".into(),
+                        source,
+                    })?;
+            Ok((stream, owed, false))
+        }
+    }
+}
+
+async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Result<(), ConnError> {
+    // Work out both sides, the connection id and where counting starts.
+    let (client, label, backend, owed, existing, delivered, journaling) = match start {
+        Start::Accepted(client, peer) => {
+            let label = peer.to_string();
+            let (backend, owed, journaling) = open_backend(shared, &label).await?;
+            (client, label, backend, owed, None, 0, journaling)
+        }
+        Start::Adopted(a) => {
+            let (backend, owed) = match a.backend {
+                Some(pair) => pair,
+                None => {
+                    let Route::Owner { backend } = shared.route.read().expect("poisoned").clone()
+                    else {
+                        return Err(ConnError::BackendConnect {
+                            addr: "local service".into(),
+                            source: std::io::Error::other("this node does not own the service"),
+                        });
+                    };
+                    (connect_backend(shared, backend).await?, Bytes::new())
+                }
+            };
+            (
+                a.client,
+                a.client_label,
+                backend,
+                owed,
+                a.conn,
+                a.delivered,
+                true,
+            )
+        }
+    };
     let _ = client.set_nodelay(true);
-    let _ = backend.set_nodelay(true);
-    let conn = shared
-        .journal
-        .append(Record::opened(peer.to_string()))
-        .await?;
+    let conn = match (journaling, existing) {
+        (false, _) => 0,
+        (true, Some(conn)) => conn,
+        (true, None) => shared.journal.append(Record::opened(label.clone())).await?,
+    };
     shared.metrics.total.increment(1);
 
     let (client_read, client_write) = client.into_split();
     let (backend_read, backend_write) = backend.into_split();
-    let delivered = Arc::new(AtomicU64::new(0));
-    shared
-        .open
-        .lock()
-        .expect("poisoned")
-        .insert(conn, delivered.clone());
-    let _registered = OpenGuard { shared, conn };
+    let slot = Arc::new(ConnSlot {
+        delivered: AtomicU64::new(delivered),
+        client: label,
+        journaling: AtomicBool::new(journaling),
+        backend_write: tokio::sync::Mutex::new(backend_write),
+        new_backend_read: std::sync::Mutex::new(None),
+        switched: Notify::new(),
+    });
+    let _registered = journaling.then(|| {
+        shared
+            .open
+            .lock()
+            .expect("poisoned")
+            .insert(conn, slot.clone());
+        OpenGuard { shared, conn }
+    });
     // Either direction failing ends the other too.
     let failed = stop.child_token();
     let upstream = async {
-        let r = client_to_service(
-            client_read,
-            backend_write,
-            conn,
-            &delivered,
-            shared,
-            &failed,
-            stop,
-        )
-        .await;
+        let r = client_to_service(client_read, &slot, conn, shared, &failed, stop).await;
         if r.is_err() {
             failed.cancel();
         }
@@ -172,7 +263,7 @@ async fn relay(
     };
     let downstream = async {
         tokio::select! {
-            r = service_to_client(backend_read, client_write, &delivered, shared) => {
+            r = service_to_client(backend_read, owed, client_write, &slot, shared) => {
                 if r.is_err() {
                     failed.cancel();
                 }
@@ -183,10 +274,15 @@ async fn relay(
         }
     };
     let (up, down) = tokio::join!(upstream, downstream);
-    let closed = shared
-        .journal
-        .append(Record::closed(conn, delivered.load(Ordering::Acquire)))
-        .await;
+    let closed = if slot.journaling.load(Ordering::Acquire) {
+        shared
+            .journal
+            .append(Record::closed(conn, slot.delivered.load(Ordering::Acquire)))
+            .await
+            .map(|_| ())
+    } else {
+        Ok(())
+    };
     up?;
     down?;
     closed?;
@@ -207,9 +303,8 @@ async fn wait_failed(failed: &CancellationToken, stop: &CancellationToken) {
 /// records; a forward in progress is cut short only by a failure.
 async fn client_to_service(
     mut client: OwnedReadHalf,
-    mut backend: OwnedWriteHalf,
+    slot: &ConnSlot,
     conn: ConnId,
-    delivered: &AtomicU64,
     shared: &Shared,
     stop: &CancellationToken,
     graceful: &CancellationToken,
@@ -227,30 +322,34 @@ async fn client_to_service(
             _ = stop.cancelled() => 0,
             read = client.read(&mut buf) => read.map_err(ConnError::ClientIo)?,
         };
+        // Causality as the client saw it when it sent these bytes.
+        let resp_before = slot.delivered.load(Ordering::Acquire);
+        let resp_total_before = shared.resp_total.load(Ordering::Acquire);
+        // Journal and forward under one gate permit: a barrier (and a
+        // hand-over) sees either both or neither.
+        let _permit = shared.gate.read().await;
+        let journaling = slot.journaling.load(Ordering::Acquire);
         if n == 0 {
-            // End of input is input too: journal and deliver it atomically
-            // with respect to a barrier.
-            let _permit = shared.gate.read().await;
-            shared.journal.append(Record::half_closed(conn)).await?;
-            let _ = backend.shutdown().await;
+            // End of input is input too.
+            if journaling {
+                shared.journal.append(Record::half_closed(conn)).await?;
+            }
+            let _ = slot.backend_write.lock().await.shutdown().await;
             return Ok(());
         }
-        // Causality as the client saw it when it sent these bytes.
-        let resp_before = delivered.load(Ordering::Acquire);
-        let resp_total_before = shared.resp_total.load(Ordering::Acquire);
-        // Journal and forward under one gate permit: a barrier sees either
-        // both or neither.
-        let _permit = shared.gate.read().await;
         let chunk = Bytes::copy_from_slice(&buf[..n]);
-        shared
-            .journal
-            .append(Record::data(
-                conn,
-                resp_before,
-                resp_total_before,
-                chunk.clone(),
-            ))
-            .await?;
+        if journaling {
+            shared
+                .journal
+                .append(Record::data(
+                    conn,
+                    resp_before,
+                    resp_total_before,
+                    chunk.clone(),
+                ))
+                .await?;
+        }
+        let mut backend = slot.backend_write.lock().await;
         tokio::select! {
             written = backend.write_all(&chunk) => written.map_err(ConnError::BackendIo)?,
             // The answers side failed (e.g. the client reset): a service
@@ -265,28 +364,55 @@ async fn client_to_service(
     }
 }
 
-/// Service → client, counting what was delivered.
+/// Service → client, counting what was delivered. `owed`: answer bytes
+/// that arrived with the service side's setup, delivered first. A hand-over
+/// swaps the reading half (see `ConnSlot`).
 async fn service_to_client(
     mut backend: OwnedReadHalf,
+    owed: Bytes,
     mut client: OwnedWriteHalf,
-    delivered: &AtomicU64,
+    slot: &ConnSlot,
     shared: &Shared,
 ) -> Result<(), ConnError> {
+    deliver(&mut client, &owed, slot, shared).await?;
     let mut buf = vec![0u8; shared.read_buffer];
     loop {
-        let n = backend.read(&mut buf).await.map_err(ConnError::BackendIo)?;
+        let n = tokio::select! {
+            biased;
+            _ = slot.switched.notified() => {
+                let taken = slot.new_backend_read.lock().expect("poisoned").take();
+                if let Some((read, owed)) = taken {
+                    backend = read;
+                    deliver(&mut client, &owed, slot, shared).await?;
+                }
+                continue;
+            }
+            n = backend.read(&mut buf) => n.map_err(ConnError::BackendIo)?,
+        };
         if n == 0 {
             let _ = client.shutdown().await;
             return Ok(());
         }
-        client
-            .write_all(&buf[..n])
-            .await
-            .map_err(ConnError::ClientIo)?;
-        // Total first: a reader that loads `delivered` then `resp_total`
-        // always sees resp_total_before >= resp_before.
-        shared.resp_total.fetch_add(n as u64, Ordering::AcqRel);
-        delivered.fetch_add(n as u64, Ordering::AcqRel);
-        shared.metrics.service_to_client.increment(n as u64);
+        deliver(&mut client, &buf[..n], slot, shared).await?;
     }
+}
+
+/// Writes answer bytes to the client and counts them.
+async fn deliver(
+    client: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    slot: &ConnSlot,
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    client.write_all(bytes).await.map_err(ConnError::ClientIo)?;
+    let n = bytes.len() as u64;
+    // Total first: a reader that loads `delivered` then `resp_total`
+    // always sees resp_total_before >= resp_before.
+    shared.resp_total.fetch_add(n, Ordering::AcqRel);
+    slot.delivered.fetch_add(n, Ordering::AcqRel);
+    shared.metrics.service_to_client.increment(n);
+    Ok(())
 }

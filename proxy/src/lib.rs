@@ -6,7 +6,9 @@
 pub mod barrier;
 mod connection;
 pub mod metrics;
+pub mod route;
 mod server;
 
 pub use barrier::{QuiesceError, QuiesceOptions, Quiesced};
+pub use route::{Adopted, Dialer, Route, Tunnel, TunnelRequest};
 pub use server::{Proxy, ProxyConfig, ProxyControl, ShutdownReport};

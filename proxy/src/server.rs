@@ -3,16 +3,19 @@
 //! finish what they forwarded, abort stragglers at the drain timeout).
 
 use crate::barrier::{QuiesceError, QuiesceOptions, Quiesced};
-use crate::connection::{serve, Shared};
+use crate::connection::{serve, ConnSlot, Shared, Start};
 use crate::metrics::{ErrorKind, ProxyMetrics};
+use crate::route::{Adopted, Route};
 use anyhow::Context;
+use replaymig_journal::ConnId;
 use replaymig_journal::Journal;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +64,7 @@ pub struct ShutdownReport {
 #[derive(Clone)]
 pub struct ProxyControl {
     shared: Arc<Shared>,
+    adopt: mpsc::Sender<Adopted>,
 }
 
 impl ProxyControl {
@@ -68,6 +72,69 @@ impl ProxyControl {
     /// stays held until the returned [`Quiesced`] is dropped.
     pub async fn quiesce(&self, options: QuiesceOptions) -> Result<Quiesced, QuiesceError> {
         crate::barrier::quiesce(&self.shared, options).await
+    }
+
+    /// Sets where new clients go.
+    pub fn set_route(&self, route: Route) {
+        *self.shared.route.write().expect("poisoned") = route;
+    }
+
+    /// The route new clients take now.
+    pub fn route(&self) -> Route {
+        self.shared.route.read().expect("poisoned").clone()
+    }
+
+    /// Serves a connection that arrived from outside the listener (a
+    /// tunnel from another node) as a journaled connection of this proxy.
+    pub async fn adopt(&self, adopted: Adopted) -> Result<(), std::io::Error> {
+        self.adopt
+            .send(adopted)
+            .await
+            .map_err(|_| std::io::Error::other("the proxy is shutting down"))
+    }
+
+    /// Hands every open journaled connection to a new owner: while `hold`
+    /// keeps the gate, each connection's service side is replaced by a
+    /// tunnel from `dial` (told the connection id and the answer bytes its
+    /// client has) and it stops journaling; new clients take the remote
+    /// route. A connection whose tunnel cannot be opened is closed.
+    /// Returns how many were switched.
+    pub async fn hand_over(&self, hold: &Quiesced, dial: crate::route::Dialer) -> usize {
+        let _ = hold;
+        self.set_route(Route::Remote { dial: dial.clone() });
+        let open: Vec<(ConnId, Arc<ConnSlot>)> = self
+            .shared
+            .open
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|(c, s)| (*c, s.clone()))
+            .collect();
+        let mut switched = 0;
+        for (conn, slot) in open {
+            let request = crate::route::TunnelRequest {
+                conn: Some(conn),
+                delivered: slot.delivered.load(std::sync::atomic::Ordering::Acquire),
+                client: slot.client.clone(),
+            };
+            slot.journaling
+                .store(false, std::sync::atomic::Ordering::Release);
+            match dial(request).await {
+                Ok((stream, owed)) => {
+                    let (read, write) = stream.into_split();
+                    // The old service side closes as it is dropped.
+                    *slot.backend_write.lock().await = write;
+                    *slot.new_backend_read.lock().expect("poisoned") = Some((read, owed));
+                    slot.switched.notify_one();
+                    switched += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(conn, error = %e, "cannot hand a connection over; closing it");
+                    let _ = slot.backend_write.lock().await.shutdown().await;
+                }
+            }
+        }
+        switched
     }
 
     /// Service→client bytes delivered so far over all connections.
@@ -83,6 +150,10 @@ pub struct Proxy {
     listener: TcpListener,
     shared: Arc<Shared>,
     config: ProxyConfig,
+    /// Connections handed in from outside (tunnels), served like accepted
+    /// ones so shutdown drains them too.
+    adopt_tx: mpsc::Sender<Adopted>,
+    adopt_rx: mpsc::Receiver<Adopted>,
 }
 
 impl Proxy {
@@ -94,7 +165,9 @@ impl Proxy {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let shared = Arc::new(Shared {
             journal,
-            backend: config.backend,
+            route: std::sync::RwLock::new(Route::Owner {
+                backend: config.backend,
+            }),
             read_buffer: config.read_buffer,
             connect_timeout: config.connect_timeout,
             resp_total: AtomicU64::new(0),
@@ -102,10 +175,13 @@ impl Proxy {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),
         });
+        let (adopt_tx, adopt_rx) = mpsc::channel(64);
         Ok(Proxy {
             listener,
             shared,
             config,
+            adopt_tx,
+            adopt_rx,
         })
     }
 
@@ -113,6 +189,7 @@ impl Proxy {
     pub fn control(&self) -> ProxyControl {
         ProxyControl {
             shared: self.shared.clone(),
+            adopt: self.adopt_tx.clone(),
         }
     }
 
@@ -123,7 +200,7 @@ impl Proxy {
 
     /// Serves until `shutdown` is cancelled, then drains. The journal is
     /// left open: the caller closes it (final flush) once this returns.
-    pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
+    pub async fn run(mut self, shutdown: CancellationToken) -> ShutdownReport {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let mut connections = JoinSet::new();
         let mut backoff = Duration::from_millis(5);
@@ -137,13 +214,22 @@ impl Proxy {
                 _ = shutdown.cancelled() => break,
                 // Reap finished connections so the set stays small.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                // A tunnel handed in by the node agent.
+                Some(adopted) = self.adopt_rx.recv() => {
+                    let shared = self.shared.clone();
+                    let stop = shutdown.child_token();
+                    connections.spawn(async move {
+                        serve(Start::Adopted(adopted), shared, stop).await;
+                        drop(permit);
+                    });
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok((client, peer)) => {
                         backoff = Duration::from_millis(5);
                         let shared = self.shared.clone();
                         let stop = shutdown.child_token();
                         connections.spawn(async move {
-                            serve(client, peer, shared, stop).await;
+                            serve(Start::Accepted(client, peer), shared, stop).await;
                             drop(permit);
                         });
                     }
