@@ -4,7 +4,7 @@
 //! it to the caller (the replayer), and acknowledges the highest LSN done.
 
 use futures_util::FutureExt;
-use replaymig_journal::{Entry, Journal, JournalError, Lsn, Record};
+use replaymig_journal::{Entry, Journal, JournalError, Lsn, Record, Tail};
 use replaymig_peer::{LinkError, Message, PeerLink};
 use std::time::Duration;
 
@@ -43,45 +43,75 @@ pub struct ShipStats {
     pub acked: Lsn,
 }
 
-/// Ships records from `from` on, reading the receiver's acknowledgements
-/// as they come (so neither side's buffers fill up), until the journal
-/// closes or `until` (inclusive) was shipped *and* acknowledged.
+/// Ships a journal from a starting LSN, reading the receiver's
+/// acknowledgements as they come (so neither side's buffers fill up).
+pub struct Shipper {
+    tail: Tail,
+    /// Figures so far.
+    pub stats: ShipStats,
+    shipping: bool,
+}
+
+impl Shipper {
+    /// Starts at `from` (the first LSN after the snapshot point).
+    pub fn new(journal: &Journal, from: Lsn) -> Result<Shipper, ShipError> {
+        Ok(Shipper {
+            tail: journal.tail(from)?,
+            stats: ShipStats::default(),
+            shipping: true,
+        })
+    }
+
+    /// Ships and reads acknowledgements until `done(stats)` holds (checked
+    /// after each batch and each acknowledgement). Fails if the journal
+    /// closes first.
+    pub async fn run_until(
+        &mut self,
+        link: &mut PeerLink,
+        mut done: impl FnMut(&ShipStats) -> bool,
+    ) -> Result<(), ShipError> {
+        loop {
+            if done(&self.stats) {
+                return Ok(());
+            }
+            tokio::select! {
+                next = self.tail.next(), if self.shipping => {
+                    let Some(first) = next? else {
+                        self.shipping = false;
+                        continue;
+                    };
+                    let batch = fill_batch(first, &mut self.tail)?;
+                    self.stats.records += batch.records.len() as u64;
+                    self.stats.bytes += batch.bytes as u64;
+                    self.stats.batches += 1;
+                    self.stats.last_lsn = batch.last;
+                    link.send(Message::LogBatch { first_lsn: batch.first, records: batch.records }).await?;
+                }
+                msg = link.recv() => match msg? {
+                    Message::LogApplied { lsn } => self.stats.acked = self.stats.acked.max(lsn),
+                    other => return Err(ShipError::Protocol(format!("unexpected {} while shipping", other.name()))),
+                },
+            }
+            if !self.shipping && self.stats.acked >= self.stats.last_lsn && !done(&self.stats) {
+                return Err(ShipError::Protocol(
+                    "the journal closed while shipping".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Ships records from `from` through `until` (inclusive) and returns once
+/// the receiver acknowledged `until`.
 pub async fn send(
     journal: &Journal,
     from: Lsn,
-    until: Option<Lsn>,
+    until: Lsn,
     link: &mut PeerLink,
 ) -> Result<ShipStats, ShipError> {
-    let mut tail = journal.tail(from)?;
-    let mut stats = ShipStats::default();
-    let mut shipping = true;
-    loop {
-        if until.is_some_and(|u| stats.acked >= u) {
-            return Ok(stats);
-        }
-        tokio::select! {
-            next = tail.next(), if shipping => {
-                let Some(first) = next? else {
-                    shipping = false;
-                    if until.is_none() {
-                        return Ok(stats);
-                    }
-                    continue;
-                };
-                let batch = fill_batch(first, &mut tail, until)?;
-                stats.records += batch.records.len() as u64;
-                stats.bytes += batch.bytes as u64;
-                stats.batches += 1;
-                stats.last_lsn = batch.last;
-                shipping = until.is_none_or(|u| batch.last < u);
-                link.send(Message::LogBatch { first_lsn: batch.first, records: batch.records }).await?;
-            }
-            msg = link.recv() => match msg? {
-                Message::LogApplied { lsn } => stats.acked = stats.acked.max(lsn),
-                other => return Err(ShipError::Protocol(format!("unexpected {} while shipping", other.name()))),
-            },
-        }
-    }
+    let mut shipper = Shipper::new(journal, from)?;
+    shipper.run_until(link, |s| s.acked >= until).await?;
+    Ok(shipper.stats)
 }
 
 /// One batch being assembled.
@@ -93,11 +123,7 @@ struct Batch {
 }
 
 /// Adds to `first` whatever else is already durable, without waiting.
-fn fill_batch(
-    first: Entry,
-    tail: &mut replaymig_journal::Tail,
-    until: Option<Lsn>,
-) -> Result<Batch, ShipError> {
+fn fill_batch(first: Entry, tail: &mut Tail) -> Result<Batch, ShipError> {
     let encoded = first.record.encode(first.lsn);
     let mut batch = Batch {
         first: first.lsn,
@@ -105,10 +131,7 @@ fn fill_batch(
         bytes: encoded.len(),
         records: vec![encoded],
     };
-    while batch.records.len() < MAX_BATCH_RECORDS
-        && batch.bytes < MAX_BATCH_BYTES
-        && until.is_none_or(|u| batch.last < u)
-    {
+    while batch.records.len() < MAX_BATCH_RECORDS && batch.bytes < MAX_BATCH_BYTES {
         match tail.next().now_or_never() {
             Some(Ok(Some(entry))) => {
                 let encoded = entry.record.encode(entry.lsn);
@@ -124,9 +147,9 @@ fn fill_batch(
 }
 
 /// Receives one batch: verifies and journals it under its LSNs (which must
-/// continue `journal`), acknowledges it, and returns its entries for the
-/// caller to apply. `Ok(Err(message))` when the peer sent something else
-/// (returned for the caller's protocol to handle).
+/// continue `journal`) and returns its entries for the caller to apply
+/// (and then [`ack`]). `Ok(Err(message))` when the peer sent something
+/// else (returned for the caller's protocol to handle).
 pub async fn receive_batch(
     journal: &Journal,
     link: &mut PeerLink,
@@ -153,7 +176,11 @@ pub async fn receive_batch(
             entries.iter().map(|e| e.record.clone()).collect(),
         )
         .await?;
-    let last = first_lsn + entries.len() as Lsn - 1;
-    link.send(Message::LogApplied { lsn: last }).await?;
     Ok(Ok(entries))
+}
+
+/// Tells the sender everything up to `lsn` is journaled and applied.
+pub async fn ack(link: &mut PeerLink, lsn: Lsn) -> Result<(), ShipError> {
+    link.send(Message::LogApplied { lsn }).await?;
+    Ok(())
 }

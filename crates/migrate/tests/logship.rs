@@ -57,7 +57,7 @@ async fn the_destination_gets_every_record_after_s_under_the_same_lsn_while_the_
     let shipping = {
         let source = source.clone();
         tokio::spawn(async move {
-            logship::send(&source, s + 1, Some(final_lsn), &mut a)
+            logship::send(&source, s + 1, final_lsn, &mut a)
                 .await
                 .unwrap()
         })
@@ -72,6 +72,7 @@ async fn the_destination_gets_every_record_after_s_under_the_same_lsn_while_the_
             .await
             .unwrap()
             .unwrap();
+        logship::ack(&mut b, batch.last().unwrap().lsn).await.unwrap();
         received.extend(batch);
     }
     writer.await.unwrap();

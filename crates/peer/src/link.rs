@@ -198,6 +198,13 @@ impl PeerLink {
         }
     }
 
+    /// Gives up the framing: the raw stream, and bytes already read past
+    /// the last frame (a tunnel's first raw bytes).
+    pub fn into_raw(self) -> (TcpStream, bytes::BytesMut) {
+        let parts = self.framed.into_parts();
+        (parts.io, parts.read_buf)
+    }
+
     /// [`recv`](Self::recv) bounded by `timeout`.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Message, LinkError> {
         tokio::time::timeout(timeout, self.recv())

@@ -68,6 +68,48 @@ pub enum Message {
         /// Highest LSN done.
         lsn: u64,
     },
+    /// Source → destination: I want to hand you `service` under `epoch`.
+    MigrateBegin {
+        /// The service.
+        service: String,
+        /// The ownership epoch the destination will hold after hand-over.
+        epoch: u64,
+    },
+    /// Destination → source: ready to receive the snapshot and the log.
+    MigrateReady,
+    /// Either way: the migration is off; the source stays the owner.
+    MigrateAbort {
+        /// Why.
+        reason: String,
+    },
+    /// Source → destination: everything is shipped and the source holds
+    /// client input; take ownership. `delivered`: answer bytes each open
+    /// connection's client has received.
+    HandOver {
+        /// The new epoch.
+        epoch: u64,
+        /// (connection id, answer bytes delivered) per open connection.
+        delivered: Vec<(u64, u64)>,
+    },
+    /// Destination → source: I own the service under `epoch` now.
+    HandOverDone {
+        /// The epoch taken.
+        epoch: u64,
+    },
+    /// Open a tunnel for a client connection to the owner of `service`;
+    /// after `TunnelReady` the link carries the connection's raw bytes.
+    TunnelOpen {
+        /// The service.
+        service: String,
+        /// The journaled connection being handed over, or a new client.
+        conn: Option<u64>,
+        /// Answer bytes the client has received on it.
+        delivered: u64,
+        /// The client's address, for the owner's journal.
+        client: String,
+    },
+    /// The owner accepted the tunnel; raw bytes follow.
+    TunnelReady,
     /// Liveness probe.
     Ping(u64),
     /// Answer to a probe.
@@ -88,6 +130,13 @@ impl Message {
             Message::SnapshotEnd => "snapshot_end",
             Message::LogBatch { .. } => "log_batch",
             Message::LogApplied { .. } => "log_applied",
+            Message::MigrateBegin { .. } => "migrate_begin",
+            Message::MigrateReady => "migrate_ready",
+            Message::MigrateAbort { .. } => "migrate_abort",
+            Message::HandOver { .. } => "hand_over",
+            Message::HandOverDone { .. } => "hand_over_done",
+            Message::TunnelOpen { .. } => "tunnel_open",
+            Message::TunnelReady => "tunnel_ready",
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
         }

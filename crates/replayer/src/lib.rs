@@ -199,6 +199,15 @@ impl Replayer {
         self.bases = mark.delivered.iter().map(|(c, d)| (*c, *d)).collect();
     }
 
+    /// The original client of `conn` has received `delivered` answer bytes
+    /// in all (told by the old owner at hand-over): those are dropped, and
+    /// only answers beyond them are kept for the take-over.
+    pub fn set_delivered(&mut self, conn: ConnId, delivered: u64) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.answers.raise_watermark(delivered.saturating_sub(c.base));
+        }
+    }
+
     /// The figures so far.
     pub fn report(&self) -> &ReplayReport {
         &self.report

@@ -1,0 +1,166 @@
+//! The node's configuration file (TOML).
+//!
+//! ```toml
+//! name = "a"
+//! peer_listen = "10.77.0.1:7100"
+//! admin_listen = "127.0.0.1:7200"
+//! secret_file = "/etc/replaymig/secret"      # or: secret_env = "REPLAYMIG_SECRET"
+//! work_dir = "/var/lib/replaymig"            # snapshots land here
+//!
+//! [peers]
+//! b = "10.77.0.2:7100"
+//!
+//! [[service]]
+//! name = "redis"
+//! listen = "0.0.0.0:6380"                    # clients connect here, on every node
+//! backend = "127.0.0.1:6379"                 # the local service, on every node
+//! journal = "/var/lib/replaymig/redis.journal"
+//! owner = "a"                                # who owns it when the nodes start
+//! start = "redis-server --port 6379 --dir {data_dir} --save ''"
+//! data_dir = "/var/lib/redis"
+//! [service.snapshot]
+//! driver = "exec"                            # exec | criu | none
+//! dump = ["redis-cli -p 6379 SAVE", "cp {data_dir}/dump.rdb {snapshot_dir}/"]
+//! restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/"]
+//! ```
+
+use anyhow::{bail, Context, Result};
+use replaymig_peer::Secret;
+use replaymig_snapshot::{CriuDriver, Driver, ExecDriver};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A node's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name (peers know it by it).
+    pub name: String,
+    /// Where other nodes connect (authenticated).
+    pub peer_listen: SocketAddr,
+    /// Where `replaymig migrate/status` connect (keep it on loopback).
+    pub admin_listen: SocketAddr,
+    /// File holding the shared peer secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the shared peer secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Scratch space (snapshots).
+    pub work_dir: PathBuf,
+    /// Other nodes by name.
+    #[serde(default)]
+    pub peers: BTreeMap<String, SocketAddr>,
+    /// The services this node can host.
+    #[serde(rename = "service", default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Its name (the same on every node).
+    pub name: String,
+    /// Client address on this node.
+    pub listen: SocketAddr,
+    /// The service's own address on this node.
+    pub backend: SocketAddr,
+    /// This node's journal for it.
+    pub journal: PathBuf,
+    /// The node that owns it at start.
+    pub owner: String,
+    /// Shell command that starts the service (placeholders as for exec).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// The service's data directory (placeholder `{data_dir}`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// How it is snapshotted.
+    pub snapshot: SnapshotConfig,
+}
+
+/// The snapshot driver section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "driver", rename_all = "lowercase")]
+pub enum SnapshotConfig {
+    /// Operator commands.
+    Exec(ExecDriver),
+    /// CRIU.
+    Criu(CriuDriver),
+    /// Stateless.
+    None,
+}
+
+impl SnapshotConfig {
+    /// The driver it describes.
+    pub fn driver(&self) -> Driver {
+        match self {
+            SnapshotConfig::Exec(e) => Driver::Exec(e.clone()),
+            SnapshotConfig::Criu(c) => Driver::Criu(c.clone()),
+            SnapshotConfig::None => Driver::None,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<NodeConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let config: NodeConfig = toml::from_str(&text).with_context(|| format!("{} is not a valid node configuration", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.secret_file.is_none() && self.secret_env.is_none() {
+            bail!("set secret_file or secret_env (the peer secret never goes on the command line)");
+        }
+        for s in &self.services {
+            if s.owner != self.name && !self.peers.contains_key(&s.owner) {
+                bail!("service {}: owner {:?} is neither this node nor a known peer", s.name, s.owner);
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared secret, from the file or the variable.
+    pub fn secret(&self) -> Result<Secret> {
+        match (&self.secret_file, &self.secret_env) {
+            (Some(path), _) => Ok(Secret::from_file(path)?),
+            (None, Some(var)) => Ok(Secret::from_env(var)?),
+            (None, None) => bail!("no peer secret configured"),
+        }
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example_and_rejects_mistakes() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+            .collect();
+        let config: NodeConfig = toml::from_str(&example).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.services[0].snapshot.driver().name(), "exec");
+        let bad = example.replace("owner = \"a\"", "owner = \"zz\"");
+        let config: NodeConfig = toml::from_str(&bad).unwrap();
+        assert!(config.check().is_err());
+        assert!(toml::from_str::<NodeConfig>(&format!("bogus = 1\n{example}")).is_err());
+    }
+}

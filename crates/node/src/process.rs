@@ -1,0 +1,97 @@
+//! The service process a node runs while it owns the service: started from
+//! the configured command (or restored by CRIU), stopped by PID.
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// A running service.
+pub struct ServiceProcess {
+    /// Started by us (killed and reaped on stop).
+    child: Option<Child>,
+    /// The PID to snapshot (CRIU: the init of its PID namespace) and stop.
+    pub pid: u32,
+}
+
+impl ServiceProcess {
+    /// Runs `command` under `sh -c` (as `exec`, so the shell is replaced).
+    pub fn start(command: &str) -> Result<ServiceProcess> {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {command}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start the service: {command}"))?;
+        let pid = child.id().context("the service exited at once")?;
+        Ok(ServiceProcess {
+            child: Some(child),
+            pid,
+        })
+    }
+
+    /// A process started by someone else (CRIU restore).
+    pub fn adopt(pid: u32) -> ServiceProcess {
+        ServiceProcess { child: None, pid }
+    }
+
+    /// The PID to snapshot: for `unshare --pid --fork ...` it is the
+    /// forked init, the first child of the started process; else itself.
+    pub fn snapshot_pid(&self) -> u32 {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid)).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .filter(|_| self.is_unshare())
+            .unwrap_or(self.pid)
+    }
+
+    fn is_unshare(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
+            .map(|c| c.trim() == "unshare")
+            .unwrap_or(false)
+    }
+
+    /// Stops it: SIGTERM to the snapshot PID and the process, SIGKILL after
+    /// a grace period.
+    pub async fn stop(mut self) {
+        let inner = self.snapshot_pid();
+        for pid in [inner, self.pid] {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if let Some(child) = self.child.as_mut() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill().await;
+        } else {
+            while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{inner}")).exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = kill(Pid::from_raw(inner as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Waits until the service accepts connections.
+pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the service did not accept connections on {addr} within {timeout:?}")
+}

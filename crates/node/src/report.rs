@@ -1,0 +1,100 @@
+//! What a migration reports: the paper's figures (total time, interruption,
+//! time per phase, bytes over the link by kind) as a table and as JSON.
+
+use serde::Serialize;
+use std::fmt;
+
+/// The phases of a replay migration, in order (the source's state machine;
+/// the destination mirrors it). Transitions only go forward; any failure
+/// before `HandingOver` completes leads to `Aborted` with the source still
+/// the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Link to the destination, agree on the epoch.
+    Connecting,
+    /// Barrier: fix the snapshot point s.
+    Quiescing,
+    /// The snapshot driver dumps the service.
+    Dumping,
+    /// Snapshot files go to the destination.
+    Transferring,
+    /// The destination restores; the log after s streams and is replayed.
+    CatchingUp,
+    /// Input held; the tail is shipped and ownership moves.
+    HandingOver,
+    /// The old service is stopped.
+    Stopping,
+    /// Finished: the destination owns the service.
+    Done,
+    /// Failed; the source still owns and serves.
+    Aborted,
+}
+
+impl Phase {
+    /// The phase that may follow this one on success.
+    pub fn next(self) -> Option<Phase> {
+        use Phase::*;
+        match self {
+            Connecting => Some(Quiescing),
+            Quiescing => Some(Dumping),
+            Dumping => Some(Transferring),
+            Transferring => Some(CatchingUp),
+            CatchingUp => Some(HandingOver),
+            HandingOver => Some(Stopping),
+            Stopping => Some(Done),
+            Done | Aborted => None,
+        }
+    }
+}
+
+/// Figures of one migration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrationReport {
+    /// The service moved.
+    pub service: String,
+    /// From which node to which.
+    pub from: String,
+    /// To which node.
+    pub to: String,
+    /// The new ownership epoch.
+    pub epoch: u64,
+    /// The snapshot point.
+    pub snapshot_lsn: u64,
+    /// The last LSN the old owner journaled.
+    pub handover_lsn: u64,
+    /// Trigger → destination owns and serves, seconds.
+    pub total_seconds: f64,
+    /// Client input held (snapshot barrier + hand-over), seconds.
+    pub interruption_seconds: f64,
+    /// Of which the hand-over hold.
+    pub handover_hold_seconds: f64,
+    /// Seconds per phase.
+    pub phase_seconds: Vec<(String, f64)>,
+    /// Snapshot bytes on the link (after compression).
+    pub snapshot_bytes: u64,
+    /// Snapshot bytes before compression.
+    pub snapshot_raw_bytes: u64,
+    /// Journal bytes shipped.
+    pub log_bytes: u64,
+    /// Journal records shipped.
+    pub log_records: u64,
+    /// Client connections handed over through tunnels.
+    pub connections_handed_over: usize,
+}
+
+impl fmt::Display for MigrationReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "migrated {} from {} to {} (epoch {})", self.service, self.from, self.to, self.epoch)?;
+        writeln!(f, "  total time        {:>10.3} s", self.total_seconds)?;
+        writeln!(f, "  interruption      {:>10.3} s (hand-over hold {:.3} s)", self.interruption_seconds, self.handover_hold_seconds)?;
+        writeln!(f, "  snapshot at LSN   {:>10}   hand-over at LSN {}", self.snapshot_lsn, self.handover_lsn)?;
+        writeln!(f, "  bytes: snapshot   {:>10} ({} before compression)", self.snapshot_bytes, self.snapshot_raw_bytes)?;
+        writeln!(f, "         log        {:>10} ({} records)", self.log_bytes, self.log_records)?;
+        writeln!(f, "  connections handed over: {}", self.connections_handed_over)?;
+        for (phase, secs) in &self.phase_seconds {
+            writeln!(f, "  {phase:<17} {secs:>10.3} s")?;
+        }
+        Ok(())
+    }
+}
