@@ -153,7 +153,12 @@ impl Store {
         let blobs = self.dir.join("blobs");
         if blobs.is_dir() {
             for entry in std::fs::read_dir(&blobs)? {
-                File::open(entry?.path())?.sync_all()?;
+                match File::open(entry?.path()) {
+                    Ok(file) => file.sync_all()?,
+                    // sled removed a blob it no longer needs meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             File::open(&blobs)?.sync_all()?;
         }

@@ -122,10 +122,12 @@ impl ProxyControl {
             match dial(request).await {
                 Ok((stream, owed)) => {
                     let (read, write) = stream.into_split();
-                    // The old service side closes as it is dropped.
-                    *slot.backend_write.lock().await = write;
+                    // Answers side first: it must take the new reading half
+                    // before the old service side, closing as its writing
+                    // half is dropped below, can show it an end-of-stream.
                     *slot.new_backend_read.lock().expect("poisoned") = Some((read, owed));
                     slot.switched.notify_one();
+                    *slot.backend_write.lock().await = write;
                     switched += 1;
                 }
                 Err(e) => {

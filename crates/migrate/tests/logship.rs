@@ -72,7 +72,9 @@ async fn the_destination_gets_every_record_after_s_under_the_same_lsn_while_the_
             .await
             .unwrap()
             .unwrap();
-        logship::ack(&mut b, batch.last().unwrap().lsn).await.unwrap();
+        logship::ack(&mut b, batch.last().unwrap().lsn)
+            .await
+            .unwrap();
         received.extend(batch);
     }
     writer.await.unwrap();

@@ -108,8 +108,10 @@ impl SnapshotConfig {
 impl NodeConfig {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<NodeConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let config: NodeConfig = toml::from_str(&text).with_context(|| format!("{} is not a valid node configuration", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: NodeConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid node configuration", path.display()))?;
         config.check()?;
         Ok(config)
     }
@@ -120,7 +122,11 @@ impl NodeConfig {
         }
         for s in &self.services {
             if s.owner != self.name && !self.peers.contains_key(&s.owner) {
-                bail!("service {}: owner {:?} is neither this node nor a known peer", s.name, s.owner);
+                bail!(
+                    "service {}: owner {:?} is neither this node nor a known peer",
+                    s.name,
+                    s.owner
+                );
             }
         }
         Ok(())

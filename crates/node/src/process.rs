@@ -44,7 +44,8 @@ impl ServiceProcess {
     /// The PID to snapshot: for `unshare --pid --fork ...` it is the
     /// forked init, the first child of the started process; else itself.
     pub fn snapshot_pid(&self) -> u32 {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid)).unwrap_or_default();
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
+            .unwrap_or_default();
         children
             .split_whitespace()
             .next()
@@ -76,7 +77,9 @@ impl ServiceProcess {
             }
             let _ = child.kill().await;
         } else {
-            while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{inner}")).exists() {
+            while Instant::now() < deadline
+                && std::path::Path::new(&format!("/proc/{inner}")).exists()
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let _ = kill(Pid::from_raw(inner as i32), Signal::SIGKILL);

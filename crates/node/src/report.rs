@@ -85,13 +85,37 @@ pub struct MigrationReport {
 
 impl fmt::Display for MigrationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "migrated {} from {} to {} (epoch {})", self.service, self.from, self.to, self.epoch)?;
+        writeln!(
+            f,
+            "migrated {} from {} to {} (epoch {})",
+            self.service, self.from, self.to, self.epoch
+        )?;
         writeln!(f, "  total time        {:>10.3} s", self.total_seconds)?;
-        writeln!(f, "  interruption      {:>10.3} s (hand-over hold {:.3} s)", self.interruption_seconds, self.handover_hold_seconds)?;
-        writeln!(f, "  snapshot at LSN   {:>10}   hand-over at LSN {}", self.snapshot_lsn, self.handover_lsn)?;
-        writeln!(f, "  bytes: snapshot   {:>10} ({} before compression)", self.snapshot_bytes, self.snapshot_raw_bytes)?;
-        writeln!(f, "         log        {:>10} ({} records)", self.log_bytes, self.log_records)?;
-        writeln!(f, "  connections handed over: {}", self.connections_handed_over)?;
+        writeln!(
+            f,
+            "  interruption      {:>10.3} s (hand-over hold {:.3} s)",
+            self.interruption_seconds, self.handover_hold_seconds
+        )?;
+        writeln!(
+            f,
+            "  snapshot at LSN   {:>10}   hand-over at LSN {}",
+            self.snapshot_lsn, self.handover_lsn
+        )?;
+        writeln!(
+            f,
+            "  bytes: snapshot   {:>10} ({} before compression)",
+            self.snapshot_bytes, self.snapshot_raw_bytes
+        )?;
+        writeln!(
+            f,
+            "         log        {:>10} ({} records)",
+            self.log_bytes, self.log_records
+        )?;
+        writeln!(
+            f,
+            "  connections handed over: {}",
+            self.connections_handed_over
+        )?;
         for (phase, secs) in &self.phase_seconds {
             writeln!(f, "  {phase:<17} {secs:>10.3} s")?;
         }

@@ -224,7 +224,7 @@ impl CriuDriver {
 }
 
 /// Replaces each `{name}` with the shell-quoted value of `name`.
-pub(crate) fn substitute(template: &str, vars: &Placeholders) -> Result<String, DriverError> {
+pub fn substitute(template: &str, vars: &Placeholders) -> Result<String, DriverError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {

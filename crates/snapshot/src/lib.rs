@@ -9,5 +9,5 @@ mod driver;
 mod manifest;
 pub mod transfer;
 
-pub use driver::{CriuDriver, Driver, DriverError, ExecDriver, Placeholders, Restored};
+pub use driver::{substitute, CriuDriver, Driver, DriverError, ExecDriver, Placeholders, Restored};
 pub use manifest::{FileEntry, Manifest, ManifestError, MANIFEST_FILE};

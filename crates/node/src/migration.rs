@@ -1,0 +1,420 @@
+//! Replay migration, both sides (DESIGN.md "Replay migration, A → B").
+//!
+//! Source (the owner): connect → barrier fixes s → dump → release →
+//! ship the snapshot → ship the log from s+1 while the destination
+//! replays (catch-up, the source keeps serving) → when the lag is small,
+//! hold input again, ship the tail, `HandOver` → on `HandOverDone` switch
+//! open connections to tunnels, release, stop the old service. Anything
+//! failing before `HandOverDone` aborts: the source keeps ownership and
+//! serving, the destination discards its copy.
+//!
+//! Destination: `MigrateBegin` → receive and verify the snapshot → restore
+//! and start the service → journal each shipped record under its LSN and
+//! replay it, acknowledging → on `HandOver` take ownership under the new
+//! epoch, park the replayed connections for their tunnels.
+
+use crate::node::{NodeShared, ServiceHost};
+use crate::process::{wait_ready, ServiceProcess};
+use crate::report::{MigrationReport, Phase};
+use anyhow::{bail, Context, Result};
+use replaymig_migrate::logship::{self, Shipper};
+use replaymig_peer::{Message, PeerLink};
+use replaymig_proxy::{QuiesceOptions, Route};
+use replaymig_replayer::{ReplayOptions, Replayer};
+use replaymig_snapshot::{transfer, Driver, Manifest};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The destination may lag this many records when the hand-over starts.
+const HANDOVER_LAG_RECORDS: u64 = 64;
+/// Bound on catching up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on each protocol step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Progress callback: called at every phase change.
+pub type Progress<'a> = &'a (dyn Fn(Phase) + Send + Sync);
+
+/// Records phase durations as the state machine moves.
+struct Phases<'a> {
+    current: Phase,
+    since: Instant,
+    done: Vec<(String, f64)>,
+    progress: Progress<'a>,
+}
+
+impl<'a> Phases<'a> {
+    fn new(progress: Progress<'a>) -> Self {
+        progress(Phase::Connecting);
+        Phases {
+            current: Phase::Connecting,
+            since: Instant::now(),
+            done: Vec::new(),
+            progress,
+        }
+    }
+
+    /// Moves to the next phase; only the transitions of `Phase::next`.
+    fn advance(&mut self, to: Phase) {
+        assert_eq!(
+            self.current.next(),
+            Some(to),
+            "migration phases go in order"
+        );
+        let name = serde_json::to_value(self.current)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        self.done.push((name, self.since.elapsed().as_secs_f64()));
+        self.current = to;
+        self.since = Instant::now();
+        (self.progress)(to);
+    }
+}
+
+fn host<'a>(node: &'a NodeShared, service: &str) -> Result<&'a Arc<ServiceHost>> {
+    node.services
+        .get(service)
+        .with_context(|| format!("no service {service:?} on this node"))
+}
+
+/// Runs a migration of `service` from this node to `to`.
+pub async fn migrate_out(
+    node: &NodeShared,
+    service: &str,
+    to: &str,
+    progress: Progress<'_>,
+) -> Result<MigrationReport> {
+    let host = host(node, service)?;
+    let (epoch, pid) = {
+        let mut state = host.state.lock().await;
+        if state.owner != node.config.name {
+            bail!("{service} is owned by {}, not by this node", state.owner);
+        }
+        if state.migrating {
+            bail!("a migration of {service} is already running");
+        }
+        state.migrating = true;
+        (
+            state.epoch + 1,
+            state.process.as_ref().map(|p| p.snapshot_pid()),
+        )
+    };
+    let outcome = run_source(node, host, to, epoch, pid, progress).await;
+    let mut state = host.state.lock().await;
+    state.migrating = false;
+    match outcome {
+        Ok((report, process)) => {
+            drop(state);
+            if let Some(p) = process {
+                p.stop().await;
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            progress(Phase::Aborted);
+            Err(e)
+        }
+    }
+}
+
+async fn run_source(
+    node: &NodeShared,
+    host: &ServiceHost,
+    to: &str,
+    epoch: u64,
+    pid: Option<u32>,
+    progress: Progress<'_>,
+) -> Result<(MigrationReport, Option<ServiceProcess>)> {
+    let started = Instant::now();
+    let service = &host.config;
+    let mut phases = Phases::new(progress);
+    let peer = *node
+        .config
+        .peers
+        .get(to)
+        .with_context(|| format!("unknown node {to:?}"))?;
+    let mut link = PeerLink::connect(peer, &node.auth).await?;
+    link.send(Message::MigrateBegin {
+        service: service.name.clone(),
+        epoch,
+    })
+    .await?;
+    expect(&mut link, "migrate_ready", |m| {
+        matches!(m, Message::MigrateReady)
+    })
+    .await?;
+    let result = source_steps(node, host, &mut link, &mut phases, epoch, pid).await;
+    match result {
+        Ok((mut report, process)) => {
+            report.from = node.config.name.clone();
+            report.to = to.to_string();
+            report.total_seconds = started.elapsed().as_secs_f64();
+            phases.advance(Phase::Done);
+            report.phase_seconds = phases.done;
+            Ok((report, process))
+        }
+        Err(e) => {
+            let _ = link
+                .send(Message::MigrateAbort {
+                    reason: format!("{e:#}"),
+                })
+                .await;
+            Err(e)
+        }
+    }
+}
+
+async fn source_steps(
+    node: &NodeShared,
+    host: &ServiceHost,
+    link: &mut PeerLink,
+    phases: &mut Phases<'_>,
+    epoch: u64,
+    pid: Option<u32>,
+) -> Result<(MigrationReport, Option<ServiceProcess>)> {
+    let service = &host.config;
+    let driver: Driver = service.snapshot.driver();
+    let mut report = MigrationReport {
+        service: service.name.clone(),
+        epoch,
+        ..Default::default()
+    };
+
+    phases.advance(Phase::Quiescing);
+    let hold = host.proxy.quiesce(QuiesceOptions::default()).await?;
+    report.snapshot_lsn = hold.lsn;
+
+    phases.advance(Phase::Dumping);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}-out-", service.name))
+        .tempdir_in(ensure_dir(&node.config.work_dir)?)?;
+    let mut vars = node.placeholders(service);
+    if let Some(pid) = pid {
+        vars.insert("pid".into(), pid.to_string());
+    }
+    driver.dump(dir.path(), &vars).await?;
+    let snapshot_hold = hold.held_for();
+    drop(hold);
+    let manifest = Manifest::build(
+        dir.path(),
+        &service.name,
+        driver.name(),
+        report.snapshot_lsn,
+    )?;
+
+    phases.advance(Phase::Transferring);
+    let sent = transfer::send(link, dir.path(), &manifest, true).await?;
+    report.snapshot_bytes = sent.wire_bytes;
+    report.snapshot_raw_bytes = sent.raw_bytes;
+
+    phases.advance(Phase::CatchingUp);
+    let mut shipper = Shipper::new(&host.journal, report.snapshot_lsn + 1)?;
+    let journal = host.journal.clone();
+    tokio::time::timeout(
+        CATCH_UP_TIMEOUT,
+        shipper.run_until(link, |s| {
+            s.acked + HANDOVER_LAG_RECORDS >= journal.last_lsn()
+        }),
+    )
+    .await
+    .context("the destination did not catch up in time")??;
+
+    phases.advance(Phase::HandingOver);
+    let hold = host.proxy.quiesce(QuiesceOptions::default()).await?;
+    let head = host.journal.last_lsn();
+    tokio::time::timeout(STEP_TIMEOUT, shipper.run_until(link, |s| s.acked >= head))
+        .await
+        .context("the destination did not apply the tail in time")??;
+    report.handover_lsn = head;
+    report.log_bytes = shipper.stats.bytes;
+    report.log_records = shipper.stats.records;
+    link.send(Message::HandOver {
+        epoch,
+        delivered: hold.mark.delivered.iter().map(|(c, d)| (*c, *d)).collect(),
+    })
+    .await?;
+    expect(
+        link,
+        "hand_over_done",
+        |m| matches!(m, Message::HandOverDone { epoch: e } if *e == epoch),
+    )
+    .await?;
+    // Committed: the destination owns the service under `epoch`.
+    let to = link.peer_node().to_string();
+    let process = {
+        let mut state = host.state.lock().await;
+        state.owner = to.clone();
+        state.epoch = epoch;
+        state.process.take()
+    };
+    let Route::Remote { dial } = node.route_to(&to, service)? else {
+        bail!("the new owner cannot be this node");
+    };
+    report.connections_handed_over = host.proxy.hand_over(&hold, dial).await;
+    report.handover_hold_seconds = hold.held_for().as_secs_f64();
+    drop(hold);
+    report.interruption_seconds = snapshot_hold.as_secs_f64() + report.handover_hold_seconds;
+    phases.advance(Phase::Stopping);
+    Ok((report, process))
+}
+
+fn ensure_dir(dir: &std::path::Path) -> Result<&std::path::Path> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Waits for the peer's next message, which must match; an abort or
+/// anything else is an error.
+async fn expect(link: &mut PeerLink, what: &str, ok: impl Fn(&Message) -> bool) -> Result<()> {
+    match link.recv_timeout(STEP_TIMEOUT).await? {
+        m if ok(&m) => Ok(()),
+        Message::MigrateAbort { reason } => bail!("the peer aborted: {reason}"),
+        other => bail!("expected {what}, got {}", other.name()),
+    }
+}
+
+/// The destination's side, after `MigrateBegin`.
+pub(crate) async fn migrate_in(
+    node: &NodeShared,
+    mut link: PeerLink,
+    service: String,
+    epoch: u64,
+) -> Result<()> {
+    let host = host(node, &service)?;
+    {
+        let mut state = host.state.lock().await;
+        let refusal = if state.owner == node.config.name {
+            Some("this node already owns the service".to_string())
+        } else if state.migrating {
+            Some("a migration is already running here".to_string())
+        } else if epoch <= state.epoch {
+            Some(format!("stale epoch {epoch} (current is {})", state.epoch))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            drop(state);
+            let _ = link
+                .send(Message::MigrateAbort {
+                    reason: reason.clone(),
+                })
+                .await;
+            bail!("migration of {service} refused: {reason}");
+        }
+        state.migrating = true;
+    }
+    link.send(Message::MigrateReady).await?;
+    let outcome = destination_steps(node, host, &mut link, epoch).await;
+    let mut state = host.state.lock().await;
+    state.migrating = false;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Discard: stop the restored copy (never the owner's).
+            if state.owner != node.config.name {
+                if let Some(p) = state.process.take() {
+                    drop(state);
+                    p.stop().await;
+                }
+            }
+            let _ = link
+                .send(Message::MigrateAbort {
+                    reason: format!("{e:#}"),
+                })
+                .await;
+            Err(e)
+        }
+    }
+}
+
+async fn destination_steps(
+    node: &NodeShared,
+    host: &ServiceHost,
+    link: &mut PeerLink,
+    epoch: u64,
+) -> Result<()> {
+    let service = &host.config;
+    let driver = service.snapshot.driver();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}-in-", service.name))
+        .tempdir_in(ensure_dir(&node.config.work_dir)?)?;
+    let into = dir.path().join("snapshot");
+    let (manifest, _stats) = transfer::receive(link, &into).await?;
+    if manifest.service != service.name || manifest.driver != driver.name() {
+        bail!(
+            "snapshot is of {} by {}, expected {} by {}",
+            manifest.service,
+            manifest.driver,
+            service.name,
+            driver.name()
+        );
+    }
+    // This node's journal continues at s+1: drop what an earlier ownership
+    // left (it is older than s), keeping LSNs below s+1 spent.
+    let last = host.journal.last_lsn();
+    if last > manifest.lsn {
+        bail!(
+            "this node's journal ends at LSN {last}, past the snapshot point {}",
+            manifest.lsn
+        );
+    }
+    if last > 0 {
+        host.journal.truncate_before(last + 1)?;
+    }
+    let vars = node.placeholders(service);
+    let restored = driver.restore(&into, &vars, None).await?;
+    let process = match restored.pid {
+        Some(pid) => {
+            wait_ready(service.backend, Duration::from_secs(30)).await?;
+            ServiceProcess::adopt(pid)
+        }
+        None => node.start_service(service).await?,
+    };
+    host.state.lock().await.process = Some(process);
+
+    let mut replayer = Replayer::new(ReplayOptions::new(service.backend));
+    loop {
+        match logship::receive_batch(&host.journal, link, STEP_TIMEOUT).await? {
+            Ok(entries) => {
+                for entry in &entries {
+                    replayer.apply(entry).await?;
+                }
+                if let Some(last) = entries.last() {
+                    logship::ack(link, last.lsn).await?;
+                }
+            }
+            Err(Message::HandOver {
+                epoch: e,
+                delivered,
+            }) if e == epoch => {
+                for (conn, d) in delivered {
+                    replayer.set_delivered(conn, d);
+                }
+                let (report, open) = replayer.finish().await;
+                tracing::info!(
+                    records = report.records,
+                    answer_bytes = report.answer_bytes,
+                    open = open.len(),
+                    "replay caught up; taking ownership"
+                );
+                let mut state = host.state.lock().await;
+                for c in open {
+                    if let Some(stream) = c.stream {
+                        state.parked.insert(c.conn, (stream, c.pending));
+                    }
+                }
+                state.owner = node.config.name.clone();
+                state.epoch = epoch;
+                host.proxy.set_route(Route::Owner {
+                    backend: service.backend,
+                });
+                drop(state);
+                link.send(Message::HandOverDone { epoch }).await?;
+                return Ok(());
+            }
+            Err(Message::MigrateAbort { reason }) => bail!("the source aborted: {reason}"),
+            Err(other) => bail!("unexpected {} during catch-up", other.name()),
+        }
+    }
+}

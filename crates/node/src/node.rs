@@ -1,0 +1,277 @@
+//! The node agent: one journaling proxy per configured service, the
+//! service process while this node owns it, the authenticated peer
+//! listener (migrations and tunnels arrive there) and the loopback admin
+//! listener (`replaymig migrate` / `status`).
+
+use crate::config::{NodeConfig, ServiceConfig};
+use crate::process::{wait_ready, ServiceProcess};
+use crate::{admin, migration, tunnel};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use replaymig_journal::{ConnId, Journal, JournalOptions};
+use replaymig_peer::{Authenticator, Message, PeerLink};
+use replaymig_proxy::{Proxy, ProxyConfig, ProxyControl, Route};
+use replaymig_snapshot::Placeholders;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What a node knows and runs for one service.
+pub(crate) struct ServiceHost {
+    pub config: ServiceConfig,
+    pub journal: Journal,
+    pub proxy: ProxyControl,
+    pub state: Mutex<ServiceState>,
+}
+
+/// Ownership and what goes with it; changed only by migrations.
+pub(crate) struct ServiceState {
+    /// The node that owns the service (its input is journaled there).
+    pub owner: String,
+    /// Ownership epoch: grows by one per hand-over; a node that is not the
+    /// owner of the current epoch never feeds its own service.
+    pub epoch: u64,
+    /// The local service, while this node owns it (or is restoring it).
+    pub process: Option<ServiceProcess>,
+    /// Replayed connections waiting for their client's tunnel after a
+    /// hand-over to this node.
+    pub parked: HashMap<ConnId, (TcpStream, Bytes)>,
+    /// A migration of this service is running here.
+    pub migrating: bool,
+}
+
+/// Shared by the node's tasks.
+pub(crate) struct NodeShared {
+    pub config: NodeConfig,
+    pub auth: Authenticator,
+    pub services: BTreeMap<String, Arc<ServiceHost>>,
+}
+
+impl NodeShared {
+    /// Placeholders for a service's commands on this node.
+    pub fn placeholders(&self, service: &ServiceConfig) -> Placeholders {
+        let mut vars = Placeholders::new();
+        vars.insert("port".into(), service.backend.port().to_string());
+        vars.insert("backend".into(), service.backend.to_string());
+        if let Some(dir) = &service.data_dir {
+            vars.insert("data_dir".into(), dir.display().to_string());
+        }
+        vars
+    }
+
+    /// The route to a node that owns a service.
+    pub fn route_to(&self, owner: &str, service: &ServiceConfig) -> Result<Route> {
+        if owner == self.config.name {
+            return Ok(Route::Owner {
+                backend: service.backend,
+            });
+        }
+        let addr = *self
+            .config
+            .peers
+            .get(owner)
+            .with_context(|| format!("unknown node {owner:?}"))?;
+        Ok(Route::Remote {
+            dial: tunnel::dialer(self.auth.clone(), addr, service.name.clone()),
+        })
+    }
+
+    /// Starts the service's process from its `start` command.
+    pub async fn start_service(&self, service: &ServiceConfig) -> Result<ServiceProcess> {
+        let template = service
+            .start
+            .as_deref()
+            .with_context(|| format!("service {} has no start command", service.name))?;
+        let command = replaymig_snapshot::substitute(template, &self.placeholders(service))?;
+        let process = ServiceProcess::start(&command)?;
+        wait_ready(service.backend, Duration::from_secs(30)).await?;
+        Ok(process)
+    }
+}
+
+/// Status of one service, for `replaymig status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// The service.
+    pub name: String,
+    /// Who owns it.
+    pub owner: String,
+    /// The ownership epoch.
+    pub epoch: u64,
+    /// This node's journal head.
+    pub last_lsn: u64,
+    /// A migration is in flight here.
+    pub migrating: bool,
+    /// Client connections open through this node's proxy.
+    pub answer_bytes: u64,
+}
+
+/// A running node agent.
+pub struct Node {
+    pub(crate) shared: Arc<NodeShared>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Node {
+    /// Opens the journals, binds every listener, starts the services this
+    /// node owns, and serves until [`Node::shutdown`].
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        let auth = Authenticator::new(config.name.clone(), config.secret()?);
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut services = BTreeMap::new();
+        let mut proxies = Vec::new();
+        for service in &config.services {
+            let journal = Journal::open(&service.journal, JournalOptions::default())
+                .with_context(|| format!("cannot open the journal of {}", service.name))?;
+            let proxy = Proxy::bind(
+                ProxyConfig::new(service.listen, service.backend),
+                journal.clone(),
+            )
+            .await?;
+            let host = Arc::new(ServiceHost {
+                config: service.clone(),
+                journal,
+                proxy: proxy.control(),
+                state: Mutex::new(ServiceState {
+                    owner: service.owner.clone(),
+                    epoch: 1,
+                    process: None,
+                    parked: HashMap::new(),
+                    migrating: false,
+                }),
+            });
+            services.insert(service.name.clone(), host);
+            proxies.push(proxy);
+        }
+        let shared = Arc::new(NodeShared {
+            config,
+            auth,
+            services,
+        });
+        for (proxy, host) in proxies.into_iter().zip(shared.services.values()) {
+            let owner = host.state.lock().await.owner.clone();
+            host.proxy.set_route(shared.route_to(&owner, &host.config)?);
+            if owner == shared.config.name {
+                let process = shared.start_service(&host.config).await?;
+                host.state.lock().await.process = Some(process);
+            }
+            tasks.spawn({
+                let stop = shutdown.clone();
+                async move {
+                    proxy.run(stop).await;
+                }
+            });
+        }
+        let peer = TcpListener::bind(shared.config.peer_listen)
+            .await
+            .with_context(|| format!("cannot listen for peers on {}", shared.config.peer_listen))?;
+        let admin = TcpListener::bind(shared.config.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for the admin on {}",
+                    shared.config.admin_listen
+                )
+            })?;
+        tasks.spawn(serve_peers(peer, shared.clone(), shutdown.clone()));
+        tasks.spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
+        tracing::info!(node = %shared.config.name, peer = %shared.config.peer_listen, admin = %shared.config.admin_listen, "node serving");
+        Ok(Node {
+            shared,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Moves `service` to node `to` (this node must own it).
+    pub async fn migrate(&self, service: &str, to: &str) -> Result<crate::MigrationReport> {
+        migration::migrate_out(&self.shared, service, to, &|_| {}).await
+    }
+
+    /// Services, owners, epochs, journal heads.
+    pub async fn status(&self) -> Vec<ServiceStatus> {
+        status(&self.shared).await
+    }
+
+    /// Stops serving, stops the local services, flushes the journals.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        for host in self.shared.services.values() {
+            if let Some(process) = host.state.lock().await.process.take() {
+                process.stop().await;
+            }
+            if let Err(e) = host.journal.close().await {
+                tracing::error!(service = %host.config.name, error = %e, "final journal flush failed");
+            }
+        }
+    }
+}
+
+pub(crate) async fn status(shared: &NodeShared) -> Vec<ServiceStatus> {
+    let mut out = Vec::new();
+    for host in shared.services.values() {
+        let state = host.state.lock().await;
+        out.push(ServiceStatus {
+            name: host.config.name.clone(),
+            owner: state.owner.clone(),
+            epoch: state.epoch,
+            last_lsn: host.journal.last_lsn(),
+            migrating: state.migrating,
+            answer_bytes: host.proxy.answer_bytes(),
+        });
+    }
+    out
+}
+
+/// Authenticates each peer connection and dispatches on its first message.
+async fn serve_peers(listener: TcpListener, shared: Arc<NodeShared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, addr)) = accepted else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut link = match PeerLink::accept(stream, &shared.auth).await {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "peer refused");
+                    return;
+                }
+            };
+            let first = match link.recv_timeout(Duration::from_secs(10)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "peer sent no request");
+                    return;
+                }
+            };
+            let outcome = match first {
+                Message::MigrateBegin { service, epoch } => {
+                    migration::migrate_in(&shared, link, service, epoch).await
+                }
+                Message::TunnelOpen {
+                    service,
+                    conn,
+                    delivered,
+                    client,
+                } => tunnel::accept(&shared, link, service, conn, delivered, client).await,
+                other => Err(anyhow::anyhow!("unexpected first message {}", other.name())),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(%addr, error = %format!("{e:#}"), "peer request failed");
+            }
+        });
+    }
+}

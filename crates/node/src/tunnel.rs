@@ -1,0 +1,116 @@
+//! Tunnels: a client connection relayed from a node that does not own the
+//! service to the one that does, over an authenticated peer connection
+//! that turns into a raw byte stream after `TunnelOpen` / `TunnelReady`.
+
+use crate::node::NodeShared;
+use replaymig_peer::{Authenticator, LinkError, Message, PeerLink};
+use replaymig_proxy::{Adopted, Dialer, Tunnel, TunnelRequest};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bound on the tunnel handshake.
+const TUNNEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A dialer that opens tunnels for `service` to the node at `owner`.
+pub fn dialer(auth: Authenticator, owner: SocketAddr, service: String) -> Dialer {
+    Arc::new(move |request: TunnelRequest| {
+        let (auth, service) = (auth.clone(), service.clone());
+        Box::pin(async move { open(&auth, owner, &service, request).await })
+    })
+}
+
+async fn open(
+    auth: &Authenticator,
+    owner: SocketAddr,
+    service: &str,
+    request: TunnelRequest,
+) -> std::io::Result<Tunnel> {
+    let io = |e: LinkError| std::io::Error::other(e.to_string());
+    let mut link = PeerLink::connect(owner, auth).await.map_err(io)?;
+    link.send(Message::TunnelOpen {
+        service: service.to_string(),
+        conn: request.conn,
+        delivered: request.delivered,
+        client: request.client,
+    })
+    .await
+    .map_err(io)?;
+    match link.recv_timeout(TUNNEL_TIMEOUT).await.map_err(io)? {
+        Message::TunnelReady => {
+            let (stream, owed) = link.into_raw();
+            Ok((stream, owed.freeze()))
+        }
+        Message::MigrateAbort { reason } | Message::Goodbye { reason } => Err(
+            std::io::Error::other(format!("owner refused the tunnel: {reason}")),
+        ),
+        other => Err(std::io::Error::other(format!(
+            "unexpected {} instead of tunnel_ready",
+            other.name()
+        ))),
+    }
+}
+
+/// The owner's side: hand the tunnel to the service's proxy as a
+/// journaled connection (continuing a handed-over one if `conn` is set).
+pub(crate) async fn accept(
+    node: &NodeShared,
+    mut link: PeerLink,
+    service: String,
+    conn: Option<u64>,
+    delivered: u64,
+    client: String,
+) -> anyhow::Result<()> {
+    let Some(host) = node.services.get(&service) else {
+        let _ = link
+            .send(Message::MigrateAbort {
+                reason: format!("no service {service:?} here"),
+            })
+            .await;
+        anyhow::bail!("tunnel for unknown service {service:?}");
+    };
+    let backend = {
+        let mut state = host.state.lock().await;
+        if state.owner != node.config.name {
+            drop(state);
+            let _ = link
+                .send(Message::MigrateAbort {
+                    reason: "this node does not own the service".into(),
+                })
+                .await;
+            anyhow::bail!("tunnel refused: not the owner of {service}");
+        }
+        match conn {
+            Some(id) => match state.parked.remove(&id) {
+                Some(parked) => Some(parked),
+                None => {
+                    drop(state);
+                    let _ = link
+                        .send(Message::MigrateAbort {
+                            reason: format!("no handed-over connection {id}"),
+                        })
+                        .await;
+                    anyhow::bail!("tunnel for unknown connection {id}");
+                }
+            },
+            None => None,
+        }
+    };
+    link.send(Message::TunnelReady).await?;
+    let (stream, early) = link.into_raw();
+    // The other side sends nothing before it read TunnelReady.
+    anyhow::ensure!(
+        early.is_empty(),
+        "tunnel peer sent raw bytes before tunnel_ready"
+    );
+    host.proxy
+        .adopt(Adopted {
+            client: stream,
+            client_label: client,
+            backend,
+            conn,
+            delivered,
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! A replay migration of a real redis between two node agents on loopback
+//! (exec driver: SAVE + copy the RDB, restore = start redis on it), under
+//! continuous load from clients connected to A before the migration and
+//! one connected to B during it. Afterwards: every acknowledged command is
+//! in B's redis exactly once, no client saw an error, B owns the service
+//! under epoch 2, A's redis is stopped, and B's journal continues A's LSNs.
+
+use replaymig_journal::{Journal, JournalOptions, Lsn, OpenMode};
+use replaymig_node::{Node, NodeConfig};
+use replaymig_testkit::{free_port, Reply, RespClient};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+struct Ports {
+    peer: u16,
+    admin: u16,
+    listen: u16,
+    backend: u16,
+}
+
+fn ports() -> Ports {
+    Ports {
+        peer: free_port(),
+        admin: free_port(),
+        listen: free_port(),
+        backend: free_port(),
+    }
+}
+
+fn config(name: &str, me: &Ports, other: (&str, &Ports), dir: &Path, owner: &str) -> NodeConfig {
+    let data = dir.join(format!("{name}-data"));
+    std::fs::create_dir_all(&data).unwrap();
+    let text = format!(
+        r#"
+name = "{name}"
+peer_listen = "127.0.0.1:{peer}"
+admin_listen = "127.0.0.1:{admin}"
+secret_file = "{secret}"
+work_dir = "{work}"
+[peers]
+{other_name} = "127.0.0.1:{other_peer}"
+[[service]]
+name = "redis"
+listen = "127.0.0.1:{listen}"
+backend = "127.0.0.1:{backend}"
+journal = "{journal}"
+owner = "{owner}"
+data_dir = "{data}"
+start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no"
+[service.snapshot]
+driver = "exec"
+dump = ["redis-cli -p {{port}} SAVE", "cp {{data_dir}}/dump.rdb {{snapshot_dir}}/dump.rdb"]
+restore = ["cp {{snapshot_dir}}/dump.rdb {{data_dir}}/dump.rdb"]
+"#,
+        peer = me.peer,
+        admin = me.admin,
+        secret = dir.join("secret").display(),
+        work = dir.join(format!("{name}-work")).display(),
+        other_name = other.0,
+        other_peer = other.1.peer,
+        listen = me.listen,
+        backend = me.backend,
+        journal = dir.join(format!("{name}-journal")).display(),
+        data = data.display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    NodeConfig::load(&path).unwrap()
+}
+
+/// A client doing INCR + RPUSH on its own keys until told to stop.
+fn client(
+    addr: SocketAddr,
+    key: String,
+    pipelined: bool,
+    stop: Arc<AtomicBool>,
+) -> (i64, Vec<String>) {
+    let mut c = RespClient::connect(addr).unwrap();
+    let (ctr, list) = (format!("{key}:ctr"), format!("{key}:list"));
+    let mut acked = 0i64;
+    let mut pushed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && acked < 20_000 && Instant::now() < deadline {
+        let value = format!("v{acked}");
+        let cmds = vec![
+            vec!["INCR", ctr.as_str()],
+            vec!["RPUSH", list.as_str(), value.as_str()],
+        ];
+        let replies = if pipelined {
+            c.pipeline(&cmds).unwrap_or_else(|e| panic!("{key}: {e}"))
+        } else {
+            cmds.iter()
+                .map(|cmd| c.cmd(cmd).unwrap_or_else(|e| panic!("{key}: {e}")))
+                .collect()
+        };
+        assert_eq!(replies[0], Reply::Int(acked + 1), "{key}");
+        assert_eq!(replies[1], Reply::Int(acked + 1), "{key}");
+        acked += 1;
+        pushed.push(value);
+    }
+    (acked, pushed)
+}
+
+async fn read_all(dir: &Path) -> Vec<replaymig_journal::Entry> {
+    let j = Journal::open(
+        dir,
+        JournalOptions {
+            mode: OpenMode::MustExist,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let all = j.read_range(1, Lsn::MAX).map(|e| e.unwrap()).collect();
+    j.close().await.unwrap();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let dir = TempDir::new().unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        "loopback-migration-secret-0123456789",
+    )
+    .unwrap();
+    let (pa, pb) = (ports(), ports());
+    let node_a = Node::start(config("a", &pa, ("b", &pb), dir.path(), "a"))
+        .await
+        .unwrap();
+    let node_b = Node::start(config("b", &pb, ("a", &pa), dir.path(), "a"))
+        .await
+        .unwrap();
+    let listen_a: SocketAddr = ([127, 0, 0, 1], pa.listen).into();
+    let listen_b: SocketAddr = ([127, 0, 0, 1], pb.listen).into();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let stop = stop.clone();
+        clients.push(std::thread::spawn(move || {
+            client(listen_a, format!("a{i}"), i % 2 == 1, stop)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A client of B before the hand-over: tunneled to A, then to B.
+    {
+        let stop = stop.clone();
+        clients.push(std::thread::spawn(move || {
+            client(listen_b, "b0".into(), false, stop)
+        }));
+    }
+    let report = node_a.migrate("redis", "b").await.unwrap();
+    eprintln!("{report}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A client connecting to A after the hand-over is tunneled to B.
+    let late = {
+        let stop = stop.clone();
+        std::thread::spawn(move || client(listen_a, "late".into(), true, stop))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut tallies: Vec<(String, (i64, Vec<String>))> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                if i < 8 { format!("a{i}") } else { "b0".into() },
+                c.join().unwrap(),
+            )
+        })
+        .collect();
+    tallies.push(("late".into(), late.join().unwrap()));
+
+    let status_a = node_a.status().await;
+    let status_b = node_b.status().await;
+    assert_eq!(status_a[0].owner, "b");
+    assert_eq!(status_b[0].owner, "b");
+    assert_eq!(status_b[0].epoch, 2);
+    assert!(report.snapshot_lsn < report.handover_lsn);
+    assert_eq!(
+        report.connections_handed_over, 9,
+        "8 of A's clients + B's tunneled one"
+    );
+
+    // B's redis holds every acknowledged write exactly once.
+    let backend_b: SocketAddr = ([127, 0, 0, 1], pb.backend).into();
+    let mut b = RespClient::connect(backend_b).unwrap();
+    for (key, (acked, pushed)) in &tallies {
+        assert!(*acked > 0, "{key} made progress");
+        let ctr = b.cmd(&["GET", &format!("{key}:ctr")]).unwrap();
+        assert_eq!(
+            ctr,
+            Reply::Bulk(acked.to_string().into_bytes()),
+            "{key}:ctr"
+        );
+        let Reply::Array(items) = b
+            .cmd(&["LRANGE", &format!("{key}:list"), "0", "-1"])
+            .unwrap()
+        else {
+            panic!("LRANGE")
+        };
+        let items: Vec<String> = items
+            .into_iter()
+            .map(|r| match r {
+                Reply::Bulk(v) => String::from_utf8(v).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(&items, pushed, "{key}:list");
+    }
+    // A's redis is stopped.
+    let backend_a: SocketAddr = ([127, 0, 0, 1], pa.backend).into();
+    assert!(
+        std::net::TcpStream::connect(backend_a).is_err(),
+        "A's service is stopped"
+    );
+
+    drop(b);
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+    // LSNs: A's journal 1..=h, B's from s+1 on, the same records where they overlap.
+    let ja = read_all(&dir.path().join("a-journal")).await;
+    let jb = read_all(&dir.path().join("b-journal")).await;
+    for (i, e) in ja.iter().enumerate() {
+        assert_eq!(e.lsn, i as u64 + 1);
+    }
+    assert_eq!(jb.first().unwrap().lsn, report.snapshot_lsn + 1);
+    for w in jb.windows(2) {
+        assert_eq!(w[1].lsn, w[0].lsn + 1, "B's LSNs are contiguous");
+    }
+    let overlap: Vec<_> = ja.iter().filter(|e| e.lsn > report.snapshot_lsn).collect();
+    for e in &overlap {
+        let other = &jb[(e.lsn - report.snapshot_lsn - 1) as usize];
+        assert_eq!(&other.record, &e.record, "LSN {}", e.lsn);
+    }
+    assert!(
+        jb.last().unwrap().lsn > report.handover_lsn,
+        "B journaled after the hand-over"
+    );
+}
