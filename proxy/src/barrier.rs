@@ -7,6 +7,13 @@
 //! journals a `snapshot` marker naming `s`, and keeps the gate until the
 //! caller's snapshot point is fixed. Client input waits meanwhile (in
 //! socket buffers, nothing dropped); releasing the hold resumes it.
+//!
+//! "Quiet" needs both: every journaled connection has had answer bytes
+//! since its last forwarded input (so a service that is merely slow to
+//! answer is waited for), and no answer bytes at all for an idle window
+//! (so a multi-part answer is complete). A protocol whose requests get no
+//! answer cannot be quiesced this way: the barrier times out and the
+//! migration fails safely.
 
 use crate::connection::Shared;
 use replaymig_journal::marker::SnapshotMark;
@@ -78,12 +85,19 @@ pub(crate) async fn quiesce(
         .await
         .map_err(|_| QuiesceError::GateTimeout(options.timeout))?;
     let held_since = Instant::now();
-    // Quiet = the answer counter stood still for a whole idle window.
+    // Quiet = every connection answered its last input, and then the
+    // answer counter stood still for a whole idle window.
     let mut last = shared.resp_total.load(Ordering::Acquire);
     loop {
         tokio::time::sleep(options.idle).await;
         let now = shared.resp_total.load(Ordering::Acquire);
-        if now == last {
+        let all_answered = shared
+            .open
+            .lock()
+            .expect("poisoned")
+            .values()
+            .all(|slot| slot.answered_last_input());
+        if now == last && all_answered {
             break;
         }
         last = now;

@@ -66,6 +66,20 @@ pub(crate) struct ConnSlot {
     pub new_backend_read: std::sync::Mutex<Option<(OwnedReadHalf, Bytes)>>,
     /// Tells the answers direction to take `new_backend_read`.
     pub switched: Notify,
+    /// Client reads forwarded to the service so far.
+    pub forwarded: AtomicU64,
+    /// Value of `forwarded` when answer bytes last came back: equal to
+    /// `forwarded` once the service answered after the last forward. The
+    /// barrier waits for that on every connection, not only for silence,
+    /// so a slow answer is not mistaken for a quiet service.
+    pub answered_after: AtomicU64,
+}
+
+impl ConnSlot {
+    /// The service has answered since the last input forwarded to it.
+    pub fn answered_last_input(&self) -> bool {
+        self.answered_after.load(Ordering::Acquire) >= self.forwarded.load(Ordering::Acquire)
+    }
 }
 
 /// Removes a connection from the open set however its task ends.
@@ -243,6 +257,8 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
         backend_write: tokio::sync::Mutex::new(backend_write),
         new_backend_read: std::sync::Mutex::new(None),
         switched: Notify::new(),
+        forwarded: AtomicU64::new(0),
+        answered_after: AtomicU64::new(0),
     });
     let _registered = journaling.then(|| {
         shared
@@ -360,6 +376,7 @@ async fn client_to_service(
                 )))
             }
         }
+        slot.forwarded.fetch_add(1, Ordering::AcqRel);
         shared.metrics.client_to_service.increment(n as u64);
     }
 }
@@ -413,6 +430,8 @@ async fn deliver(
     // always sees resp_total_before >= resp_before.
     shared.resp_total.fetch_add(n, Ordering::AcqRel);
     slot.delivered.fetch_add(n, Ordering::AcqRel);
+    slot.answered_after
+        .store(slot.forwarded.load(Ordering::Acquire), Ordering::Release);
     shared.metrics.service_to_client.increment(n);
     Ok(())
 }

@@ -392,6 +392,14 @@ async fn destination_steps(
                     replayer.set_delivered(conn, d);
                 }
                 let (report, open) = replayer.finish().await;
+                if let Some(d) = report.divergences.first() {
+                    bail!(
+                        "replay diverged at LSN {} (connection {}): {:?}",
+                        d.lsn,
+                        d.conn,
+                        d.kind
+                    );
+                }
                 tracing::info!(
                     records = report.records,
                     answer_bytes = report.answer_bytes,

@@ -246,3 +246,63 @@ async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
         "B journaled after the hand-over"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_and_forth_a_to_b_to_a_keeps_every_write() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let dir = TempDir::new().unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        "loopback-migration-secret-0123456789",
+    )
+    .unwrap();
+    let (pa, pb) = (ports(), ports());
+    let node_a = Node::start(config("a", &pa, ("b", &pb), dir.path(), "a"))
+        .await
+        .unwrap();
+    let node_b = Node::start(config("b", &pb, ("a", &pa), dir.path(), "a"))
+        .await
+        .unwrap();
+    let listen_a: SocketAddr = ([127, 0, 0, 1], pa.listen).into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || client(listen_a, format!("k{i}"), i % 2 == 0, stop))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let there = node_a.migrate("redis", "b").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = node_b.migrate("redis", "a").await.unwrap();
+    assert_eq!(back.epoch, 3);
+    assert!(
+        back.snapshot_lsn > there.handover_lsn,
+        "B's journal continued A's LSNs"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let tallies: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(node_a.status().await[0].owner, "a");
+    let mut a = RespClient::connect(([127, 0, 0, 1], pa.backend).into()).unwrap();
+    for (i, (acked, pushed)) in tallies.iter().enumerate() {
+        assert_eq!(
+            a.cmd(&["GET", &format!("k{i}:ctr")]).unwrap(),
+            Reply::Bulk(acked.to_string().into_bytes())
+        );
+        assert_eq!(
+            a.cmd(&["LLEN", &format!("k{i}:list")]).unwrap(),
+            Reply::Int(pushed.len() as i64)
+        );
+    }
+    assert!(
+        std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], pb.backend))).is_err(),
+        "B's copy is stopped"
+    );
+    drop(a);
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}

@@ -94,6 +94,11 @@ impl AnswerReader {
         self.shared.changed.notify_waiters();
     }
 
+    /// Answer bytes the original client is known to have received.
+    pub(crate) fn watermark(&self) -> u64 {
+        self.shared.state.lock().expect("poisoned").watermark
+    }
+
     /// Answer bytes read so far.
     pub(crate) fn got(&self) -> u64 {
         self.shared.state.lock().expect("poisoned").got

@@ -365,9 +365,19 @@ impl Replayer {
 
     /// Ends the replay: connections the journal had not closed are handed
     /// back open (nothing beyond the original's answers read from them).
+    ///
+    /// Before handing a connection back, it waits (bounded by the answer
+    /// timeout) until the target has produced every answer byte the
+    /// original client received: those must be dropped here, never reach
+    /// the client twice. A shortfall is recorded as a divergence.
     pub async fn finish(mut self) -> (ReplayReport, Vec<OpenConnection>) {
         let mut open = Vec::new();
         for (conn, c) in std::mem::take(&mut self.conns) {
+            let owed = c.answers.watermark();
+            if let Err(kind) = wait_answers(&c.answers, owed, self.options.answer_timeout).await {
+                let lsn = self.report.last_lsn.unwrap_or_default();
+                self.report.divergences.push(Divergence { lsn, conn, kind });
+            }
             let answered = c.answers.got();
             self.report.answer_bytes += answered;
             let (read, pending) = c.answers.stop().await;
