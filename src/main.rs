@@ -35,6 +35,38 @@ enum Command {
     /// Inspect a journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Run a node agent: its services, the peer link, the admin endpoint.
+    Node {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Serve Prometheus metrics on this address (GET /metrics).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+    },
+    /// Move a service from the node behind --admin to another node.
+    Migrate {
+        /// The service.
+        service: String,
+        /// The destination node's name.
+        #[arg(long)]
+        to: String,
+        /// The source node's admin address.
+        #[arg(long, default_value = "127.0.0.1:7200")]
+        admin: SocketAddr,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Services, owners, epochs and journal heads of the node behind --admin.
+    Status {
+        /// The node's admin address.
+        #[arg(long, default_value = "127.0.0.1:7200")]
+        admin: SocketAddr,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -123,6 +155,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Journal(JournalCommand::Stat { journal, json }) => {
             journal_stat(journal, json).await
         }
+        Command::Node { config, metrics } => run_node(config, metrics).await,
+        Command::Migrate {
+            service,
+            to,
+            admin,
+            json,
+        } => migrate(service, to, admin, json).await,
+        Command::Status { admin, json } => status(admin, json).await,
     }
 }
 
@@ -222,4 +262,98 @@ fn render_stats(dir: &std::path::Path, s: &JournalStats) -> String {
         out.push_str(&format!("  {kind:<14} {n}\n"));
     }
     out
+}
+
+async fn run_node(config: PathBuf, metrics: Option<SocketAddr>) -> Result<()> {
+    if let Some(addr) = metrics {
+        install_prometheus_exporter(addr)?;
+    }
+    let config = replaymig_node::NodeConfig::load(&config)?;
+    let node = replaymig_node::Node::start(config).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone()).await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Sends one admin request; calls `each` for every JSON line answered.
+async fn admin_request(
+    admin: SocketAddr,
+    request: serde_json::Value,
+    mut each: impl FnMut(serde_json::Value) -> Result<()>,
+) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("no node admin endpoint at {admin}"))?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        each(serde_json::from_str(&line).context("malformed admin answer")?)?;
+    }
+    Ok(())
+}
+
+async fn migrate(service: String, to: String, admin: SocketAddr, json: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut outcome = None;
+    admin_request(
+        admin,
+        serde_json::json!({"migrate": {"service": service, "to": to}}),
+        |line| {
+            if let Some(phase) = line.get("phase") {
+                eprintln!(
+                    "[{:>7.3} s] {}",
+                    started.elapsed().as_secs_f64(),
+                    phase.as_str().unwrap_or("?")
+                );
+            } else if let Some(report) = line.get("report") {
+                outcome = Some(Ok(report.clone()));
+            } else if let Some(error) = line.get("error") {
+                outcome = Some(Err(error.as_str().unwrap_or("?").to_string()));
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    match outcome {
+        Some(Ok(report)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let report: replaymig_node::MigrationReport = serde_json::from_value(report)?;
+                print!("{report}");
+            }
+            Ok(())
+        }
+        Some(Err(e)) => anyhow::bail!("migration failed: {e}"),
+        None => anyhow::bail!("the node closed the admin connection without a result"),
+    }
+}
+
+async fn status(admin: SocketAddr, json: bool) -> Result<()> {
+    let mut services = None;
+    admin_request(admin, serde_json::json!({"status": {}}), |line| {
+        services = line.get("services").cloned();
+        Ok(())
+    })
+    .await?;
+    let services = services.context("no status in the node's answer")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&services)?);
+        return Ok(());
+    }
+    let list: Vec<replaymig_node::ServiceStatus> = serde_json::from_value(services)?;
+    println!(
+        "{:<16} {:<10} {:>6} {:>12} {:>10}",
+        "service", "owner", "epoch", "last_lsn", "migrating"
+    );
+    for s in list {
+        println!(
+            "{:<16} {:<10} {:>6} {:>12} {:>10}",
+            s.name, s.owner, s.epoch, s.last_lsn, s.migrating
+        );
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@
 //! journal = "/var/lib/replaymig/redis.journal"
 //! owner = "a"                                # who owns it when the nodes start
 //! start = "redis-server --port 6379 --dir {data_dir} --save ''"
+//! ready = "redis-cli -p {port} PING | grep -q PONG"
 //! data_dir = "/var/lib/redis"
 //! [service.snapshot]
 //! driver = "exec"                            # exec | criu | none
@@ -75,6 +76,12 @@ pub struct ServiceConfig {
     /// Shell command that starts the service (placeholders as for exec).
     #[serde(default)]
     pub start: Option<String>,
+    /// Shell command that succeeds once the service can serve (e.g.
+    /// `redis-cli -p {port} PING | grep -q PONG`: a Redis still loading its
+    /// RDB accepts connections but answers `-LOADING`). Default: the
+    /// backend accepts a TCP connection.
+    #[serde(default)]
+    pub ready: Option<String>,
     /// The service's data directory (placeholder `{data_dir}`).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,

@@ -14,7 +14,7 @@
 //! epoch, park the replayed connections for their tunnels.
 
 use crate::node::{NodeShared, ServiceHost};
-use crate::process::{wait_ready, ServiceProcess};
+use crate::process::ServiceProcess;
 use crate::report::{MigrationReport, Phase};
 use anyhow::{bail, Context, Result};
 use replaymig_migrate::logship::{self, Shipper};
@@ -366,8 +366,9 @@ async fn destination_steps(
     let restored = driver.restore(&into, &vars, None).await?;
     let process = match restored.pid {
         Some(pid) => {
-            wait_ready(service.backend, Duration::from_secs(30)).await?;
-            ServiceProcess::adopt(pid)
+            let process = ServiceProcess::adopt(pid);
+            node.wait_service_ready(service).await?;
+            process
         }
         None => node.start_service(service).await?,
     };

@@ -12,7 +12,7 @@ use replaymig_journal::{ConnId, Journal, JournalOptions};
 use replaymig_peer::{Authenticator, Message, PeerLink};
 use replaymig_proxy::{Proxy, ProxyConfig, ProxyControl, Route};
 use replaymig_snapshot::Placeholders;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,13 +89,42 @@ impl NodeShared {
             .with_context(|| format!("service {} has no start command", service.name))?;
         let command = replaymig_snapshot::substitute(template, &self.placeholders(service))?;
         let process = ServiceProcess::start(&command)?;
-        wait_ready(service.backend, Duration::from_secs(30)).await?;
+        self.wait_service_ready(service).await?;
         Ok(process)
+    }
+
+    /// Waits until the service accepts connections and, if configured,
+    /// its `ready` command succeeds.
+    pub async fn wait_service_ready(&self, service: &ServiceConfig) -> Result<()> {
+        wait_ready(service.backend, Duration::from_secs(30)).await?;
+        let Some(template) = &service.ready else {
+            return Ok(());
+        };
+        let command = replaymig_snapshot::substitute(template, &self.placeholders(service))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("service {} not ready: `{command}` kept failing", service.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
 /// Status of one service, for `replaymig status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// The service.
     pub name: String,

@@ -1,14 +1,14 @@
 //! What a migration reports: the paper's figures (total time, interruption,
 //! time per phase, bytes over the link by kind) as a table and as JSON.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The phases of a replay migration, in order (the source's state machine;
 /// the destination mirrors it). Transitions only go forward; any failure
 /// before `HandingOver` completes leads to `Aborted` with the source still
 /// the owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Link to the destination, agree on the epoch.
@@ -49,7 +49,7 @@ impl Phase {
 }
 
 /// Figures of one migration.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MigrationReport {
     /// The service moved.
     pub service: String,

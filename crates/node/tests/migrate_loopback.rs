@@ -51,6 +51,7 @@ journal = "{journal}"
 owner = "{owner}"
 data_dir = "{data}"
 start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no"
+ready = "redis-cli -p {{port}} PING | grep -q PONG"
 [service.snapshot]
 driver = "exec"
 dump = ["redis-cli -p {{port}} SAVE", "cp {{data_dir}}/dump.rdb {{snapshot_dir}}/dump.rdb"]
