@@ -26,6 +26,9 @@ pub enum ShipError {
     /// The peer broke the protocol.
     #[error("log shipping protocol error: {0}")]
     Protocol(String),
+    /// The receiver gave up (e.g. its replay diverged).
+    #[error("the destination aborted: {0}")]
+    Aborted(String),
 }
 
 /// Figures of the shipping so far.
@@ -89,6 +92,7 @@ impl Shipper {
                 }
                 msg = link.recv() => match msg? {
                     Message::LogApplied { lsn } => self.stats.acked = self.stats.acked.max(lsn),
+                    Message::MigrateAbort { reason } => return Err(ShipError::Aborted(reason)),
                     other => return Err(ShipError::Protocol(format!("unexpected {} while shipping", other.name()))),
                 },
             }

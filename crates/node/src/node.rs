@@ -116,7 +116,10 @@ impl NodeShared {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                anyhow::bail!("service {} not ready: `{command}` kept failing", service.name);
+                anyhow::bail!(
+                    "service {} not ready: `{command}` kept failing",
+                    service.name
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -7,7 +7,7 @@
 
 use replaymig_journal::{Journal, JournalOptions, Lsn, OpenMode};
 use replaymig_node::{Node, NodeConfig};
-use replaymig_testkit::{free_port, Reply, RespClient};
+use replaymig_testkit::{write_node_config, NodePorts, Reply, RespClient};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,62 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-struct Ports {
-    peer: u16,
-    admin: u16,
-    listen: u16,
-    backend: u16,
-}
-
-fn ports() -> Ports {
-    Ports {
-        peer: free_port(),
-        admin: free_port(),
-        listen: free_port(),
-        backend: free_port(),
-    }
-}
-
-fn config(name: &str, me: &Ports, other: (&str, &Ports), dir: &Path, owner: &str) -> NodeConfig {
-    let data = dir.join(format!("{name}-data"));
-    std::fs::create_dir_all(&data).unwrap();
-    let text = format!(
-        r#"
-name = "{name}"
-peer_listen = "127.0.0.1:{peer}"
-admin_listen = "127.0.0.1:{admin}"
-secret_file = "{secret}"
-work_dir = "{work}"
-[peers]
-{other_name} = "127.0.0.1:{other_peer}"
-[[service]]
-name = "redis"
-listen = "127.0.0.1:{listen}"
-backend = "127.0.0.1:{backend}"
-journal = "{journal}"
-owner = "{owner}"
-data_dir = "{data}"
-start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no"
-ready = "redis-cli -p {{port}} PING | grep -q PONG"
-[service.snapshot]
-driver = "exec"
-dump = ["redis-cli -p {{port}} SAVE", "cp {{data_dir}}/dump.rdb {{snapshot_dir}}/dump.rdb"]
-restore = ["cp {{snapshot_dir}}/dump.rdb {{data_dir}}/dump.rdb"]
-"#,
-        peer = me.peer,
-        admin = me.admin,
-        secret = dir.join("secret").display(),
-        work = dir.join(format!("{name}-work")).display(),
-        other_name = other.0,
-        other_peer = other.1.peer,
-        listen = me.listen,
-        backend = me.backend,
-        journal = dir.join(format!("{name}-journal")).display(),
-        data = data.display(),
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    NodeConfig::load(&path).unwrap()
+fn config(
+    name: &str,
+    me: &NodePorts,
+    other: (&str, &NodePorts),
+    dir: &Path,
+    owner: &str,
+) -> NodeConfig {
+    NodeConfig::load(&write_node_config(dir, name, me, other, owner, None, None)).unwrap()
 }
 
 /// A client doing INCR + RPUSH on its own keys until told to stop.
@@ -132,7 +84,7 @@ async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
         "loopback-migration-secret-0123456789",
     )
     .unwrap();
-    let (pa, pb) = (ports(), ports());
+    let (pa, pb) = (NodePorts::loopback(), NodePorts::loopback());
     let node_a = Node::start(config("a", &pa, ("b", &pb), dir.path(), "a"))
         .await
         .unwrap();
@@ -260,7 +212,7 @@ async fn back_and_forth_a_to_b_to_a_keeps_every_write() {
         "loopback-migration-secret-0123456789",
     )
     .unwrap();
-    let (pa, pb) = (ports(), ports());
+    let (pa, pb) = (NodePorts::loopback(), NodePorts::loopback());
     let node_a = Node::start(config("a", &pa, ("b", &pb), dir.path(), "a"))
         .await
         .unwrap();

@@ -1,0 +1,90 @@
+//! Node agent configurations for tests: two nodes on loopback (or in a
+//! testbed), one redis service, the exec snapshot driver.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+/// Ports (and address) of one test node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePorts {
+    /// The node's address (127.0.0.1 on loopback).
+    pub ip: IpAddr,
+    /// Peer link.
+    pub peer: u16,
+    /// Admin endpoint.
+    pub admin: u16,
+    /// Client-facing proxy.
+    pub listen: u16,
+    /// The node's redis.
+    pub backend: u16,
+}
+
+impl NodePorts {
+    /// Fresh loopback ports.
+    pub fn loopback() -> NodePorts {
+        NodePorts {
+            ip: [127, 0, 0, 1].into(),
+            peer: crate::free_port(),
+            admin: crate::free_port(),
+            listen: crate::free_port(),
+            backend: crate::free_port(),
+        }
+    }
+}
+
+/// Writes `dir/NAME.toml` for node `name` (peer `other`), redis with the
+/// exec driver; `restore` overrides the restore commands (fault tests).
+/// Returns the path. The secret file is `dir/secret` unless `secret_file`
+/// names another.
+pub fn write_node_config(
+    dir: &Path,
+    name: &str,
+    me: &NodePorts,
+    other: (&str, &NodePorts),
+    owner: &str,
+    secret_file: Option<&Path>,
+    restore: Option<&str>,
+) -> std::path::PathBuf {
+    let data = dir.join(format!("{name}-data"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let secret = secret_file.map_or_else(|| dir.join("secret"), Path::to_path_buf);
+    let restore = restore.unwrap_or(r#"["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]"#);
+    let text = format!(
+        r#"name = "{name}"
+peer_listen = "{ip}:{peer}"
+admin_listen = "127.0.0.1:{admin}"
+secret_file = "{secret}"
+work_dir = "{work}"
+[peers]
+{other_name} = "{other_ip}:{other_peer}"
+[[service]]
+name = "redis"
+listen = "{ip}:{listen}"
+backend = "127.0.0.1:{backend}"
+journal = "{journal}"
+owner = "{owner}"
+data_dir = "{data}"
+start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no"
+ready = "redis-cli -p {{port}} PING | grep -q PONG"
+[service.snapshot]
+driver = "exec"
+dump = ["redis-cli -p {{port}} SAVE", "cp {{data_dir}}/dump.rdb {{snapshot_dir}}/dump.rdb"]
+restore = {restore}
+"#,
+        ip = me.ip,
+        peer = me.peer,
+        admin = me.admin,
+        secret = secret.display(),
+        work = dir.join(format!("{name}-work")).display(),
+        other_name = other.0,
+        other_ip = other.1.ip,
+        other_peer = other.1.peer,
+        listen = me.listen,
+        backend = me.backend,
+        journal = dir.join(format!("{name}-journal")).display(),
+        data = data.display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
