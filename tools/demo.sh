@@ -70,9 +70,9 @@ config b a "$addr_a" "$addr_b"
 # kill by PID reaches it.
 on() { local node=$1; shift; exec nsenter --net="/run/netns/$name-$node" "$@"; }
 run_on() { (on "$@"); }
-on a "$BIN" node --config "$work/a.toml" 2>"$work/a.log" &
+on a "$BIN" node --config "$work/a.toml" --metrics 127.0.0.1:9100 2>"$work/a.log" &
 pids+=($!)
-on b "$BIN" node --config "$work/b.toml" 2>"$work/b.log" &
+on b "$BIN" node --config "$work/b.toml" --metrics 127.0.0.1:9100 2>"$work/b.log" &
 pids+=($!)
 for node in a b; do
   for _ in $(seq 100); do run_on "$node" "$BIN" status >/dev/null 2>&1 && break; sleep 0.1; done
@@ -105,6 +105,8 @@ echo "node a:"; run_on a "$BIN" status
 echo "node b:"; run_on b "$BIN" status
 acked=$(cat "$work/tally")
 on_b=$(run_on b redis-cli -h 127.0.0.1 -p 6379 GET demo)
+echo "== migration metrics on node a (curl 127.0.0.1:9100/metrics inside its namespace)"
+run_on a curl -s 127.0.0.1:9100/metrics | grep -E '^replaymig_(migrations_total|migration_(duration|interruption)_seconds_(sum|count)|migration_link_bytes_total|ownership_epoch|service_owned)' || true
 echo "== the counter client got $acked acknowledgements; node b's redis says demo = $on_b"
 [ "$acked" = "$on_b" ] || { echo "MISMATCH" >&2; exit 1; }
 if run_on a redis-cli -h 127.0.0.1 -p 6379 PING >/dev/null 2>&1; then echo "node a's redis still runs" >&2; exit 1; fi

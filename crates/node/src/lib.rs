@@ -8,6 +8,7 @@ mod migration;
 mod node;
 mod process;
 mod report;
+pub mod telemetry;
 mod tunnel;
 
 pub use admin::Request as AdminRequest;

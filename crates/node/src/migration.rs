@@ -16,6 +16,7 @@
 use crate::node::{NodeShared, ServiceHost};
 use crate::process::ServiceProcess;
 use crate::report::{MigrationReport, Phase};
+use crate::telemetry;
 use anyhow::{bail, Context, Result};
 use replaymig_migrate::logship::{self, Shipper};
 use replaymig_peer::{Message, PeerLink};
@@ -37,6 +38,7 @@ pub type Progress<'a> = &'a (dyn Fn(Phase) + Send + Sync);
 
 /// Records phase durations as the state machine moves.
 struct Phases<'a> {
+    service: String,
     current: Phase,
     since: Instant,
     done: Vec<(String, f64)>,
@@ -44,9 +46,11 @@ struct Phases<'a> {
 }
 
 impl<'a> Phases<'a> {
-    fn new(progress: Progress<'a>) -> Self {
+    fn new(service: &str, progress: Progress<'a>) -> Self {
         progress(Phase::Connecting);
+        telemetry::phase(service, None, &phase_name(Phase::Connecting));
         Phases {
+            service: service.to_string(),
             current: Phase::Connecting,
             since: Instant::now(),
             done: Vec::new(),
@@ -61,15 +65,20 @@ impl<'a> Phases<'a> {
             Some(to),
             "migration phases go in order"
         );
-        let name = serde_json::to_value(self.current)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let name = phase_name(self.current);
+        telemetry::phase(&self.service, Some(&name), &phase_name(to));
         self.done.push((name, self.since.elapsed().as_secs_f64()));
         self.current = to;
         self.since = Instant::now();
         (self.progress)(to);
     }
+}
+
+fn phase_name(p: Phase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 fn host<'a>(node: &'a NodeShared, service: &str) -> Result<&'a Arc<ServiceHost>> {
@@ -105,14 +114,19 @@ pub async fn migrate_out(
     state.migrating = false;
     match outcome {
         Ok((report, process)) => {
+            telemetry::ownership(service, state.epoch, false);
             drop(state);
             if let Some(p) = process {
                 p.stop().await;
             }
+            telemetry::outcome(service, "source", true);
+            telemetry::report(&report);
             Ok(report)
         }
         Err(e) => {
             progress(Phase::Aborted);
+            telemetry::phase(service, None, "aborted");
+            telemetry::outcome(service, "source", false);
             Err(e)
         }
     }
@@ -128,7 +142,7 @@ async fn run_source(
 ) -> Result<(MigrationReport, Option<ServiceProcess>)> {
     let started = Instant::now();
     let service = &host.config;
-    let mut phases = Phases::new(progress);
+    let mut phases = Phases::new(&service.name, progress);
     let peer = *node
         .config
         .peers
@@ -308,8 +322,12 @@ pub(crate) async fn migrate_in(
     let outcome = destination_steps(node, host, &mut link, epoch).await;
     let mut state = host.state.lock().await;
     state.migrating = false;
+    telemetry::outcome(&service, "destination", outcome.is_ok());
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            telemetry::ownership(&service, epoch, true);
+            Ok(())
+        }
         Err(e) => {
             // Discard: stop the restored copy (never the owner's).
             if state.owner != node.config.name {

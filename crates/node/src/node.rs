@@ -189,6 +189,7 @@ impl Node {
         });
         for (proxy, host) in proxies.into_iter().zip(shared.services.values()) {
             let owner = host.state.lock().await.owner.clone();
+            crate::telemetry::ownership(&host.config.name, 1, owner == shared.config.name);
             host.proxy.set_route(shared.route_to(&owner, &host.config)?);
             if owner == shared.config.name {
                 let process = shared.start_service(&host.config).await?;

@@ -1,0 +1,53 @@
+//! The node's migration metrics: the report's figures, per service, on the
+//! Prometheus endpoint (`replaymig node --metrics ADDR`).
+
+use crate::report::MigrationReport;
+use metrics::{counter, gauge, histogram};
+
+/// Migrations by role (`source`/`destination`) and outcome (`ok`/`failed`).
+pub const MIGRATIONS_TOTAL: &str = "replaymig_migrations_total";
+/// Time per migration phase (label `phase`), seconds.
+pub const PHASE_SECONDS: &str = "replaymig_migration_phase_duration_seconds";
+/// Total migration time, seconds.
+pub const TOTAL_SECONDS: &str = "replaymig_migration_duration_seconds";
+/// Client input held per migration, seconds.
+pub const INTERRUPTION_SECONDS: &str = "replaymig_migration_interruption_seconds";
+/// Bytes over the peer link by `kind` (`snapshot`, `log`).
+pub const LINK_BYTES_TOTAL: &str = "replaymig_migration_link_bytes_total";
+/// The service's ownership epoch as this node knows it.
+pub const EPOCH: &str = "replaymig_ownership_epoch";
+/// 1 while this node owns the service.
+pub const OWNED: &str = "replaymig_service_owned";
+/// The migration phase running here (label `phase`; 1 = current).
+pub const PHASE: &str = "replaymig_migration_phase";
+
+/// Ownership as seen by this node.
+pub(crate) fn ownership(service: &str, epoch: u64, owned: bool) {
+    gauge!(EPOCH, "service" => service.to_string()).set(epoch as f64);
+    gauge!(OWNED, "service" => service.to_string()).set(if owned { 1.0 } else { 0.0 });
+}
+
+/// The current phase (previous one set back to 0).
+pub(crate) fn phase(service: &str, previous: Option<&str>, current: &str) {
+    if let Some(p) = previous {
+        gauge!(PHASE, "service" => service.to_string(), "phase" => p.to_string()).set(0.0);
+    }
+    gauge!(PHASE, "service" => service.to_string(), "phase" => current.to_string()).set(1.0);
+}
+
+/// An ended migration.
+pub(crate) fn outcome(service: &str, role: &'static str, ok: bool) {
+    counter!(MIGRATIONS_TOTAL, "service" => service.to_string(), "role" => role, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+/// A finished migration's figures (source side).
+pub(crate) fn report(r: &MigrationReport) {
+    let s = || r.service.clone();
+    histogram!(TOTAL_SECONDS, "service" => s()).record(r.total_seconds);
+    histogram!(INTERRUPTION_SECONDS, "service" => s()).record(r.interruption_seconds);
+    for (phase, secs) in &r.phase_seconds {
+        histogram!(PHASE_SECONDS, "service" => s(), "phase" => phase.clone()).record(*secs);
+    }
+    counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "snapshot").increment(r.snapshot_bytes);
+    counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "log").increment(r.log_bytes);
+}
