@@ -9,6 +9,7 @@
 #   DRIVER=criu tools/demo.sh      # CRIU checkpoint/restore of the process
 #   RATE=100 tools/demo.sh         # shape the link (Mbit/s)
 #   BIN=path/to/replaymig tools/demo.sh   # use that binary (tests do)
+#   PRELOAD_MB=200 tools/demo.sh   # first write that much incompressible data through the proxy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 1; }
@@ -38,8 +39,15 @@ config() { # node other_node other_addr my_addr
     start="unshare --pid --fork setsid $start"
     snapshot='driver = "criu"'
   else
+    # BGSAVE fixes the snapshot point at its fork: input is held only
+    # that long; the child writes the RDB while the service serves again.
     snapshot='driver = "exec"
-dump = ["redis-cli -p {port} SAVE", "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb"]
+dump = [
+  "redis-cli -p {port} BGSAVE | grep -q Background",
+  "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q rdb_last_bgsave_status:ok",
+  "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
+]
+point_fixed_after = 1
 restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]'
   fi
   cat >"$work/$node.toml" <<TOML
@@ -76,16 +84,31 @@ on b "$BIN" node --config "$work/b.toml" --metrics 127.0.0.1:9100 2>"$work/b.log
 pids+=($!)
 for node in a b; do
   for _ in $(seq 100); do run_on "$node" "$BIN" status >/dev/null 2>&1 && break; sleep 0.1; done
+  run_on "$node" "$BIN" status >/dev/null 2>&1 || { echo "node $node did not start:" >&2; cat "$work/$node.log" >&2; exit 1; }
 done
 
 echo "== redis on node a ($addr_a), clients on both nodes; some data first"
 run_on a redis-benchmark -h "$addr_a" -p 6380 -t set -n 20000 -r 100000 -d 512 -q 2>/dev/null | tr '\r' '\n' | grep "per second" || true
+if [ -n "${PRELOAD_MB:-}" ]; then
+  echo "== preloading ${PRELOAD_MB} MB of random values through the proxy"
+  run_on a python3 - "$addr_a" "$PRELOAD_MB" <<'PY'
+import os, socket, sys
+s = socket.create_connection((sys.argv[1], 6380)); f = s.makefile("rb")
+size, batch = 4096, 64
+for i in range(int(sys.argv[2]) * 1024 * 1024 // size // batch):
+    out = b"".join(b"*3\r\n$3\r\nSET\r\n$12\r\nbig:%08d\r\n$%d\r\n%s\r\n" % (i * batch + j, size, os.urandom(size)) for j in range(batch))
+    s.sendall(out)
+    for _ in range(batch):
+        assert f.readline() == b"+OK\r\n"
+PY
+fi
 echo "== continuous load: a counter client on node a, redis-benchmark INCR on node b (tunneled)"
-on a python3 - "$addr_a" >"$work/tally" <<'PY' &
+on a python3 - "$addr_a" "$work/migrated" >"$work/tally" <<'PY' &
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], 6380)); f = s.makefile("rb")
-n = 0; end = time.time() + 6
-while time.time() < end:
+import os
+n = 0; end = time.time() + 300
+while time.time() < end and not os.path.exists(sys.argv[2]):
     s.sendall(b"*2\r\n$4\r\nINCR\r\n$4\r\ndemo\r\n")
     line = f.readline()
     assert line == b":%d\r\n" % (n + 1), (line, n)
@@ -98,6 +121,8 @@ bench_pid=$!
 sleep 1.5
 echo "== replaymig migrate redis --to b  (on node a, driver $DRIVER)"
 run_on a "$BIN" migrate redis --to b
+sleep 1   # clients go on after the hand-over (through node b)
+touch "$work/migrated"
 wait "$tally_pid"
 wait "$bench_pid" || true
 echo "== status"

@@ -207,9 +207,10 @@ async fn source_steps(
     if let Some(pid) = pid {
         vars.insert("pid".into(), pid.to_string());
     }
-    driver.dump(dir.path(), &vars).await?;
+    driver.fix_point(dir.path(), &vars).await?;
     let snapshot_hold = hold.held_for();
     drop(hold);
+    driver.finish_dump(dir.path(), &vars).await?;
     let manifest = Manifest::build(
         dir.path(),
         &service.name,

@@ -75,6 +75,12 @@ pub struct ExecDriver {
     /// Bound on each command, seconds.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// After this many `dump` commands the snapshot point is fixed and
+    /// client input may resume while the rest run (e.g. 1 for a Redis
+    /// `BGSAVE`, whose fork fixes the point; then wait for it and copy).
+    /// Default: all of them (the hold lasts the whole dump).
+    #[serde(default)]
+    pub point_fixed_after: Option<usize>,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -130,10 +136,46 @@ impl Driver {
 
     /// Writes the service's state into `snapshot_dir` (which exists).
     pub async fn dump(&self, snapshot_dir: &Path, vars: &Placeholders) -> Result<(), DriverError> {
+        self.fix_point(snapshot_dir, vars).await?;
+        self.finish_dump(snapshot_dir, vars).await
+    }
+
+    /// The part of the dump that must run while client input is held: when
+    /// it returns, the snapshot's content is fixed (see
+    /// `ExecDriver::point_fixed_after`; CRIU: the whole dump).
+    pub async fn fix_point(
+        &self,
+        snapshot_dir: &Path,
+        vars: &Placeholders,
+    ) -> Result<(), DriverError> {
         match self {
-            Driver::Exec(exec) => exec.run_all(&exec.dump, snapshot_dir, vars).await,
+            Driver::Exec(exec) => {
+                let k = exec
+                    .point_fixed_after
+                    .unwrap_or(exec.dump.len())
+                    .min(exec.dump.len());
+                exec.run_all(&exec.dump[..k], snapshot_dir, vars).await
+            }
             Driver::Criu(criu) => criu.dump(snapshot_dir, vars).await,
             Driver::None => Ok(()),
+        }
+    }
+
+    /// The rest of the dump, which may run while the service serves again.
+    pub async fn finish_dump(
+        &self,
+        snapshot_dir: &Path,
+        vars: &Placeholders,
+    ) -> Result<(), DriverError> {
+        match self {
+            Driver::Exec(exec) => {
+                let k = exec
+                    .point_fixed_after
+                    .unwrap_or(exec.dump.len())
+                    .min(exec.dump.len());
+                exec.run_all(&exec.dump[k..], snapshot_dir, vars).await
+            }
+            Driver::Criu(_) | Driver::None => Ok(()),
         }
     }
 
@@ -328,6 +370,7 @@ mod tests {
             dump: vec!["echo boom >&2; exit 3".into()],
             restore: vec!["sleep 5".into()],
             timeout_secs: 1,
+            point_fixed_after: None,
         };
         let d = Driver::Exec(exec);
         let err = d.dump(dir.path(), &Placeholders::new()).await.unwrap_err();

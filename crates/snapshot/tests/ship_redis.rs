@@ -36,6 +36,7 @@ fn redis_exec_driver() -> Driver {
         ],
         restore: vec!["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb".into()],
         timeout_secs: 30,
+        point_fixed_after: None,
     })
 }
 

@@ -32,6 +32,16 @@ impl NodePorts {
     }
 }
 
+/// The exec driver's dump for Redis: `BGSAVE` fixes the snapshot point at
+/// its fork (so client input is held only that long), then wait for the
+/// child to finish and copy the RDB.
+pub const REDIS_BGSAVE_DUMP: &str = r#"dump = [
+  "redis-cli -p {port} BGSAVE | grep -q 'Background saving started'",
+  "while redis-cli -p {port} INFO persistence | grep -q 'rdb_bgsave_in_progress:1'; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q 'rdb_last_bgsave_status:ok'",
+  "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
+]
+point_fixed_after = 1"#;
+
 /// Writes `dir/NAME.toml` for node `name` (peer `other`), redis with the
 /// exec driver; `restore` overrides the restore commands (fault tests).
 /// Returns the path. The secret file is `dir/secret` unless `secret_file`
@@ -68,7 +78,7 @@ start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save
 ready = "redis-cli -p {{port}} PING | grep -q PONG"
 [service.snapshot]
 driver = "exec"
-dump = ["redis-cli -p {{port}} SAVE", "cp {{data_dir}}/dump.rdb {{snapshot_dir}}/dump.rdb"]
+{dump}
 restore = {restore}
 "#,
         ip = me.ip,
@@ -83,6 +93,7 @@ restore = {restore}
         backend = me.backend,
         journal = dir.join(format!("{name}-journal")).display(),
         data = data.display(),
+        dump = REDIS_BGSAVE_DUMP,
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write config");
