@@ -6,26 +6,14 @@
 use bytes::Bytes;
 use replaymig_journal::{Journal, JournalError, JournalOptions, Lsn, Record};
 use replaymig_migrate::logship::{self, ShipError};
-use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+use replaymig_peer::{Message, PeerLink};
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 
 const SECRET: &str = "logship-test-secret-0123456789";
 
 async fn link_pair() -> (PeerLink, PeerLink) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accept = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        PeerLink::accept(s, &Authenticator::new("b", Secret::new(SECRET).unwrap()))
-            .await
-            .unwrap()
-    });
-    let a = PeerLink::connect(addr, &Authenticator::new("a", Secret::new(SECRET).unwrap()))
-        .await
-        .unwrap();
-    (a, accept.await.unwrap())
+    replaymig_testkit::peer_link_pair(SECRET).await
 }
 
 fn data(conn: u64, n: u64) -> Record {

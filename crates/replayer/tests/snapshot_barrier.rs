@@ -103,21 +103,11 @@ async fn snapshot_under_load_plus_replay_keeps_every_acknowledged_write() {
             *acked,
             "ctr:{i}"
         );
-        let Reply::Array(items) = restored
+        let items = restored
             .client()
             .unwrap()
-            .cmd(&["LRANGE", &format!("list:{i}"), "0", "-1"])
-            .unwrap()
-        else {
-            panic!("LRANGE answers an array")
-        };
-        let items: Vec<String> = items
-            .into_iter()
-            .map(|r| match r {
-                Reply::Bulk(b) => String::from_utf8(b).unwrap(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
+            .lrange(&format!("list:{i}"))
+            .unwrap();
         assert_eq!(
             &items, pushed,
             "list:{i} holds every pushed value once, in order"

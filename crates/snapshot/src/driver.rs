@@ -150,11 +150,8 @@ impl Driver {
     ) -> Result<(), DriverError> {
         match self {
             Driver::Exec(exec) => {
-                let k = exec
-                    .point_fixed_after
-                    .unwrap_or(exec.dump.len())
-                    .min(exec.dump.len());
-                exec.run_all(&exec.dump[..k], snapshot_dir, vars).await
+                exec.run_all(exec.dump_until_fixed(), snapshot_dir, vars)
+                    .await
             }
             Driver::Criu(criu) => criu.dump(snapshot_dir, vars).await,
             Driver::None => Ok(()),
@@ -169,11 +166,8 @@ impl Driver {
     ) -> Result<(), DriverError> {
         match self {
             Driver::Exec(exec) => {
-                let k = exec
-                    .point_fixed_after
-                    .unwrap_or(exec.dump.len())
-                    .min(exec.dump.len());
-                exec.run_all(&exec.dump[k..], snapshot_dir, vars).await
+                exec.run_all(exec.dump_after_fixed(), snapshot_dir, vars)
+                    .await
             }
             Driver::Criu(_) | Driver::None => Ok(()),
         }
@@ -199,6 +193,22 @@ impl Driver {
 }
 
 impl ExecDriver {
+    fn split(&self) -> usize {
+        self.point_fixed_after
+            .unwrap_or(self.dump.len())
+            .min(self.dump.len())
+    }
+
+    /// The dump commands that run while input is held.
+    fn dump_until_fixed(&self) -> &[String] {
+        &self.dump[..self.split()]
+    }
+
+    /// The dump commands that may run while the service serves again.
+    fn dump_after_fixed(&self) -> &[String] {
+        &self.dump[self.split()..]
+    }
+
     async fn run_all(
         &self,
         commands: &[String],

@@ -3,29 +3,17 @@
 //! the same data. Corrupt chunks, tampered files and a sender that vanishes
 //! are clear errors.
 
-use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+use replaymig_peer::{Message, PeerLink};
 use replaymig_snapshot::transfer::{self, TransferError};
 use replaymig_snapshot::{Driver, ExecDriver, Manifest, Placeholders};
 use replaymig_testkit::RedisServer;
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 
 const SECRET: &str = "snapshot-test-secret-0123456789";
 
 /// A connected, authenticated pair of links (dialer, listener).
 async fn link_pair() -> (PeerLink, PeerLink) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accept = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        PeerLink::accept(s, &Authenticator::new("b", Secret::new(SECRET).unwrap()))
-            .await
-            .unwrap()
-    });
-    let a = PeerLink::connect(addr, &Authenticator::new("a", Secret::new(SECRET).unwrap()))
-        .await
-        .unwrap();
-    (a, accept.await.unwrap())
+    replaymig_testkit::peer_link_pair(SECRET).await
 }
 
 fn redis_exec_driver() -> Driver {

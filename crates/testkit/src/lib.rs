@@ -5,6 +5,7 @@
 mod inproc;
 mod netns;
 mod nodecfg;
+mod peer;
 mod process;
 mod redis;
 mod resp;
@@ -12,6 +13,7 @@ mod resp;
 pub use inproc::InProcessProxy;
 pub use netns::{in_netns, is_root, Testbed};
 pub use nodecfg::{write_node_config, NodePorts};
+pub use peer::peer_link_pair;
 pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard};
 pub use redis::RedisServer;
 pub use resp::{encode_command, Reply, RespClient};

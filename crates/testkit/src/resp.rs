@@ -74,6 +74,20 @@ impl RespClient {
         cmds.iter().map(|_| self.read_reply()).collect()
     }
 
+    /// The whole list at `key`, as UTF-8 strings.
+    pub fn lrange(&mut self, key: &str) -> Result<Vec<String>> {
+        match self.cmd(&["LRANGE", key, "0", "-1"])? {
+            Reply::Array(items) => items
+                .into_iter()
+                .map(|r| match r {
+                    Reply::Bulk(v) => Ok(String::from_utf8(v)?),
+                    other => bail!("LRANGE {key}: odd item {other:?}"),
+                })
+                .collect(),
+            other => bail!("LRANGE {key}: {other:?}"),
+        }
+    }
+
     /// Writes raw bytes.
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
         self.writer.write_all(bytes)?;
