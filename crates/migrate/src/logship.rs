@@ -105,6 +105,36 @@ impl Shipper {
     }
 }
 
+impl Shipper {
+    /// Ships whatever is durable right now (at most `max_batches`
+    /// batches) without waiting for more or reading acknowledgements:
+    /// used between snapshot chunks, so the log travels with the snapshot.
+    pub async fn ship_ready(
+        &mut self,
+        link: &mut PeerLink,
+        max_batches: usize,
+    ) -> Result<(), ShipError> {
+        for _ in 0..max_batches {
+            let first = match self.tail.next().now_or_never() {
+                Some(Ok(Some(first))) => first,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(None)) | None => return Ok(()),
+            };
+            let batch = fill_batch(first, &mut self.tail)?;
+            self.stats.records += batch.records.len() as u64;
+            self.stats.bytes += batch.bytes as u64;
+            self.stats.batches += 1;
+            self.stats.last_lsn = batch.last;
+            link.send(Message::LogBatch {
+                first_lsn: batch.first,
+                records: batch.records,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// Ships records from `from` through `until` (inclusive) and returns once
 /// the receiver acknowledged `until`.
 pub async fn send(
@@ -159,10 +189,22 @@ pub async fn receive_batch(
     link: &mut PeerLink,
     timeout: Duration,
 ) -> Result<Result<Vec<Entry>, Message>, ShipError> {
-    let (first_lsn, encoded) = match link.recv_timeout(timeout).await? {
-        Message::LogBatch { first_lsn, records } => (first_lsn, records),
-        other => return Ok(Err(other)),
-    };
+    match link.recv_timeout(timeout).await? {
+        Message::LogBatch { first_lsn, records } => {
+            Ok(Ok(journal_batch(journal, first_lsn, &records).await?))
+        }
+        other => Ok(Err(other)),
+    }
+}
+
+/// Verifies one received batch and journals it under its LSNs (which must
+/// continue `journal`); returns its entries. Nothing of a bad batch is
+/// journaled.
+pub async fn journal_batch(
+    journal: &Journal,
+    first_lsn: Lsn,
+    encoded: &[Vec<u8>],
+) -> Result<Vec<Entry>, ShipError> {
     if encoded.is_empty() {
         return Err(ShipError::Protocol("empty log batch".into()));
     }
@@ -180,7 +222,7 @@ pub async fn receive_batch(
             entries.iter().map(|e| e.record.clone()).collect(),
         )
         .await?;
-    Ok(Ok(entries))
+    Ok(entries)
 }
 
 /// Tells the sender everything up to `lsn` is journaled and applied.

@@ -22,7 +22,8 @@ use replaymig_migrate::logship::{self, Shipper};
 use replaymig_peer::{Message, PeerLink};
 use replaymig_proxy::{QuiesceOptions, Route};
 use replaymig_replayer::{ReplayOptions, Replayer};
-use replaymig_snapshot::{transfer, Driver, Manifest};
+use replaymig_snapshot::transfer::{self, SnapshotChunks, TransferError};
+use replaymig_snapshot::{Driver, Manifest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -219,12 +220,18 @@ async fn source_steps(
     )?;
 
     phases.advance(Phase::Transferring);
-    let sent = transfer::send(link, dir.path(), &manifest, true).await?;
-    report.snapshot_bytes = sent.wire_bytes;
-    report.snapshot_raw_bytes = sent.raw_bytes;
+    // The log after s travels with the snapshot: between chunks, whatever
+    // the journal holds by then is shipped too.
+    let mut shipper = Shipper::new(&host.journal, report.snapshot_lsn + 1)?;
+    let mut chunks = SnapshotChunks::new(dir.path(), &manifest, true);
+    while let Some(msg) = chunks.next_message()? {
+        link.send(msg).await?;
+        shipper.ship_ready(link, 4).await?;
+    }
+    report.snapshot_bytes = chunks.stats.wire_bytes;
+    report.snapshot_raw_bytes = chunks.stats.raw_bytes;
 
     phases.advance(Phase::CatchingUp);
-    let mut shipper = Shipper::new(&host.journal, report.snapshot_lsn + 1)?;
     let journal = host.journal.clone();
     tokio::time::timeout(
         CATCH_UP_TIMEOUT,
@@ -359,7 +366,20 @@ async fn destination_steps(
         .prefix(&format!("{}-in-", service.name))
         .tempdir_in(ensure_dir(&node.config.work_dir)?)?;
     let into = dir.path().join("snapshot");
-    let (manifest, _stats) = transfer::receive(link, &into).await?;
+    // Log batches arriving with the snapshot wait here until the service
+    // is restored.
+    let mut early = Vec::new();
+    let (manifest, _stats) = transfer::receive_with(link, &into, |msg| match msg {
+        Message::LogBatch { first_lsn, records } => {
+            early.push((first_lsn, records));
+            Ok(())
+        }
+        other => Err(TransferError::Protocol(format!(
+            "unexpected {} during the snapshot",
+            other.name()
+        ))),
+    })
+    .await?;
     if manifest.service != service.name || manifest.driver != driver.name() {
         bail!(
             "snapshot is of {} by {}, expected {} by {}",
@@ -394,6 +414,15 @@ async fn destination_steps(
     host.state.lock().await.process = Some(process);
 
     let mut replayer = Replayer::new(ReplayOptions::new(service.backend));
+    for (first_lsn, records) in early {
+        let entries = logship::journal_batch(&host.journal, first_lsn, &records).await?;
+        for entry in &entries {
+            replayer.apply(entry).await?;
+        }
+        if let Some(last) = entries.last() {
+            logship::ack(link, last.lsn).await?;
+        }
+    }
     loop {
         match logship::receive_batch(&host.journal, link, STEP_TIMEOUT).await? {
             Ok(entries) => {

@@ -54,6 +54,85 @@ pub enum TransferError {
     Io(#[from] std::io::Error),
 }
 
+/// The messages of one snapshot, produced one at a time so the caller can
+/// interleave other traffic (log batches) between chunks.
+pub struct SnapshotChunks<'a> {
+    dir: &'a Path,
+    manifest: &'a Manifest,
+    compress: bool,
+    /// Next file index; `None` before the manifest was sent.
+    file: Option<usize>,
+    open: Option<(std::fs::File, u64)>,
+    buf: Vec<u8>,
+    ended: bool,
+    /// Figures so far.
+    pub stats: TransferStats,
+}
+
+impl<'a> SnapshotChunks<'a> {
+    /// Starts at the manifest.
+    pub fn new(dir: &'a Path, manifest: &'a Manifest, compress: bool) -> Self {
+        SnapshotChunks {
+            dir,
+            manifest,
+            compress,
+            file: None,
+            open: None,
+            buf: vec![0u8; CHUNK_BYTES],
+            ended: false,
+            stats: TransferStats::default(),
+        }
+    }
+
+    /// The next message to send; `None` after the end mark.
+    pub fn next_message(&mut self) -> Result<Option<Message>, TransferError> {
+        let Some(index) = self.file else {
+            self.file = Some(0);
+            return Ok(Some(Message::SnapshotBegin {
+                manifest: serde_json::to_vec(self.manifest).expect("a manifest serializes"),
+            }));
+        };
+        if self.ended {
+            return Ok(None);
+        }
+        let Some(entry) = self.manifest.files.get(index) else {
+            self.ended = true;
+            return Ok(Some(Message::SnapshotEnd));
+        };
+        if self.open.is_none() {
+            let file = std::fs::File::open(self.dir.join(safe_relative(&entry.name)?))?;
+            self.open = Some((file, 0));
+        }
+        let (file, offset) = self.open.as_mut().expect("opened above");
+        let n = read_full(file, &mut self.buf)?;
+        if n == 0 {
+            // This file is done: on to the next one.
+            self.open = None;
+            self.file = Some(index + 1);
+            return self.next_message();
+        }
+        let raw = &self.buf[..n];
+        let crc32 = crc32fast::hash(raw);
+        let (data, compressed) = if self.compress {
+            (zstd::bulk::compress(raw, 3)?, true)
+        } else {
+            (raw.to_vec(), false)
+        };
+        let chunk_offset = *offset;
+        *offset += n as u64;
+        self.stats.wire_bytes += data.len() as u64;
+        self.stats.raw_bytes += n as u64;
+        self.stats.chunks += 1;
+        Ok(Some(Message::SnapshotChunk {
+            file: index as u32,
+            offset: chunk_offset,
+            compressed,
+            data,
+            crc32,
+        }))
+    }
+}
+
 /// Sends the snapshot in `dir` described by `manifest`.
 pub async fn send(
     link: &mut PeerLink,
@@ -61,43 +140,11 @@ pub async fn send(
     manifest: &Manifest,
     compress: bool,
 ) -> Result<TransferStats, TransferError> {
-    let mut stats = TransferStats::default();
-    link.send(Message::SnapshotBegin {
-        manifest: serde_json::to_vec(manifest).expect("a manifest serializes"),
-    })
-    .await?;
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    for (index, entry) in manifest.files.iter().enumerate() {
-        let mut file = std::fs::File::open(dir.join(safe_relative(&entry.name)?))?;
-        let mut offset = 0u64;
-        loop {
-            let n = read_full(&mut file, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            let raw = &buf[..n];
-            let crc32 = crc32fast::hash(raw);
-            let (data, compressed) = if compress {
-                (zstd::bulk::compress(raw, 3)?, true)
-            } else {
-                (raw.to_vec(), false)
-            };
-            stats.wire_bytes += data.len() as u64;
-            stats.raw_bytes += n as u64;
-            stats.chunks += 1;
-            link.send(Message::SnapshotChunk {
-                file: index as u32,
-                offset,
-                compressed,
-                data,
-                crc32,
-            })
-            .await?;
-            offset += n as u64;
-        }
+    let mut chunks = SnapshotChunks::new(dir, manifest, compress);
+    while let Some(msg) = chunks.next_message()? {
+        link.send(msg).await?;
     }
-    link.send(Message::SnapshotEnd).await?;
-    Ok(stats)
+    Ok(chunks.stats)
 }
 
 fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -117,6 +164,22 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 pub async fn receive(
     link: &mut PeerLink,
     dir: &Path,
+) -> Result<(Manifest, TransferStats), TransferError> {
+    receive_with(link, dir, |other| {
+        Err(TransferError::Protocol(format!(
+            "unexpected {} during a snapshot",
+            other.name()
+        )))
+    })
+    .await
+}
+
+/// [`receive`], handing every message that is not part of the snapshot
+/// (log batches interleaved by the sender) to `aside`.
+pub async fn receive_with(
+    link: &mut PeerLink,
+    dir: &Path,
+    mut aside: impl FnMut(Message) -> Result<(), TransferError>,
 ) -> Result<(Manifest, TransferStats), TransferError> {
     let manifest: Manifest = match link.recv_timeout(STEP_TIMEOUT).await? {
         Message::SnapshotBegin { manifest } => serde_json::from_slice(&manifest)
@@ -181,12 +244,7 @@ pub async fn receive(
                 stats.chunks += 1;
             }
             Message::SnapshotEnd => break,
-            other => {
-                return Err(TransferError::Protocol(format!(
-                    "unexpected {} during a snapshot",
-                    other.name()
-                )))
-            }
+            other => aside(other)?,
         }
     }
     for (out, _) in &files {
