@@ -308,6 +308,21 @@ async fn migrate(service: String, to: String, admin: SocketAddr, json: bool) -> 
                     started.elapsed().as_secs_f64(),
                     phase.as_str().unwrap_or("?")
                 );
+            } else if let Some(p) = line.get("progress").and_then(|p| p.get("shipping")) {
+                let n = |k: &str| p.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                let replay = match n("applied_lsn") {
+                    0 => "destination restoring".to_string(),
+                    applied => format!(
+                        "replayed to LSN {applied}, lag {} records",
+                        n("head_lsn").saturating_sub(applied)
+                    ),
+                };
+                eprintln!(
+                    "[{:>7.3} s]   snapshot {:.1} MB sent, {} log records shipped, {replay}",
+                    started.elapsed().as_secs_f64(),
+                    n("snapshot_bytes") as f64 / 1e6,
+                    n("log_records"),
+                );
             } else if let Some(report) = line.get("report") {
                 outcome = Some(Ok(report.clone()));
             } else if let Some(error) = line.get("error") {

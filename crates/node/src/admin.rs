@@ -64,8 +64,12 @@ async fn handle(stream: TcpStream, node: Arc<NodeShared>) {
         }
         Request::Migrate { service, to } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let progress = move |phase| {
-                let _ = tx.send(json!({ "phase": phase }));
+            let progress = move |event: crate::Progress| {
+                let line = match event {
+                    crate::Progress::Phase(phase) => json!({ "phase": phase }),
+                    shipping => json!({ "progress": shipping }),
+                };
+                let _ = tx.send(line);
             };
             let run = migration::migrate_out(&node, &service, &to, &progress);
             tokio::pin!(run);

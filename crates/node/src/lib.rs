@@ -14,4 +14,4 @@ mod tunnel;
 pub use admin::Request as AdminRequest;
 pub use config::{NodeConfig, ServiceConfig, SnapshotConfig};
 pub use node::{Node, ServiceStatus};
-pub use report::{MigrationReport, Phase};
+pub use report::{MigrationReport, Phase, Progress};

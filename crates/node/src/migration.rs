@@ -15,7 +15,7 @@
 
 use crate::node::{NodeShared, ServiceHost};
 use crate::process::ServiceProcess;
-use crate::report::{MigrationReport, Phase};
+use crate::report::{MigrationReport, Phase, Progress};
 use crate::telemetry;
 use anyhow::{bail, Context, Result};
 use replaymig_migrate::logship::{self, Shipper};
@@ -34,8 +34,28 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on each protocol step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Progress callback: called at every phase change.
-pub type Progress<'a> = &'a (dyn Fn(Phase) + Send + Sync);
+/// Progress callback: every phase change, and shipping figures.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// Sends shipping figures at most twice a second.
+struct Ticker<'a> {
+    progress: ProgressFn<'a>,
+    last: Instant,
+}
+
+impl Ticker<'_> {
+    fn tick(&mut self, snapshot_bytes: u64, log_records: u64, applied_lsn: u64, head_lsn: u64) {
+        if self.last.elapsed() >= Duration::from_millis(500) {
+            self.last = Instant::now();
+            (self.progress)(Progress::Shipping {
+                snapshot_bytes,
+                log_records,
+                applied_lsn,
+                head_lsn,
+            });
+        }
+    }
+}
 
 /// Records phase durations as the state machine moves.
 struct Phases<'a> {
@@ -43,12 +63,12 @@ struct Phases<'a> {
     current: Phase,
     since: Instant,
     done: Vec<(String, f64)>,
-    progress: Progress<'a>,
+    progress: ProgressFn<'a>,
 }
 
 impl<'a> Phases<'a> {
-    fn new(service: &str, progress: Progress<'a>) -> Self {
-        progress(Phase::Connecting);
+    fn new(service: &str, progress: ProgressFn<'a>) -> Self {
+        progress(Progress::Phase(Phase::Connecting));
         telemetry::phase(service, None, &phase_name(Phase::Connecting));
         Phases {
             service: service.to_string(),
@@ -71,7 +91,7 @@ impl<'a> Phases<'a> {
         self.done.push((name, self.since.elapsed().as_secs_f64()));
         self.current = to;
         self.since = Instant::now();
-        (self.progress)(to);
+        (self.progress)(Progress::Phase(to));
     }
 }
 
@@ -93,7 +113,7 @@ pub async fn migrate_out(
     node: &NodeShared,
     service: &str,
     to: &str,
-    progress: Progress<'_>,
+    progress: ProgressFn<'_>,
 ) -> Result<MigrationReport> {
     let host = host(node, service)?;
     let (epoch, pid) = {
@@ -125,7 +145,7 @@ pub async fn migrate_out(
             Ok(report)
         }
         Err(e) => {
-            progress(Phase::Aborted);
+            progress(Progress::Phase(Phase::Aborted));
             telemetry::phase(service, None, "aborted");
             telemetry::outcome(service, "source", false);
             Err(e)
@@ -139,7 +159,7 @@ async fn run_source(
     to: &str,
     epoch: u64,
     pid: Option<u32>,
-    progress: Progress<'_>,
+    progress: ProgressFn<'_>,
 ) -> Result<(MigrationReport, Option<ServiceProcess>)> {
     let started = Instant::now();
     let service = &host.config;
@@ -224,9 +244,15 @@ async fn source_steps(
     // the journal holds by then is shipped too.
     let mut shipper = Shipper::new(&host.journal, report.snapshot_lsn + 1)?;
     let mut chunks = SnapshotChunks::new(dir.path(), &manifest, true);
+    let mut ticker = Ticker {
+        progress: phases.progress,
+        last: Instant::now(),
+    };
     while let Some(msg) = chunks.next_message()? {
         link.send(msg).await?;
         shipper.ship_ready(link, 4).await?;
+        let head = host.journal.last_lsn();
+        ticker.tick(chunks.stats.wire_bytes, shipper.stats.records, 0, head);
     }
     report.snapshot_bytes = chunks.stats.wire_bytes;
     report.snapshot_raw_bytes = chunks.stats.raw_bytes;
@@ -236,7 +262,9 @@ async fn source_steps(
     tokio::time::timeout(
         CATCH_UP_TIMEOUT,
         shipper.run_until(link, |s| {
-            s.acked + HANDOVER_LAG_RECORDS >= journal.last_lsn()
+            let head = journal.last_lsn();
+            ticker.tick(report.snapshot_bytes, s.records, s.acked, head);
+            s.acked + HANDOVER_LAG_RECORDS >= head
         }),
     )
     .await

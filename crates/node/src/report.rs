@@ -122,3 +122,22 @@ impl fmt::Display for MigrationReport {
         Ok(())
     }
 }
+
+/// What a running migration tells its caller as it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    /// A new phase began.
+    Phase(Phase),
+    /// Transfer and catch-up figures (sent about twice a second).
+    Shipping {
+        /// Snapshot bytes on the link so far.
+        snapshot_bytes: u64,
+        /// Log records shipped so far.
+        log_records: u64,
+        /// Highest LSN the destination has replayed.
+        applied_lsn: u64,
+        /// The source journal's head.
+        head_lsn: u64,
+    },
+}
