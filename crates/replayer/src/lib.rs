@@ -22,6 +22,7 @@
 //! ids) diverges in content but not in counts unless answer lengths change.
 
 mod answers;
+mod worker;
 
 use answers::{AnswerReader, TotalAnswers};
 use replaymig_journal::marker::SnapshotMark;
@@ -31,8 +32,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 /// How a replay runs.
@@ -148,12 +147,12 @@ pub struct OpenConnection {
 }
 
 struct ReplayConn {
-    write: OwnedWriteHalf,
-    answers: AnswerReader,
+    /// Work for this connection's task (see `worker`).
+    queue: tokio::sync::mpsc::Sender<worker::Work>,
+    answers: Arc<AnswerReader>,
     /// Answer bytes of the original before the starting point.
     base: u64,
-    /// The client side was half-closed.
-    write_shut: bool,
+    task: tokio::task::JoinHandle<worker::WorkerEnd>,
 }
 
 /// Applies records one at a time; keeps the target connections between
@@ -171,6 +170,13 @@ pub struct Replayer {
     bases: std::collections::HashMap<ConnId, u64>,
     /// First LSN applied.
     first_lsn: Option<Lsn>,
+    /// Divergences found by the connection tasks.
+    failures: Arc<std::sync::Mutex<Vec<Divergence>>>,
+    /// Tasks of connections the journal closed, awaited at the end.
+    closing: Vec<(
+        Arc<AnswerReader>,
+        tokio::task::JoinHandle<worker::WorkerEnd>,
+    )>,
     report: ReplayReport,
     started: Instant,
 }
@@ -185,6 +191,8 @@ impl Replayer {
             total_base: None,
             bases: Default::default(),
             first_lsn: None,
+            failures: Default::default(),
+            closing: Vec::new(),
             report: ReplayReport::default(),
             started: Instant::now(),
         }
@@ -244,28 +252,28 @@ impl Replayer {
                 data,
                 ..
             } => {
-                self.send(conn, *resp_before, *resp_total_before, data)
+                self.send(lsn, conn, *resp_before, *resp_total_before, data)
                     .await
             }
             Record::HalfClosed { .. } => self.half_close(conn).await,
-            Record::Closed { resp_total, .. } => self.close(conn, *resp_total).await,
+            Record::Closed { resp_total, .. } => self.close(lsn, conn, *resp_total).await,
             Record::Marker { .. } => Ok(()),
         };
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(kind) => {
-                let d = Divergence { lsn, conn, kind };
-                tracing::warn!(lsn, conn, kind = ?d.kind, "replay diverged");
-                self.report.divergences.push(d.clone());
-                if let Some(c) = self.conns.remove(&conn) {
-                    let _ = c.answers.stop().await;
-                }
-                if self.options.stop_on_divergence {
-                    Err(ReplayError::Diverged(d))
-                } else {
-                    Ok(())
-                }
-            }
+        if let Err(kind) = outcome {
+            let d = Divergence { lsn, conn, kind };
+            tracing::warn!(lsn, conn, kind = ?d.kind, "replay diverged");
+            self.failures.lock().expect("poisoned").push(d);
+        }
+        self.first_failure()
+    }
+
+    /// The first divergence so far, as an error when the replay stops at it.
+    fn first_failure(&mut self) -> Result<(), ReplayError> {
+        let failures = std::mem::take(&mut *self.failures.lock().expect("poisoned"));
+        self.report.divergences.extend(failures);
+        match self.report.divergences.first() {
+            Some(d) if self.options.stop_on_divergence => Err(ReplayError::Diverged(d.clone())),
+            _ => Ok(()),
         }
     }
 
@@ -274,8 +282,8 @@ impl Replayer {
         self.report.last_lsn = Some(lsn);
     }
 
-    /// Opens the target connection for `conn`; `base` = answer bytes the
-    /// original had delivered before the starting point.
+    /// Opens the target connection for `conn` and its task; `base` =
+    /// answer bytes the original had delivered before the starting point.
     async fn open(&mut self, conn: ConnId, base: u64) -> Result<&mut ReplayConn, DivergenceKind> {
         if !self.conns.contains_key(&conn) {
             let stream = TcpStream::connect(self.options.target).await.map_err(|e| {
@@ -285,13 +293,26 @@ impl Replayer {
             })?;
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
+            let answers = Arc::new(AnswerReader::spawn(read, self.total.clone()));
+            let (queue, work) = tokio::sync::mpsc::channel(worker::QUEUE);
+            let task = tokio::spawn(worker::run(
+                write,
+                work,
+                worker::WorkerCtx {
+                    conn,
+                    answers: answers.clone(),
+                    total: self.total.clone(),
+                    timeout: self.options.answer_timeout,
+                    failures: self.failures.clone(),
+                },
+            ));
             self.conns.insert(
                 conn,
                 ReplayConn {
-                    write,
-                    answers: AnswerReader::spawn(read, self.total.clone()),
+                    queue,
+                    answers,
                     base,
-                    write_shut: false,
+                    task,
                 },
             );
             self.report.connections += 1;
@@ -301,65 +322,56 @@ impl Replayer {
 
     async fn send(
         &mut self,
+        lsn: Lsn,
         conn: ConnId,
         resp_before: u64,
         resp_total_before: u64,
-        data: &[u8],
+        data: &bytes::Bytes,
     ) -> Result<(), DivergenceKind> {
-        // A connection opened before the starting point: what it had
-        // received by its first replayed record is its base.
-        let timeout = self.options.answer_timeout;
         let enforce_total = self.options.only.is_none();
         let total_base = *self.total_base.get_or_insert(resp_total_before);
+        // A connection opened before the starting point: what it had
+        // received by its first replayed record is its base.
         let base = self.bases.get(&conn).copied().unwrap_or(resp_before);
         let c = self.open(conn, base).await?;
         let expected = resp_before.saturating_sub(c.base);
         c.answers.raise_watermark(expected);
-        wait_answers(&c.answers, expected, timeout).await?;
-        if enforce_total {
-            let total_expected = resp_total_before.saturating_sub(total_base);
-            wait_total(&self.total, total_expected, timeout).await?;
+        let work = worker::Work::Send {
+            lsn,
+            expected,
+            total: enforce_total.then(|| resp_total_before.saturating_sub(total_base)),
+            data: data.clone(),
+        };
+        // A full queue waits: "applied" never runs far ahead of the target.
+        if c.queue.send(work).await.is_err() {
+            return Ok(()); // the task ended on a divergence it reported
         }
-        let c = self.conns.get_mut(&conn).expect("opened above");
-        c.write
-            .write_all(data)
-            .await
-            .map_err(|_| DivergenceKind::TargetClosed)?;
         self.report.data_records += 1;
         self.report.data_bytes += data.len() as u64;
         Ok(())
     }
 
     async fn half_close(&mut self, conn: ConnId) -> Result<(), DivergenceKind> {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            let _ = c.write.shutdown().await;
-            c.write_shut = true;
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.queue.send(worker::Work::HalfClose).await;
         }
         Ok(())
     }
 
     /// The original connection ended having delivered `resp_total` answer
-    /// bytes: the target must produce exactly as many.
-    async fn close(&mut self, conn: ConnId, resp_total: u64) -> Result<(), DivergenceKind> {
+    /// bytes: its task checks that the target produces exactly as many.
+    async fn close(
+        &mut self,
+        lsn: Lsn,
+        conn: ConnId,
+        resp_total: u64,
+    ) -> Result<(), DivergenceKind> {
         let Some(c) = self.conns.remove(&conn) else {
             return Ok(());
         };
         let expected = resp_total.saturating_sub(c.base);
-        c.answers.raise_watermark(expected);
-        let waited = wait_answers(&c.answers, expected, self.options.answer_timeout).await;
-        if waited.is_ok() {
-            // Give the target a moment to show answers the original never had.
-            let _ =
-                tokio::time::timeout(Duration::from_millis(50), c.answers.wait_for(expected + 1))
-                    .await;
-        }
-        let got = c.answers.got();
-        self.report.answer_bytes += got;
-        let _ = c.answers.stop().await;
-        waited?;
-        if got > expected {
-            return Err(DivergenceKind::ExtraAnswer { expected });
-        }
+        let _ = c.queue.send(worker::Work::Close { lsn, expected }).await;
+        self.closing.push((c.answers, c.task));
         Ok(())
     }
 
@@ -371,17 +383,37 @@ impl Replayer {
     /// original client received: those must be dropped here, never reach
     /// the client twice. A shortfall is recorded as a divergence.
     pub async fn finish(mut self) -> (ReplayReport, Vec<OpenConnection>) {
+        // Closed connections: their tasks end by themselves.
+        for (answers, task) in std::mem::take(&mut self.closing) {
+            let _ = task.await;
+            self.report.answer_bytes += answers.got();
+            if let Ok(answers) = Arc::try_unwrap(answers) {
+                let _ = answers.stop().await;
+            }
+        }
         let mut open = Vec::new();
         for (conn, c) in std::mem::take(&mut self.conns) {
+            // Closing the queue lets the task finish what it holds.
+            drop(c.queue);
+            let end = c.task.await.unwrap_or(worker::WorkerEnd { write: None });
             let owed = c.answers.watermark();
             if let Err(kind) = wait_answers(&c.answers, owed, self.options.answer_timeout).await {
                 let lsn = self.report.last_lsn.unwrap_or_default();
-                self.report.divergences.push(Divergence { lsn, conn, kind });
+                self.failures
+                    .lock()
+                    .expect("poisoned")
+                    .push(Divergence { lsn, conn, kind });
             }
             let answered = c.answers.got();
             self.report.answer_bytes += answered;
-            let (read, pending) = c.answers.stop().await;
-            let stream = read.and_then(|r| r.reunite(c.write).ok());
+            let (read, pending) = match Arc::try_unwrap(c.answers) {
+                Ok(answers) => answers.stop().await,
+                Err(_) => (None, bytes::Bytes::new()),
+            };
+            let stream = match (read, end.write) {
+                (Some(r), Some(w)) => r.reunite(w).ok(),
+                _ => None,
+            };
             open.push(OpenConnection {
                 conn,
                 stream,
@@ -390,12 +422,14 @@ impl Replayer {
                 base: c.base,
             });
         }
+        let failures = std::mem::take(&mut *self.failures.lock().expect("poisoned"));
+        self.report.divergences.extend(failures);
         self.report.elapsed_seconds = self.started.elapsed().as_secs_f64();
         (self.report, open)
     }
 }
 
-async fn wait_answers(
+pub(crate) async fn wait_answers(
     answers: &AnswerReader,
     expected: u64,
     timeout: Duration,
@@ -410,7 +444,7 @@ async fn wait_answers(
     }
 }
 
-async fn wait_total(
+pub(crate) async fn wait_total(
     total: &TotalAnswers,
     expected: u64,
     timeout: Duration,
@@ -433,6 +467,10 @@ where
     for entry in entries {
         replayer.apply(&entry).await?;
     }
+    let stop = replayer.options.stop_on_divergence;
     let (report, _open) = replayer.finish().await;
-    Ok(report)
+    match report.divergences.first() {
+        Some(d) if stop => Err(ReplayError::Diverged(d.clone())),
+        _ => Ok(report),
+    }
 }

@@ -1,0 +1,128 @@
+//! One task per replayed connection: it sends that connection's records in
+//! order, each once the target has produced the answers the original client
+//! had seen (on this connection and journal-wide). Connections wait only on
+//! their own causes, not on each other's round trips, so replay keeps up
+//! with a live service's many clients.
+
+use crate::answers::{AnswerReader, TotalAnswers};
+use crate::{Divergence, DivergenceKind};
+use bytes::Bytes;
+use replaymig_journal::{ConnId, Lsn};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+/// Records a worker may hold queued: bounds how far acknowledgements of
+/// "applied" can run ahead of what the target has actually received.
+pub(crate) const QUEUE: usize = 256;
+
+/// What a worker is told to do, in order.
+pub(crate) enum Work {
+    /// Send `data` once `expected` answer bytes (this connection) and
+    /// `total` (all connections, or `None`) arrived.
+    Send {
+        lsn: Lsn,
+        expected: u64,
+        total: Option<u64>,
+        data: Bytes,
+    },
+    /// The client half-closed.
+    HalfClose,
+    /// The original connection ended with `expected` answer bytes.
+    Close { lsn: Lsn, expected: u64 },
+}
+
+/// How a worker ended.
+pub(crate) struct WorkerEnd {
+    /// The write half, unless the connection was closed.
+    pub write: Option<OwnedWriteHalf>,
+}
+
+pub(crate) struct WorkerCtx {
+    pub conn: ConnId,
+    pub answers: Arc<AnswerReader>,
+    pub total: Arc<TotalAnswers>,
+    pub timeout: Duration,
+    pub failures: Arc<Mutex<Vec<Divergence>>>,
+}
+
+pub(crate) async fn run(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Work>,
+    ctx: WorkerCtx,
+) -> WorkerEnd {
+    while let Some(work) = queue.recv().await {
+        let outcome = match work {
+            Work::Send {
+                lsn,
+                expected,
+                total,
+                data,
+            } => send(&mut write, &ctx, expected, total, &data)
+                .await
+                .map_err(|k| (lsn, k)),
+            Work::HalfClose => {
+                let _ = write.shutdown().await;
+                Ok(())
+            }
+            Work::Close { lsn, expected } => {
+                let result = close(&ctx, expected).await.map_err(|k| (lsn, k));
+                if let Err((lsn, kind)) = result {
+                    fail(&ctx, lsn, kind);
+                }
+                return WorkerEnd { write: None };
+            }
+        };
+        if let Err((lsn, kind)) = outcome {
+            fail(&ctx, lsn, kind);
+            // Drain without sending: this connection's replay is over.
+            while queue.recv().await.is_some() {}
+            return WorkerEnd { write: None };
+        }
+    }
+    WorkerEnd { write: Some(write) }
+}
+
+fn fail(ctx: &WorkerCtx, lsn: Lsn, kind: DivergenceKind) {
+    tracing::warn!(lsn, conn = ctx.conn, ?kind, "replay diverged");
+    ctx.failures.lock().expect("poisoned").push(Divergence {
+        lsn,
+        conn: ctx.conn,
+        kind,
+    });
+}
+
+async fn send(
+    write: &mut OwnedWriteHalf,
+    ctx: &WorkerCtx,
+    expected: u64,
+    total: Option<u64>,
+    data: &[u8],
+) -> Result<(), DivergenceKind> {
+    crate::wait_answers(&ctx.answers, expected, ctx.timeout).await?;
+    if let Some(total) = total {
+        crate::wait_total(&ctx.total, total, ctx.timeout).await?;
+    }
+    write
+        .write_all(data)
+        .await
+        .map_err(|_| DivergenceKind::TargetClosed)
+}
+
+/// The target must produce exactly the original's answer bytes.
+async fn close(ctx: &WorkerCtx, expected: u64) -> Result<(), DivergenceKind> {
+    ctx.answers.raise_watermark(expected);
+    crate::wait_answers(&ctx.answers, expected, ctx.timeout).await?;
+    // Give the target a moment to show answers the original never had.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(50),
+        ctx.answers.wait_for(expected + 1),
+    )
+    .await;
+    if ctx.answers.got() > expected {
+        return Err(DivergenceKind::ExtraAnswer { expected });
+    }
+    Ok(())
+}
