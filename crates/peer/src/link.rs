@@ -15,6 +15,9 @@ use tokio_util::codec::Framed;
 
 /// Bound on each handshake step.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one send: a peer that stops reading (or a cut link) fails the
+/// sender instead of blocking it forever on a full socket buffer.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a link failed.
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +176,11 @@ impl PeerLink {
         self.peer_addr
     }
 
-    /// Sends one message.
+    /// Sends one message (bounded by [`SEND_TIMEOUT`]).
     pub async fn send(&mut self, msg: Message) -> Result<(), LinkError> {
-        self.framed.send(msg).await?;
+        tokio::time::timeout(SEND_TIMEOUT, self.framed.send(msg))
+            .await
+            .map_err(|_| LinkError::Timeout(SEND_TIMEOUT))??;
         counter!(names::FRAMES_TOTAL, "direction" => "sent").increment(1);
         Ok(())
     }
