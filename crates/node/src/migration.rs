@@ -217,7 +217,7 @@ async fn source_steps(
     };
 
     phases.advance(Phase::Quiescing);
-    let hold = host.proxy.quiesce(QuiesceOptions::default()).await?;
+    let hold = quiesce_with_retries(host).await?;
     report.snapshot_lsn = hold.lsn;
 
     phases.advance(Phase::Dumping);
@@ -271,7 +271,7 @@ async fn source_steps(
     .context("the destination did not catch up in time")??;
 
     phases.advance(Phase::HandingOver);
-    let hold = host.proxy.quiesce(QuiesceOptions::default()).await?;
+    let hold = quiesce_with_retries(host).await?;
     let head = host.journal.last_lsn();
     tokio::time::timeout(STEP_TIMEOUT, shipper.run_until(link, |s| s.acked >= head))
         .await
@@ -307,6 +307,24 @@ async fn source_steps(
     report.interruption_seconds = snapshot_hold.as_secs_f64() + report.handover_hold_seconds;
     phases.advance(Phase::Stopping);
     Ok((report, process))
+}
+
+/// The barrier, tried a few times (a burst of answers can keep a service
+/// from going quiet once); forwarding resumes between tries.
+async fn quiesce_with_retries(host: &ServiceHost) -> Result<replaymig_proxy::Quiesced> {
+    const TRIES: usize = 3;
+    let mut last = None;
+    for attempt in 1..=TRIES {
+        match host.proxy.quiesce(QuiesceOptions::default()).await {
+            Ok(hold) => return Ok(hold),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "barrier failed; retrying");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(last.expect("at least one try").into())
 }
 
 fn ensure_dir(dir: &std::path::Path) -> Result<&std::path::Path> {
