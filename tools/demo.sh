@@ -43,7 +43,7 @@ config() { # node other_node other_addr my_addr
     # that long; the child writes the RDB while the service serves again.
     snapshot='driver = "exec"
 dump = [
-  "redis-cli -p {port} BGSAVE | grep -q Background",
+  "redis-cli -p {port} BGSAVE | grep -q saving.started",
   "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q rdb_last_bgsave_status:ok",
   "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
 ]

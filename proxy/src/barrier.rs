@@ -87,10 +87,10 @@ pub(crate) async fn quiesce(
     let held_since = Instant::now();
     // Quiet = every connection answered its last input, and then the
     // answer counter stood still for a whole idle window.
-    let mut last = shared.resp_total.load(Ordering::Acquire);
+    let mut last = shared.received_total.load(Ordering::Acquire);
     loop {
         tokio::time::sleep(options.idle).await;
-        let now = shared.resp_total.load(Ordering::Acquire);
+        let now = shared.received_total.load(Ordering::Acquire);
         let all_answered = shared
             .open
             .lock()
@@ -107,13 +107,15 @@ pub(crate) async fn quiesce(
     }
     let mark = SnapshotMark {
         lsn: shared.journal.last_lsn(),
-        resp_total: shared.resp_total.load(Ordering::Acquire),
+        // Bytes read from the service: the client gets them whatever happens
+        // next, so replay from s+1 must not expect them again.
+        resp_total: shared.received_total.load(Ordering::Acquire),
         delivered: shared
             .open
             .lock()
             .expect("poisoned")
             .iter()
-            .map(|(conn, slot)| (*conn, slot.delivered.load(Ordering::Acquire)))
+            .map(|(conn, slot)| (*conn, slot.received.load(Ordering::Acquire)))
             .collect(),
     };
     let marker_lsn = shared.journal.append(mark.to_record()).await?;

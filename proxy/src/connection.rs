@@ -40,6 +40,10 @@ pub(crate) struct Shared {
     pub connect_timeout: Duration,
     /// Service→client bytes delivered on all connections: `resp_total_before`.
     pub resp_total: AtomicU64,
+    /// Answer bytes read from the service on journaled connections (they
+    /// reach their clients even if a hand-over happens meanwhile): what
+    /// snapshot marks and hand-overs count, and what "quiet" watches.
+    pub received_total: AtomicU64,
     /// Counters.
     pub metrics: ProxyMetrics,
     /// Held shared by each record from its append to the end of its
@@ -73,6 +77,9 @@ pub(crate) struct ConnSlot {
     /// barrier waits for that on every connection, not only for silence,
     /// so a slow answer is not mistaken for a quiet service.
     pub answered_after: AtomicU64,
+    /// Answer bytes read from the service side (≥ `delivered`: the rest is
+    /// on its way to the client).
+    pub received: AtomicU64,
 }
 
 impl ConnSlot {
@@ -181,15 +188,22 @@ async fn connect_backend(shared: &Shared, addr: SocketAddr) -> Result<TcpStream,
     Ok(stream)
 }
 
-/// The service side of a new connection, per the route; `None` for the
-/// journal means the connection relays without journaling.
-async fn open_backend(shared: &Shared, label: &str) -> Result<(TcpStream, Bytes, bool), ConnError> {
+/// The service side of a new connection, per the route, and whether it is
+/// journaled. `setup` (a gate permit) is given up before dialing a tunnel:
+/// a relay to another owner does not journal, and a barrier must not wait
+/// for a remote dial.
+async fn open_backend(
+    shared: &Shared,
+    label: &str,
+    setup: &mut Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+) -> Result<(TcpStream, Bytes, bool), ConnError> {
     let route = shared.route.read().expect("poisoned").clone();
     match route {
         Route::Owner { backend } => {
             Ok((connect_backend(shared, backend).await?, Bytes::new(), true))
         }
         Route::Remote { dial } => {
+            setup.take();
             let request = TunnelRequest {
                 conn: None,
                 delivered: 0,
@@ -208,11 +222,15 @@ async fn open_backend(shared: &Shared, label: &str) -> Result<(TcpStream, Bytes,
 }
 
 async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Result<(), ConnError> {
+    // Set up under a gate permit: a barrier or a hand-over sees a journaled
+    // connection either not begun or fully registered, never in between
+    // (a route read before a hand-over must not journal after it).
+    let mut setup = Some(shared.gate.clone().read_owned().await);
     // Work out both sides, the connection id and where counting starts.
     let (client, label, backend, owed, existing, delivered, journaling) = match start {
         Start::Accepted(client, peer) => {
             let label = peer.to_string();
-            let (backend, owed, journaling) = open_backend(shared, &label).await?;
+            let (backend, owed, journaling) = open_backend(shared, &label, &mut setup).await?;
             (client, label, backend, owed, None, 0, journaling)
         }
         Start::Adopted(a) => {
@@ -259,6 +277,7 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
         switched: Notify::new(),
         forwarded: AtomicU64::new(0),
         answered_after: AtomicU64::new(0),
+        received: AtomicU64::new(delivered),
     });
     let _registered = journaling.then(|| {
         shared
@@ -268,6 +287,9 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
             .insert(conn, slot.clone());
         OpenGuard { shared, conn }
     });
+    // Released before the relay takes per-record permits (the lock is fair:
+    // holding one while asking for another could deadlock behind a barrier).
+    drop(setup);
     // Either direction failing ends the other too.
     let failed = stop.child_token();
     let upstream = async {
@@ -366,6 +388,9 @@ async fn client_to_service(
                 .await?;
         }
         let mut backend = slot.backend_write.lock().await;
+        // Counted before the write: an answer to it can only come after,
+        // so "answered since the last input" never misses a fast answer.
+        slot.forwarded.fetch_add(1, Ordering::AcqRel);
         tokio::select! {
             written = backend.write_all(&chunk) => written.map_err(ConnError::BackendIo)?,
             // The answers side failed (e.g. the client reset): a service
@@ -376,7 +401,6 @@ async fn client_to_service(
                 )))
             }
         }
-        slot.forwarded.fetch_add(1, Ordering::AcqRel);
         shared.metrics.client_to_service.increment(n as u64);
     }
 }
@@ -391,6 +415,7 @@ async fn service_to_client(
     slot: &ConnSlot,
     shared: &Shared,
 ) -> Result<(), ConnError> {
+    receive(owed.len(), slot, shared);
     deliver(&mut client, &owed, slot, shared).await?;
     let mut buf = vec![0u8; shared.read_buffer];
     loop {
@@ -400,6 +425,7 @@ async fn service_to_client(
                 let taken = slot.new_backend_read.lock().expect("poisoned").take();
                 if let Some((read, owed)) = taken {
                     backend = read;
+                    receive(owed.len(), slot, shared);
                     deliver(&mut client, &owed, slot, shared).await?;
                 }
                 continue;
@@ -410,7 +436,21 @@ async fn service_to_client(
             let _ = client.shutdown().await;
             return Ok(());
         }
+        receive(n, slot, shared);
         deliver(&mut client, &buf[..n], slot, shared).await?;
+    }
+}
+
+/// Counts answer bytes as they come from the service side.
+fn receive(n: usize, slot: &ConnSlot, shared: &Shared) {
+    if n == 0 {
+        return;
+    }
+    slot.received.fetch_add(n as u64, Ordering::AcqRel);
+    slot.answered_after
+        .store(slot.forwarded.load(Ordering::Acquire), Ordering::Release);
+    if slot.journaling.load(Ordering::Acquire) {
+        shared.received_total.fetch_add(n as u64, Ordering::AcqRel);
     }
 }
 
@@ -427,11 +467,12 @@ async fn deliver(
     client.write_all(bytes).await.map_err(ConnError::ClientIo)?;
     let n = bytes.len() as u64;
     // Total first: a reader that loads `delivered` then `resp_total`
-    // always sees resp_total_before >= resp_before.
-    shared.resp_total.fetch_add(n, Ordering::AcqRel);
+    // always sees resp_total_before >= resp_before. Only journaled
+    // connections count: the journal-wide figure is about its own records.
+    if slot.journaling.load(Ordering::Acquire) {
+        shared.resp_total.fetch_add(n, Ordering::AcqRel);
+    }
     slot.delivered.fetch_add(n, Ordering::AcqRel);
-    slot.answered_after
-        .store(slot.forwarded.load(Ordering::Acquire), Ordering::Release);
     shared.metrics.service_to_client.increment(n);
     Ok(())
 }

@@ -114,7 +114,7 @@ impl ProxyControl {
         for (conn, slot) in open {
             let request = crate::route::TunnelRequest {
                 conn: Some(conn),
-                delivered: slot.delivered.load(std::sync::atomic::Ordering::Acquire),
+                delivered: slot.received.load(std::sync::atomic::Ordering::Acquire),
                 client: slot.client.clone(),
             };
             slot.journaling
@@ -173,6 +173,7 @@ impl Proxy {
             read_buffer: config.read_buffer,
             connect_timeout: config.connect_timeout,
             resp_total: AtomicU64::new(0),
+            received_total: AtomicU64::new(0),
             metrics: ProxyMetrics::new(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),

@@ -179,7 +179,7 @@ async fn run_source(
         matches!(m, Message::MigrateReady)
     })
     .await?;
-    let result = source_steps(node, host, &mut link, &mut phases, epoch, pid).await;
+    let result = source_steps(node, host, to, &mut link, &mut phases, epoch, pid).await;
     match result {
         Ok((mut report, process)) => {
             report.from = node.config.name.clone();
@@ -203,6 +203,7 @@ async fn run_source(
 async fn source_steps(
     node: &NodeShared,
     host: &ServiceHost,
+    to: &str,
     link: &mut PeerLink,
     phases: &mut Phases<'_>,
     epoch: u64,
@@ -279,6 +280,10 @@ async fn source_steps(
     report.handover_lsn = head;
     report.log_bytes = shipper.stats.bytes;
     report.log_records = shipper.stats.records;
+    // Everything that can fail is done before the commit point.
+    let Route::Remote { dial } = node.route_to(to, service)? else {
+        bail!("the new owner cannot be this node");
+    };
     link.send(Message::HandOver {
         epoch,
         delivered: hold.mark.delivered.iter().map(|(c, d)| (*c, *d)).collect(),
@@ -291,15 +296,11 @@ async fn source_steps(
     )
     .await?;
     // Committed: the destination owns the service under `epoch`.
-    let to = link.peer_node().to_string();
     let process = {
         let mut state = host.state.lock().await;
-        state.owner = to.clone();
+        state.owner = to.to_string();
         state.epoch = epoch;
         state.process.take()
-    };
-    let Route::Remote { dial } = node.route_to(&to, service)? else {
-        bail!("the new owner cannot be this node");
     };
     report.connections_handed_over = host.proxy.hand_over(&hold, dial).await;
     report.handover_hold_seconds = hold.held_for().as_secs_f64();
@@ -383,12 +384,16 @@ pub(crate) async fn migrate_in(
             Ok(())
         }
         Err(e) => {
-            // Discard: stop the restored copy (never the owner's).
-            if state.owner != node.config.name {
-                if let Some(p) = state.process.take() {
-                    drop(state);
-                    p.stop().await;
-                }
+            // Discard: stop the restored copy (never the owner's), and do
+            // not hold the state across the stop or the send below.
+            let restored = if state.owner != node.config.name {
+                state.process.take()
+            } else {
+                None
+            };
+            drop(state);
+            if let Some(p) = restored {
+                p.stop().await;
             }
             let _ = link
                 .send(Message::MigrateAbort {
@@ -449,15 +454,17 @@ async fn destination_steps(
     }
     let vars = node.placeholders(service);
     let restored = driver.restore(&into, &vars, None).await?;
-    let process = match restored.pid {
+    match restored.pid {
         Some(pid) => {
-            let process = ServiceProcess::adopt(pid);
+            // Kept where the error path finds (and stops) it.
+            host.state.lock().await.process = Some(ServiceProcess::adopt(pid));
             node.wait_service_ready(service).await?;
-            process
         }
-        None => node.start_service(service).await?,
-    };
-    host.state.lock().await.process = Some(process);
+        None => {
+            let process = node.start_service(service).await?;
+            host.state.lock().await.process = Some(process);
+        }
+    }
 
     let mut replayer = Replayer::new(ReplayOptions::new(service.backend));
     for (first_lsn, records) in early {

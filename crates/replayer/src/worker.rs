@@ -105,10 +105,14 @@ async fn send(
     if let Some(total) = total {
         crate::wait_total(&ctx.total, total, ctx.timeout).await?;
     }
-    write
-        .write_all(data)
-        .await
-        .map_err(|_| DivergenceKind::TargetClosed)
+    // A target that stops reading is a failure, not a reason to hang.
+    match tokio::time::timeout(ctx.timeout, write.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(DivergenceKind::TargetClosed),
+        Err(_) => Err(DivergenceKind::TargetIo {
+            error: format!("the target did not take input for {:?}", ctx.timeout),
+        }),
+    }
 }
 
 /// The target must produce exactly the original's answer bytes.
