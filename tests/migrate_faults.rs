@@ -256,3 +256,63 @@ fn a_divergent_replay_aborts_and_a_keeps_ownership() {
         "B discarded its restored copy"
     );
 }
+
+#[test]
+fn a_corrupt_snapshot_chunk_is_refused_and_nobody_takes_ownership() {
+    use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+    let pair = Pair::start(None, None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = counter(pair.listen_a(), "n", stop.clone());
+    // Play a source that sends B a damaged chunk (the peer secret is known
+    // to this test as to any node).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = rt.block_on(async {
+        let secret = Secret::from_file(&pair.dir.path().join("secret")).unwrap();
+        let peer: SocketAddr = (pair.pb.ip, pair.pb.peer).into();
+        let mut link = PeerLink::connect(peer, &Authenticator::new("a", secret))
+            .await
+            .unwrap();
+        link.send(Message::MigrateBegin {
+            service: "redis".into(),
+            epoch: 2,
+        })
+        .await
+        .unwrap();
+        assert_eq!(link.recv().await.unwrap(), Message::MigrateReady);
+        let manifest = serde_json::json!({
+            "service": "redis", "driver": "exec", "lsn": 1,
+            "files": [{"name": "dump.rdb", "size": 4, "sha256": "00"}]
+        });
+        link.send(Message::SnapshotBegin {
+            manifest: serde_json::to_vec(&manifest).unwrap(),
+        })
+        .await
+        .unwrap();
+        link.send(Message::SnapshotChunk {
+            file: 0,
+            offset: 0,
+            compressed: false,
+            data: b"RDB!".to_vec(),
+            crc32: 7,
+        })
+        .await
+        .unwrap();
+        link.recv_timeout(Duration::from_secs(10)).await.unwrap()
+    });
+    match answer {
+        Message::MigrateAbort { reason } => assert!(reason.contains("corrupt"), "{reason}"),
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    assert_eq!(pair.owner(pair.pb.admin), "a", "B did not take the service");
+    assert!(
+        std::net::TcpStream::connect((pair.pb.ip, pair.pb.backend)).is_err(),
+        "B restored nothing"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let acked = client.join().unwrap();
+    pair.assert_a_kept_everything(acked);
+}
