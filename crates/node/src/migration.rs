@@ -295,19 +295,39 @@ async fn source_steps(
         |m| matches!(m, Message::HandOverDone { epoch: e } if *e == epoch),
     )
     .await?;
-    // Committed: the destination owns the service under `epoch`.
+    // Commit point: this node gives the service up; the destination owns it
+    // from its commit (this message, or the first tunnel below).
     let process = {
         let mut state = host.state.lock().await;
         state.owner = to.to_string();
         state.epoch = epoch;
         state.process.take()
     };
+    if let Err(e) = link.send(Message::HandOverCommit { epoch }).await {
+        tracing::warn!(error = %e, "hand-over commit not sent; the tunnels will carry it");
+    }
     report.connections_handed_over = host.proxy.hand_over(&hold, dial).await;
     report.handover_hold_seconds = hold.held_for().as_secs_f64();
     drop(hold);
     report.interruption_seconds = snapshot_hold.as_secs_f64() + report.handover_hold_seconds;
     phases.advance(Phase::Stopping);
     Ok((report, process))
+}
+
+/// Makes this node the owner under `epoch` (after the source's commit).
+pub(crate) async fn commit_ownership(node: &NodeShared, host: &ServiceHost, epoch: u64) {
+    let mut state = host.state.lock().await;
+    if state.prepared != Some(epoch) {
+        return;
+    }
+    state.prepared = None;
+    state.owner = node.config.name.clone();
+    state.epoch = epoch;
+    host.proxy.set_route(Route::Owner {
+        backend: host.config.backend,
+    });
+    telemetry::ownership(&host.config.name, epoch, true);
+    tracing::info!(service = %host.config.name, epoch, "took ownership");
 }
 
 /// The barrier, tried a few times (a burst of answers can keep a service
@@ -379,10 +399,7 @@ pub(crate) async fn migrate_in(
     state.migrating = false;
     telemetry::outcome(&service, "destination", outcome.is_ok());
     match outcome {
-        Ok(()) => {
-            telemetry::ownership(&service, epoch, true);
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
             // Discard: stop the restored copy (never the owner's), and do
             // not hold the state across the stop or the send below.
@@ -508,20 +525,35 @@ async fn destination_steps(
                     open = open.len(),
                     "replay caught up; taking ownership"
                 );
-                let mut state = host.state.lock().await;
-                for c in open {
-                    if let Some(stream) = c.stream {
-                        state.parked.insert(c.conn, (stream, c.pending));
+                {
+                    let mut state = host.state.lock().await;
+                    for c in open {
+                        if let Some(stream) = c.stream {
+                            state.parked.insert(c.conn, (stream, c.pending));
+                        }
                     }
+                    state.prepared = Some(epoch);
                 }
-                state.owner = node.config.name.clone();
-                state.epoch = epoch;
-                host.proxy.set_route(Route::Owner {
-                    backend: service.backend,
-                });
-                drop(state);
                 link.send(Message::HandOverDone { epoch }).await?;
-                return Ok(());
+                return match link.recv_timeout(STEP_TIMEOUT).await {
+                    Ok(Message::HandOverCommit { epoch: e }) if e == epoch => {
+                        commit_ownership(node, host, epoch).await;
+                        Ok(())
+                    }
+                    Ok(Message::MigrateAbort { reason }) => {
+                        let mut state = host.state.lock().await;
+                        state.prepared = None;
+                        state.parked.clear();
+                        drop(state);
+                        bail!("the source aborted the hand-over: {reason}")
+                    }
+                    // No word: the source may have committed; its tunnels
+                    // will say so (see `tunnel::accept`). Stay prepared.
+                    other => {
+                        tracing::warn!(?other, "no hand-over commit; staying prepared");
+                        Ok(())
+                    }
+                };
             }
             Err(Message::MigrateAbort { reason }) => bail!("the source aborted: {reason}"),
             Err(other) => bail!("unexpected {} during catch-up", other.name()),

@@ -43,6 +43,10 @@ pub(crate) struct ServiceState {
     pub parked: HashMap<ConnId, (TcpStream, Bytes)>,
     /// A migration of this service is running here.
     pub migrating: bool,
+    /// This node prepared to own the service under this epoch (replay done,
+    /// connections parked) and waits for the source's commit: it does not
+    /// serve as owner before that, so a lost message cannot split ownership.
+    pub prepared: Option<u64>,
 }
 
 /// Shared by the node's tasks.
@@ -177,6 +181,7 @@ impl Node {
                     process: None,
                     parked: HashMap::new(),
                     migrating: false,
+                    prepared: None,
                 }),
             });
             services.insert(service.name.clone(), host);

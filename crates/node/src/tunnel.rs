@@ -69,6 +69,11 @@ pub(crate) async fn accept(
             .await;
         anyhow::bail!("tunnel for unknown service {service:?}");
     };
+    // A tunnel from the source after it committed is its commit too.
+    let prepared = host.state.lock().await.prepared;
+    if let Some(epoch) = prepared {
+        crate::migration::commit_ownership(node, host, epoch).await;
+    }
     let backend = {
         let mut state = host.state.lock().await;
         if state.owner != node.config.name {

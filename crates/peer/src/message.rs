@@ -91,9 +91,16 @@ pub enum Message {
         /// (connection id, answer bytes delivered) per open connection.
         delivered: Vec<(u64, u64)>,
     },
-    /// Destination → source: I own the service under `epoch` now.
+    /// Destination → source: replay is complete and the connections are
+    /// parked; ready to own the service under `epoch` (not owning yet).
     HandOverDone {
-        /// The epoch taken.
+        /// The epoch prepared.
+        epoch: u64,
+    },
+    /// Source → destination: the source gave the service up; own it now.
+    /// (A tunnel from the source after this point also means it.)
+    HandOverCommit {
+        /// The epoch committed.
         epoch: u64,
     },
     /// Open a tunnel for a client connection to the owner of `service`;
@@ -135,6 +142,7 @@ impl Message {
             Message::MigrateAbort { .. } => "migrate_abort",
             Message::HandOver { .. } => "hand_over",
             Message::HandOverDone { .. } => "hand_over_done",
+            Message::HandOverCommit { .. } => "hand_over_commit",
             Message::TunnelOpen { .. } => "tunnel_open",
             Message::TunnelReady => "tunnel_ready",
             Message::Ping(_) => "ping",
