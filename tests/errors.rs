@@ -16,6 +16,16 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The command failed and said why.
+fn fails_with(out: &std::process::Output, reason: &str) {
+    assert!(!out.status.success(), "must fail: {}", stderr(out));
+    assert!(
+        stderr(out).contains(reason),
+        "expected {reason:?} in: {}",
+        stderr(out)
+    );
+}
+
 #[test]
 fn dead_backend_closes_the_client_counts_the_error_and_keeps_serving() {
     let port = free_port();
@@ -70,12 +80,7 @@ fn taken_ports_and_bad_addresses_exit_non_zero_with_a_reason() {
         "--journal",
         j,
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(&format!("cannot listen on {taken_addr}")),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, &format!("cannot listen on {taken_addr}"));
     assert!(
         stderr(&out).to_lowercase().contains("in use"),
         "{}",
@@ -94,12 +99,7 @@ fn taken_ports_and_bad_addresses_exit_non_zero_with_a_reason() {
         "--metrics",
         &taken_addr,
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot serve metrics"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "cannot serve metrics");
 
     let out = run(&[
         "proxy",
@@ -141,12 +141,7 @@ fn unusable_journal_directories_are_refused() {
         "--journal",
         dir.path().join("missing").to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("not a replaymig journal"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "not a replaymig journal");
     assert!(!dir.path().join("missing").exists(), "stat creates nothing");
 
     std::fs::write(dir.path().join("file"), "x").unwrap();
@@ -159,12 +154,7 @@ fn unusable_journal_directories_are_refused() {
         "--journal",
         dir.path().join("file").to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot open journal"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "cannot open journal");
     assert_eq!(
         std::fs::read(dir.path().join("file")).unwrap(),
         b"x",
@@ -180,12 +170,7 @@ fn unusable_journal_directories_are_refused() {
         "--journal",
         dir.path().to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("not empty and holds no journal"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "not empty and holds no journal");
 }
 
 #[test]
@@ -200,12 +185,7 @@ fn a_corrupt_journal_is_named_by_lsn_and_left_as_it_was() {
     }
     // While the proxy runs, the journal is locked: stat says so.
     let out = run(&["journal", "stat", "--journal", journal.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("in use by another process"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "in use by another process");
     drop(c);
     proxy.stop();
 
@@ -217,12 +197,7 @@ fn a_corrupt_journal_is_named_by_lsn_and_left_as_it_was() {
         replaymig_journal::fault::corrupt_record(&journal, lsn).unwrap();
     }
     let out = run(&["journal", "stat", "--journal", journal.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(&format!("LSN {victim}")),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, &format!("LSN {victim}"));
 
     let out = run(&[
         "proxy",

@@ -127,20 +127,7 @@ impl Journal {
     /// Appends records as one unit under contiguous LSNs; returns the LSN of
     /// the first. All or none become durable.
     pub async fn append_batch(&self, records: Vec<Record>) -> Result<Lsn> {
-        if records.is_empty() {
-            return Err(JournalError::Invalid("empty batch".into()));
-        }
-        let mut bytes = 0;
-        for r in &records {
-            r.validate()?;
-            bytes += r.encoded_len_hint();
-        }
-        if bytes > writer::MAX_GROUP_BYTES {
-            return Err(JournalError::Invalid(format!(
-                "a batch of {bytes} bytes exceeds {} (split it)",
-                writer::MAX_GROUP_BYTES
-            )));
-        }
+        check_batch(&records)?;
         self.submit(Records::Many(records)).await
     }
 
@@ -149,35 +136,34 @@ impl Journal {
     /// They must continue this journal exactly; an empty journal may start
     /// at any LSN (LSNs below it count as spent).
     pub async fn append_at(&self, first: Lsn, records: Vec<Record>) -> Result<Lsn> {
-        if records.is_empty() {
-            return Err(JournalError::Invalid("empty batch".into()));
-        }
-        for r in &records {
-            r.validate()?;
-        }
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .requests
-            .send(Request::AppendAt {
-                first,
-                records,
-                enqueued: Instant::now(),
-                reply,
-            })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        check_batch(&records)?;
+        self.request(|enqueued, reply| Request::AppendAt {
+            first,
+            records,
+            enqueued,
+            reply,
+        })
+        .await
     }
 
     async fn submit(&self, records: Records) -> Result<Lsn> {
+        self.request(|enqueued, reply| Request::Append {
+            records,
+            enqueued,
+            reply,
+        })
+        .await
+    }
+
+    /// Hands one append request to the writer and waits for its answer.
+    async fn request(
+        &self,
+        make: impl FnOnce(Instant, oneshot::Sender<Result<Lsn>>) -> Request,
+    ) -> Result<Lsn> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .requests
-            .send(Request::Append {
-                records,
-                enqueued: Instant::now(),
-                reply,
-            })
+            .send(make(Instant::now(), reply))
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
@@ -281,6 +267,26 @@ impl Journal {
     pub fn size_on_disk(&self) -> Result<u64> {
         self.inner.store.size_on_disk()
     }
+}
+
+/// What every multi-record append must satisfy: not empty, each record
+/// valid, and the whole small enough for one group commit.
+fn check_batch(records: &[Record]) -> Result<()> {
+    if records.is_empty() {
+        return Err(JournalError::Invalid("empty batch".into()));
+    }
+    let mut bytes = 0;
+    for r in records {
+        r.validate()?;
+        bytes += r.encoded_len_hint();
+    }
+    if bytes > writer::MAX_GROUP_BYTES {
+        return Err(JournalError::Invalid(format!(
+            "a batch of {bytes} bytes exceeds {} (split it)",
+            writer::MAX_GROUP_BYTES
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

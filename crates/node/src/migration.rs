@@ -190,11 +190,7 @@ async fn run_source(
             Ok((report, process))
         }
         Err(e) => {
-            let _ = link
-                .send(Message::MigrateAbort {
-                    reason: format!("{e:#}"),
-                })
-                .await;
+            tell_abort(&mut link, &e).await;
             Err(e)
         }
     }
@@ -348,6 +344,12 @@ async fn quiesce_with_retries(host: &ServiceHost) -> Result<replaymig_proxy::Qui
     Err(last.expect("at least one try").into())
 }
 
+/// Tells the peer why this side gives up (best effort: it may be gone).
+async fn tell_abort(link: &mut PeerLink, e: &anyhow::Error) {
+    let reason = format!("{e:#}");
+    let _ = link.send(Message::MigrateAbort { reason }).await;
+}
+
 fn ensure_dir(dir: &std::path::Path) -> Result<&std::path::Path> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
@@ -412,11 +414,7 @@ pub(crate) async fn migrate_in(
             if let Some(p) = restored {
                 p.stop().await;
             }
-            let _ = link
-                .send(Message::MigrateAbort {
-                    reason: format!("{e:#}"),
-                })
-                .await;
+            tell_abort(&mut link, &e).await;
             Err(e)
         }
     }
