@@ -268,6 +268,7 @@ async fn run_node(config: PathBuf, metrics: Option<SocketAddr>) -> Result<()> {
     if let Some(addr) = metrics {
         install_prometheus_exporter(addr)?;
     }
+    replaymig_node::arm_fail_points_from_env();
     let config = replaymig_node::NodeConfig::load(&config)?;
     let node = replaymig_node::Node::start(config).await?;
     let shutdown = CancellationToken::new();

@@ -4,8 +4,10 @@
 
 mod admin;
 pub mod config;
+mod handover;
 mod migration;
 mod node;
+pub mod ownership;
 mod process;
 mod report;
 pub mod telemetry;
@@ -14,4 +16,13 @@ mod tunnel;
 pub use admin::Request as AdminRequest;
 pub use config::{NodeConfig, ServiceConfig, SnapshotConfig};
 pub use node::{Node, ServiceStatus};
+
+/// Arms the fail points named in the `FAILPOINTS` environment variable
+/// (`name=action;...`, see the `fail` crate), for crash tests of the real
+/// binary; nothing is armed when it is unset.
+pub fn arm_fail_points_from_env() {
+    if std::env::var_os("FAILPOINTS").is_some() {
+        std::mem::forget(fail::FailScenario::setup());
+    }
+}
 pub use report::{MigrationReport, Phase, Progress};

@@ -13,7 +13,9 @@
 //! replay it, acknowledging → on `HandOver` take ownership under the new
 //! epoch, park the replayed connections for their tunnels.
 
+use crate::handover;
 use crate::node::{NodeShared, ServiceHost};
+use crate::ownership::{OwnershipRecord, Prepared};
 use crate::process::ServiceProcess;
 use crate::report::{MigrationReport, Phase, Progress};
 use crate::telemetry;
@@ -277,7 +279,7 @@ async fn source_steps(
     report.log_bytes = shipper.stats.bytes;
     report.log_records = shipper.stats.records;
     // Everything that can fail is done before the commit point.
-    let Route::Remote { dial } = node.route_to(to, service)? else {
+    let Route::Remote { dial } = node.route_to(to, epoch, service)? else {
         bail!("the new owner cannot be this node");
     };
     link.send(Message::HandOver {
@@ -291,10 +293,22 @@ async fn source_steps(
         |m| matches!(m, Message::HandOverDone { epoch: e } if *e == epoch),
     )
     .await?;
-    // Commit point: this node gives the service up; the destination owns it
-    // from its commit (this message, or the first tunnel below).
+    // Commit point: this node gives the service up — durably first, so a
+    // restart cannot take it back; the destination owns it from its commit
+    // (this message, the first tunnel below, or its question after a loss).
     let process = {
         let mut state = host.state.lock().await;
+        host.ownership
+            .save(&OwnershipRecord {
+                owner: to.to_string(),
+                epoch,
+                prepared: None,
+            })
+            .context("cannot record the hand-over; keeping the service")?;
+        fail::fail_point!("source-after-commit-record", |_| {
+            tracing::error!("fail point: crashing after the commit record");
+            std::process::abort()
+        });
         state.owner = to.to_string();
         state.epoch = epoch;
         state.process.take()
@@ -310,20 +324,27 @@ async fn source_steps(
     Ok((report, process))
 }
 
-/// Makes this node the owner under `epoch` (after the source's commit).
-pub(crate) async fn commit_ownership(node: &NodeShared, host: &ServiceHost, epoch: u64) {
-    let mut state = host.state.lock().await;
-    if state.prepared != Some(epoch) {
-        return;
+/// Restores the service from the snapshot in `dir` and starts it; the
+/// process is kept in the state, where an error path finds (and stops) it.
+pub(crate) async fn restore_service(
+    node: &NodeShared,
+    host: &ServiceHost,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let service = &host.config;
+    let vars = node.placeholders(service);
+    let restored = service.snapshot.driver().restore(dir, &vars, None).await?;
+    match restored.pid {
+        Some(pid) => {
+            host.state.lock().await.process = Some(ServiceProcess::adopt(pid));
+            node.wait_service_ready(service).await?;
+        }
+        None => {
+            let process = node.start_service(service).await?;
+            host.state.lock().await.process = Some(process);
+        }
     }
-    state.prepared = None;
-    state.owner = node.config.name.clone();
-    state.epoch = epoch;
-    host.proxy.set_route(Route::Owner {
-        backend: host.config.backend,
-    });
-    telemetry::ownership(&host.config.name, epoch, true);
-    tracing::info!(service = %host.config.name, epoch, "took ownership");
+    Ok(())
 }
 
 /// The barrier, tried a few times (a burst of answers can keep a service
@@ -467,19 +488,7 @@ async fn destination_steps(
     if last > 0 {
         host.journal.truncate_before(last + 1)?;
     }
-    let vars = node.placeholders(service);
-    let restored = driver.restore(&into, &vars, None).await?;
-    match restored.pid {
-        Some(pid) => {
-            // Kept where the error path finds (and stops) it.
-            host.state.lock().await.process = Some(ServiceProcess::adopt(pid));
-            node.wait_service_ready(service).await?;
-        }
-        None => {
-            let process = node.start_service(service).await?;
-            host.state.lock().await.process = Some(process);
-        }
-    }
+    restore_service(node, host, &into).await?;
 
     let mut replayer = Replayer::new(ReplayOptions::new(service.backend));
     for (first_lsn, records) in early {
@@ -530,28 +539,20 @@ async fn destination_steps(
                             state.parked.insert(c.conn, (stream, c.pending));
                         }
                     }
-                    state.prepared = Some(epoch);
                 }
-                link.send(Message::HandOverDone { epoch }).await?;
-                return match link.recv_timeout(STEP_TIMEOUT).await {
-                    Ok(Message::HandOverCommit { epoch: e }) if e == epoch => {
-                        commit_ownership(node, host, epoch).await;
-                        Ok(())
-                    }
-                    Ok(Message::MigrateAbort { reason }) => {
-                        let mut state = host.state.lock().await;
-                        state.prepared = None;
-                        state.parked.clear();
-                        drop(state);
-                        bail!("the source aborted the hand-over: {reason}")
-                    }
-                    // No word: the source may have committed; its tunnels
-                    // will say so (see `tunnel::accept`). Stay prepared.
-                    other => {
-                        tracing::warn!(?other, "no hand-over commit; staying prepared");
-                        Ok(())
-                    }
-                };
+                handover::prepare(
+                    host,
+                    Prepared {
+                        epoch,
+                        from: link.peer_node().to_string(),
+                        snapshot_dir: dir.path().to_path_buf(),
+                        snapshot_lsn: manifest.lsn,
+                    },
+                )
+                .await?;
+                // The snapshot stays until the hand-over is settled.
+                let _kept = dir.keep();
+                return handover::settle(node, host, link).await;
             }
             Err(Message::MigrateAbort { reason }) => bail!("the source aborted: {reason}"),
             Err(other) => bail!("unexpected {} during catch-up", other.name()),

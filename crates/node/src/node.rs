@@ -4,8 +4,9 @@
 //! listener (`replaymig migrate` / `status`).
 
 use crate::config::{NodeConfig, ServiceConfig};
+use crate::ownership::{OwnershipFile, OwnershipRecord, Prepared};
 use crate::process::{wait_ready, ServiceProcess};
-use crate::{admin, migration, tunnel};
+use crate::{admin, handover, migration, tunnel};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use replaymig_journal::{ConnId, Journal, JournalOptions};
@@ -26,6 +27,8 @@ pub(crate) struct ServiceHost {
     pub config: ServiceConfig,
     pub journal: Journal,
     pub proxy: ProxyControl,
+    /// The durable copy of `state`'s owner, epoch and prepared hand-over.
+    pub ownership: OwnershipFile,
     pub state: Mutex<ServiceState>,
 }
 
@@ -43,10 +46,26 @@ pub(crate) struct ServiceState {
     pub parked: HashMap<ConnId, (TcpStream, Bytes)>,
     /// A migration of this service is running here.
     pub migrating: bool,
-    /// This node prepared to own the service under this epoch (replay done,
-    /// connections parked) and waits for the source's commit: it does not
-    /// serve as owner before that, so a lost message cannot split ownership.
-    pub prepared: Option<u64>,
+    /// This node prepared to own the service (replay done, connections
+    /// parked) and waits for the source's commit: it does not serve as
+    /// owner before that, so a lost message cannot split ownership.
+    pub prepared: Option<Prepared>,
+}
+
+impl ServiceState {
+    /// What [`ServiceHost::ownership`] should say.
+    pub fn record(&self) -> OwnershipRecord {
+        OwnershipRecord {
+            owner: self.owner.clone(),
+            epoch: self.epoch,
+            prepared: self.prepared.clone(),
+        }
+    }
+
+    /// The epoch this node prepared to own, if any.
+    pub fn prepared_epoch(&self) -> Option<u64> {
+        self.prepared.as_ref().map(|p| p.epoch)
+    }
 }
 
 /// Shared by the node's tasks.
@@ -68,8 +87,9 @@ impl NodeShared {
         vars
     }
 
-    /// The route to a node that owns a service.
-    pub fn route_to(&self, owner: &str, service: &ServiceConfig) -> Result<Route> {
+    /// The route to the node that owns a service under `epoch` (tunnels
+    /// carry the epoch, so a stale owner refuses them).
+    pub fn route_to(&self, owner: &str, epoch: u64, service: &ServiceConfig) -> Result<Route> {
         if owner == self.config.name {
             return Ok(Route::Owner {
                 backend: service.backend,
@@ -81,7 +101,7 @@ impl NodeShared {
             .get(owner)
             .with_context(|| format!("unknown node {owner:?}"))?;
         Ok(Route::Remote {
-            dial: tunnel::dialer(self.auth.clone(), addr, service.name.clone()),
+            dial: tunnel::dialer(self.auth.clone(), addr, service.name.clone(), epoch),
         })
     }
 
@@ -143,6 +163,10 @@ pub struct ServiceStatus {
     pub last_lsn: u64,
     /// A migration is in flight here.
     pub migrating: bool,
+    /// This node prepared to own the service under this epoch and waits
+    /// for the source's commit.
+    #[serde(default)]
+    pub prepared: Option<u64>,
     /// Client connections open through this node's proxy.
     pub answer_bytes: u64,
 }
@@ -166,6 +190,12 @@ impl Node {
         for service in &config.services {
             let journal = Journal::open(&service.journal, JournalOptions::default())
                 .with_context(|| format!("cannot open the journal of {}", service.name))?;
+            let ownership = OwnershipFile::beside(&service.journal);
+            let record = ownership.load()?.unwrap_or_else(|| OwnershipRecord {
+                owner: service.owner.clone(),
+                epoch: 1,
+                prepared: None,
+            });
             let proxy = Proxy::bind(
                 ProxyConfig::new(service.listen, service.backend),
                 journal.clone(),
@@ -175,13 +205,16 @@ impl Node {
                 config: service.clone(),
                 journal,
                 proxy: proxy.control(),
+                ownership,
                 state: Mutex::new(ServiceState {
-                    owner: service.owner.clone(),
-                    epoch: 1,
+                    owner: record.owner,
+                    epoch: record.epoch,
                     process: None,
                     parked: HashMap::new(),
-                    migrating: false,
-                    prepared: None,
+                    // A hand-over prepared before a restart is resolved
+                    // below; no migration starts meanwhile.
+                    migrating: record.prepared.is_some(),
+                    prepared: record.prepared,
                 }),
             });
             services.insert(service.name.clone(), host);
@@ -193,12 +226,26 @@ impl Node {
             services,
         });
         for (proxy, host) in proxies.into_iter().zip(shared.services.values()) {
-            let owner = host.state.lock().await.owner.clone();
-            crate::telemetry::ownership(&host.config.name, 1, owner == shared.config.name);
-            host.proxy.set_route(shared.route_to(&owner, &host.config)?);
-            if owner == shared.config.name {
+            let (owner, epoch, prepared) = {
+                let state = host.state.lock().await;
+                (state.owner.clone(), state.epoch, state.prepared.clone())
+            };
+            let owned = owner == shared.config.name;
+            crate::telemetry::ownership(&host.config.name, epoch, owned);
+            host.proxy
+                .set_route(shared.route_to(&owner, epoch, &host.config)?);
+            if owned {
                 let process = shared.start_service(&host.config).await?;
                 host.state.lock().await.process = Some(process);
+            }
+            if let Some(prepared) = prepared {
+                tracing::warn!(service = %host.config.name, epoch = prepared.epoch, from = %prepared.from, "restarted with a prepared hand-over; asking its source");
+                tasks.spawn(handover::recover_after_restart(
+                    shared.clone(),
+                    host.clone(),
+                    prepared,
+                    shutdown.clone(),
+                ));
             }
             tasks.spawn({
                 let stop = shutdown.clone();
@@ -263,6 +310,7 @@ pub(crate) async fn status(shared: &NodeShared) -> Vec<ServiceStatus> {
             epoch: state.epoch,
             last_lsn: host.journal.last_lsn(),
             migrating: state.migrating,
+            prepared: state.prepared_epoch(),
             answer_bytes: host.proxy.answer_bytes(),
         });
     }
@@ -304,7 +352,20 @@ async fn serve_peers(listener: TcpListener, shared: Arc<NodeShared>, stop: Cance
                     conn,
                     delivered,
                     client,
-                } => tunnel::accept(&shared, link, service, conn, delivered, client).await,
+                    epoch,
+                } => {
+                    let request = tunnel::Request {
+                        service,
+                        conn,
+                        delivered,
+                        client,
+                        epoch,
+                    };
+                    tunnel::accept(&shared, link, request).await
+                }
+                Message::OwnerQuery { service } => {
+                    handover::answer_owner_query(&shared, link, &service).await
+                }
                 other => Err(anyhow::anyhow!("unexpected first message {}", other.name())),
             };
             if let Err(e) = outcome {

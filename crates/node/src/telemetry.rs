@@ -21,6 +21,23 @@ pub const OWNED: &str = "replaymig_service_owned";
 /// The migration phase running here (label `phase`; 1 = current).
 pub const PHASE: &str = "replaymig_migration_phase";
 
+/// Tunnels refused because this node does not own the service under the
+/// tunnel's epoch (fencing at work; label `service`).
+pub const FENCED_TOTAL: &str = "replaymig_tunnels_fenced_total";
+/// Prepared hand-overs resolved by asking the source (label `outcome`:
+/// `commit`/`discard`).
+pub const RESOLVED_TOTAL: &str = "replaymig_handover_resolutions_total";
+
+/// A tunnel refused by the epoch fence.
+pub(crate) fn fenced(service: &str) {
+    counter!(FENCED_TOTAL, "service" => service.to_string()).increment(1);
+}
+
+/// A prepared hand-over resolved without the commit message.
+pub(crate) fn resolved(service: &str, outcome: &'static str) {
+    counter!(RESOLVED_TOTAL, "service" => service.to_string(), "outcome" => outcome).increment(1);
+}
+
 /// Ownership as seen by this node.
 pub(crate) fn ownership(service: &str, epoch: u64, owned: bool) {
     gauge!(EPOCH, "service" => service.to_string()).set(epoch as f64);

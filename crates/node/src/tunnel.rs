@@ -12,18 +12,29 @@ use std::time::Duration;
 /// Bound on the tunnel handshake.
 const TUNNEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A dialer that opens tunnels for `service` to the node at `owner`.
-pub fn dialer(auth: Authenticator, owner: SocketAddr, service: String) -> Dialer {
+/// A dialer that opens tunnels for `service` to the node at `owner`, which
+/// owns it under `epoch`.
+pub fn dialer(auth: Authenticator, owner: SocketAddr, service: String, epoch: u64) -> Dialer {
     Arc::new(move |request: TunnelRequest| {
         let (auth, service) = (auth.clone(), service.clone());
-        Box::pin(async move { open(&auth, owner, &service, request).await })
+        Box::pin(async move { open(&auth, owner, &service, epoch, request).await })
     })
+}
+
+/// A `TunnelOpen` as the owner receives it.
+pub(crate) struct Request {
+    pub service: String,
+    pub conn: Option<u64>,
+    pub delivered: u64,
+    pub client: String,
+    pub epoch: u64,
 }
 
 async fn open(
     auth: &Authenticator,
     owner: SocketAddr,
     service: &str,
+    epoch: u64,
     request: TunnelRequest,
 ) -> std::io::Result<Tunnel> {
     let io = |e: LinkError| std::io::Error::other(e.to_string());
@@ -33,6 +44,7 @@ async fn open(
         conn: request.conn,
         delivered: request.delivered,
         client: request.client,
+        epoch,
     })
     .await
     .map_err(io)?;
@@ -56,11 +68,15 @@ async fn open(
 pub(crate) async fn accept(
     node: &NodeShared,
     mut link: PeerLink,
-    service: String,
-    conn: Option<u64>,
-    delivered: u64,
-    client: String,
+    request: Request,
 ) -> anyhow::Result<()> {
+    let Request {
+        service,
+        conn,
+        delivered,
+        client,
+        epoch,
+    } = request;
     let Some(host) = node.services.get(&service) else {
         let _ = link
             .send(Message::MigrateAbort {
@@ -69,21 +85,35 @@ pub(crate) async fn accept(
             .await;
         anyhow::bail!("tunnel for unknown service {service:?}");
     };
-    // A tunnel from the source after it committed is its commit too.
-    let prepared = host.state.lock().await.prepared;
-    if let Some(epoch) = prepared {
-        crate::migration::commit_ownership(node, host, epoch).await;
+    // A tunnel under the prepared epoch comes from the source after its
+    // commit (no other node routes by that epoch before it): a commit too.
+    let prepared = host.state.lock().await.prepared_epoch();
+    if prepared == Some(epoch) {
+        crate::handover::commit_ownership(node, host, epoch).await;
     }
     let backend = {
         let mut state = host.state.lock().await;
-        if state.owner != node.config.name {
+        // Fencing: only the owner feeds its service, and an owner that
+        // hears of a newer epoch than its own is stale.
+        let refusal = if state.owner != node.config.name {
+            Some("this node does not own the service".to_string())
+        } else if epoch > state.epoch {
+            Some(format!(
+                "this node owns epoch {}, the tunnel routes by {epoch}",
+                state.epoch
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             drop(state);
+            crate::telemetry::fenced(&service);
             let _ = link
                 .send(Message::MigrateAbort {
-                    reason: "this node does not own the service".into(),
+                    reason: reason.clone(),
                 })
                 .await;
-            anyhow::bail!("tunnel refused: not the owner of {service}");
+            anyhow::bail!("tunnel for {service} refused: {reason}");
         }
         match conn {
             Some(id) => match state.parked.remove(&id) {

@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// Version byte written by this build; a frame with another is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame accepted or sent (snapshot chunks are sized below it).
 pub const MAX_FRAME_BYTES: usize = 8 << 20;

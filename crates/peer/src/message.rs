@@ -114,9 +114,28 @@ pub enum Message {
         delivered: u64,
         /// The client's address, for the owner's journal.
         client: String,
+        /// The ownership epoch the dialing node routes by: the owner
+        /// refuses a tunnel from a newer epoch than its own (it is stale),
+        /// and a prepared destination takes it as the source's commit.
+        epoch: u64,
     },
     /// The owner accepted the tunnel; raw bytes follow.
     TunnelReady,
+    /// Who owns `service`, as this node knows it (a prepared destination
+    /// asks its source when the commit did not arrive).
+    OwnerQuery {
+        /// The service.
+        service: String,
+    },
+    /// Answer to `OwnerQuery`.
+    OwnerIs {
+        /// The owner this node knows.
+        owner: String,
+        /// Its epoch.
+        epoch: u64,
+        /// A migration of the service is running on the answering node.
+        migrating: bool,
+    },
     /// Liveness probe.
     Ping(u64),
     /// Answer to a probe.
@@ -145,6 +164,8 @@ impl Message {
             Message::HandOverCommit { .. } => "hand_over_commit",
             Message::TunnelOpen { .. } => "tunnel_open",
             Message::TunnelReady => "tunnel_ready",
+            Message::OwnerQuery { .. } => "owner_query",
+            Message::OwnerIs { .. } => "owner_is",
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
         }
