@@ -21,12 +21,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-fn start_node(dir: &Path, name: &str, config: &Path, admin: u16) -> ChildGuard {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+fn start_node(
+    dir: &Path,
+    name: &str,
+    config: &Path,
+    admin: u16,
+    env: &[(&str, &str)],
+) -> ChildGuard {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
     let child = replaymig()
         .args(["node", "--config"])
         .arg(config)
         .env("REPLAYMIG_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -34,6 +45,28 @@ fn start_node(dir: &Path, name: &str, config: &Path, admin: u16) -> ChildGuard {
     let guard = ChildGuard::new(format!("node {name}"), child);
     wait_for_listen(admin, Duration::from_secs(30)).unwrap();
     guard
+}
+
+/// A sequential INCR client on `key` until stopped or its connection
+/// fails (the node it talks to dies); returns acks. Every reply counts.
+fn counter_until_error(
+    addr: SocketAddr,
+    key: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<i64> {
+    std::thread::spawn(move || {
+        let mut c = RespClient::connect(addr).unwrap();
+        let mut acked = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match c.cmd(&["INCR", key]) {
+                Ok(r) => assert_eq!(r, Reply::Int(acked + 1)),
+                Err(_) => break,
+            }
+            acked += 1;
+        }
+        acked
+    })
 }
 
 /// A sequential INCR client on `key` until stopped; returns acks.
@@ -49,7 +82,7 @@ fn counter(
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let r = c
                 .cmd(&["INCR", key])
-                .unwrap_or_else(|e| panic!("client error: {e}"));
+                .unwrap_or_else(|e| panic!("client error after {acked} acks: {e}"));
             assert_eq!(r, Reply::Int(acked + 1));
             acked += 1;
         }
@@ -62,12 +95,18 @@ struct Pair {
     pa: NodePorts,
     pb: NodePorts,
     /// Node a's process, killed with the pair.
-    _a: ChildGuard,
+    a: ChildGuard,
     b: ChildGuard,
+    config_a: std::path::PathBuf,
 }
 
 impl Pair {
     fn start(b_secret: Option<&str>, b_restore: Option<&str>) -> Pair {
+        Pair::start_with(b_secret, b_restore, &[])
+    }
+
+    /// `a_env`: extra environment of node a (e.g. `FAILPOINTS`).
+    fn start_with(b_secret: Option<&str>, b_restore: Option<&str>, a_env: &[(&str, &str)]) -> Pair {
         let dir = TempDir::new().unwrap();
         std::fs::write(
             dir.path().join("secret"),
@@ -90,15 +129,58 @@ impl Pair {
             b_secret_file.as_deref(),
             b_restore,
         );
-        let a = start_node(dir.path(), "a", &ca, pa.admin);
-        let b = start_node(dir.path(), "b", &cb, pb.admin);
+        let a = start_node(dir.path(), "a", &ca, pa.admin, a_env);
+        let b = start_node(dir.path(), "b", &cb, pb.admin, &[]);
         Pair {
             dir,
             pa,
             pb,
-            _a: a,
+            a,
             b,
+            config_a: ca,
         }
+    }
+
+    /// Starts node a again (after it died), without extra environment.
+    fn restart_a(&mut self) {
+        self.a = start_node(self.dir.path(), "a", &self.config_a, self.pa.admin, &[]);
+    }
+
+    fn status(&self, admin: u16) -> serde_json::Value {
+        let out = replaymig()
+            .args(["status", "--json", "--admin", &format!("127.0.0.1:{admin}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "status failed");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0].clone()
+    }
+
+    /// Waits (bounded) until node `admin`'s status satisfies `ok`.
+    fn wait_status(&self, admin: u16, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status(admin);
+            if ok(&status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: status stayed {status}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        ["a", "b"]
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{n}.log")));
+                format!("--- {n}.log\n{}", log.unwrap_or_default())
+            })
+            .collect()
     }
 
     fn listen_a(&self) -> SocketAddr {
@@ -122,12 +204,7 @@ impl Pair {
     }
 
     fn owner(&self, admin: u16) -> String {
-        let out = replaymig()
-            .args(["status", "--json", "--admin", &format!("127.0.0.1:{admin}")])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v[0]["owner"].as_str().unwrap().to_string()
+        self.status(admin)["owner"].as_str().unwrap().to_string()
     }
 
     /// A still owns and serves, with every acknowledged INCR.
@@ -244,7 +321,7 @@ fn a_divergent_replay_aborts_and_a_keeps_ownership() {
     // Let the counter reach 4 digits so replayed answers are shorter.
     std::thread::sleep(Duration::from_millis(1500));
     let err = failed_migration(pair.migrate());
-    assert!(err.contains("diverged"), "{err}");
+    assert!(err.contains("diverged"), "{err}\n{}", pair.logs());
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let acked = client.join().unwrap();
@@ -315,4 +392,151 @@ fn a_corrupt_snapshot_chunk_is_refused_and_nobody_takes_ownership() {
     stop.store(true, Ordering::Relaxed);
     let acked = client.join().unwrap();
     pair.assert_a_kept_everything(acked);
+}
+
+#[test]
+fn a_source_crashing_at_its_commit_point_hands_over_once_it_is_back() {
+    let mut pair = Pair::start_with(
+        None,
+        None,
+        &[("FAILPOINTS", "source-after-commit-record=return")],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = counter_until_error(pair.listen_a(), "n", stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    // A records that B owns epoch 2, then dies before telling B.
+    let err = failed_migration(pair.migrate());
+    assert!(!err.is_empty());
+    pair.a.wait_timeout(Duration::from_secs(10)).unwrap();
+    let acked = client.join().unwrap();
+    assert!(acked > 100, "the client worked before the crash: {acked}");
+    // B prepared epoch 2 and does not own it on its own.
+    let b = pair.status(pair.pb.admin);
+    assert_eq!(b["prepared"], 2, "{b}");
+    assert_eq!(b["owner"], "a", "{b}");
+
+    pair.restart_a();
+    // A comes back as it left: B owns epoch 2 (not its config's owner);
+    // B asks A, learns the commit, owns.
+    let a = pair.status(pair.pa.admin);
+    assert_eq!(
+        (a["owner"].as_str(), a["epoch"].as_u64()),
+        (Some("b"), Some(2)),
+        "{a}"
+    );
+    pair.wait_status(pair.pb.admin, "B commits", |b| {
+        b["owner"] == "b" && b["epoch"] == 2 && b["prepared"].is_null()
+    });
+    // Every acknowledged INCR is on B, once; a new client at A reaches B.
+    let mut direct = RespClient::connect((pair.pb.ip, pair.pb.backend).into()).unwrap();
+    assert_eq!(
+        direct.cmd(&["GET", "n"]).unwrap(),
+        Reply::Bulk(acked.to_string().into_bytes())
+    );
+    let mut via_a = RespClient::connect(pair.listen_a()).unwrap();
+    assert_eq!(via_a.cmd(&["INCR", "n"]).unwrap(), Reply::Int(acked + 1));
+    // B's kept snapshot is gone with the settled hand-over.
+    let kept = std::fs::read_dir(pair.dir.path().join("b-work"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 0, "B's work dir still holds a snapshot");
+}
+
+#[test]
+fn a_destination_left_prepared_discards_when_the_source_kept_the_service() {
+    use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+    use replaymig_snapshot::transfer::SnapshotChunks;
+    use replaymig_snapshot::Manifest;
+    let pair = Pair::start(None, None);
+    // Play a source "a" that prepares B and then vanishes without a word;
+    // the real A owns the service and is not migrating it.
+    let snap = TempDir::new().unwrap();
+    std::fs::copy(
+        RedisServer::start().unwrap().save().unwrap(),
+        snap.path().join("dump.rdb"),
+    )
+    .unwrap();
+    let manifest = Manifest::build(snap.path(), "redis", "exec", 0).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let secret = Secret::from_file(&pair.dir.path().join("secret")).unwrap();
+        let peer: SocketAddr = (pair.pb.ip, pair.pb.peer).into();
+        let mut link = PeerLink::connect(peer, &Authenticator::new("a", secret))
+            .await
+            .unwrap();
+        link.send(Message::MigrateBegin {
+            service: "redis".into(),
+            epoch: 2,
+        })
+        .await
+        .unwrap();
+        assert_eq!(link.recv().await.unwrap(), Message::MigrateReady);
+        let mut chunks = SnapshotChunks::new(snap.path(), &manifest, false);
+        while let Some(msg) = chunks.next_message().unwrap() {
+            link.send(msg).await.unwrap();
+        }
+        link.send(Message::HandOver {
+            epoch: 2,
+            delivered: Vec::new(),
+        })
+        .await
+        .unwrap();
+        let done = link.recv_timeout(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(done, Message::HandOverDone { epoch: 2 });
+        // Gone: no commit, no abort.
+    });
+    // B asks the real A, which owns epoch 1 and is not migrating: B drops
+    // its copy and never owns.
+    pair.wait_status(pair.pb.admin, "B discards", |b| {
+        b["prepared"].is_null() && !b["migrating"].as_bool().unwrap_or(true)
+    });
+    assert_eq!(pair.owner(pair.pb.admin), "a");
+    assert!(
+        std::net::TcpStream::connect((pair.pb.ip, pair.pb.backend)).is_err(),
+        "B stopped its restored copy"
+    );
+    let kept = std::fs::read_dir(pair.dir.path().join("b-work"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 0, "B's work dir still holds a snapshot");
+    // And B's clients still reach A.
+    let mut via_b = RespClient::connect((pair.pb.ip, pair.pb.listen).into()).unwrap();
+    assert_eq!(via_b.cmd(&["INCR", "k"]).unwrap(), Reply::Int(1));
+}
+
+#[test]
+fn an_owner_refuses_a_tunnel_from_a_newer_epoch() {
+    use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+    let pair = Pair::start(None, None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = rt.block_on(async {
+        let secret = Secret::from_file(&pair.dir.path().join("secret")).unwrap();
+        let peer: SocketAddr = (pair.pa.ip, pair.pa.peer).into();
+        let mut link = PeerLink::connect(peer, &Authenticator::new("b", secret))
+            .await
+            .unwrap();
+        link.send(Message::TunnelOpen {
+            service: "redis".into(),
+            conn: None,
+            delivered: 0,
+            client: "test".into(),
+            epoch: 5,
+        })
+        .await
+        .unwrap();
+        link.recv_timeout(Duration::from_secs(10)).await.unwrap()
+    });
+    match answer {
+        Message::MigrateAbort { reason } => assert!(reason.contains("owns epoch 1"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A still serves its own clients.
+    let mut c = RespClient::connect(pair.listen_a()).unwrap();
+    assert_eq!(c.cmd(&["INCR", "k"]).unwrap(), Reply::Int(1));
 }
