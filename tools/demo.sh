@@ -131,7 +131,7 @@ echo "node b:"; run_on b "$BIN" status
 acked=$(cat "$work/tally")
 on_b=$(run_on b redis-cli -h 127.0.0.1 -p 6379 GET demo)
 echo "== migration metrics on node a (curl 127.0.0.1:9100/metrics inside its namespace)"
-run_on a curl -s 127.0.0.1:9100/metrics | grep -E '^replaymig_(migrations_total|migration_(duration|interruption)_seconds_(sum|count)|migration_link_bytes_total|ownership_epoch|service_owned)' || true
+run_on a curl -s 127.0.0.1:9100/metrics | grep -E '^replaymig_(migrations_total|migration_(duration|interruption|jitter)_seconds_(sum|count)|migration_link_bytes_total|ownership_epoch|service_owned)' || true
 echo "== the counter client got $acked acknowledgements; node b's redis says demo = $on_b"
 [ "$acked" = "$on_b" ] || { echo "MISMATCH" >&2; exit 1; }
 if run_on a redis-cli -h 127.0.0.1 -p 6379 PING >/dev/null 2>&1; then echo "node a's redis still runs" >&2; exit 1; fi

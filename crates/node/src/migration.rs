@@ -64,6 +64,8 @@ struct Phases<'a> {
     service: String,
     current: Phase,
     since: Instant,
+    /// The trigger.
+    started: Instant,
     done: Vec<(String, f64)>,
     progress: ProgressFn<'a>,
 }
@@ -76,6 +78,7 @@ impl<'a> Phases<'a> {
             service: service.to_string(),
             current: Phase::Connecting,
             since: Instant::now(),
+            started: Instant::now(),
             done: Vec::new(),
             progress,
         }
@@ -320,6 +323,11 @@ async fn source_steps(
     report.handover_hold_seconds = hold.held_for().as_secs_f64();
     drop(hold);
     report.interruption_seconds = snapshot_hold.as_secs_f64() + report.handover_hold_seconds;
+    report.jitter_seconds =
+        (phases.started.elapsed().as_secs_f64() - report.interruption_seconds).max(0.0);
+    let wire = link.wire_bytes();
+    report.control_bytes =
+        (wire.sent + wire.received).saturating_sub(report.snapshot_bytes + report.log_bytes);
     phases.advance(Phase::Stopping);
     Ok((report, process))
 }

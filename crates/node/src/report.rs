@@ -69,6 +69,12 @@ pub struct MigrationReport {
     pub interruption_seconds: f64,
     /// Of which the hand-over hold.
     pub handover_hold_seconds: f64,
+    /// Service jitter (the paper's term): served, but not by the node the
+    /// migration moves it to — from the trigger until the destination owns,
+    /// minus the interruption. Clients at the destination are tunneled to
+    /// the source meanwhile.
+    #[serde(default)]
+    pub jitter_seconds: f64,
     /// Seconds per phase.
     pub phase_seconds: Vec<(String, f64)>,
     /// Snapshot bytes on the link (after compression).
@@ -79,6 +85,11 @@ pub struct MigrationReport {
     pub log_bytes: u64,
     /// Journal records shipped.
     pub log_records: u64,
+    /// Everything else on the migration's link, both ways: handshake,
+    /// acknowledgements, hand-over messages, and the framing of the
+    /// snapshot and log messages.
+    #[serde(default)]
+    pub control_bytes: u64,
     /// Client connections handed over through tunnels.
     pub connections_handed_over: usize,
 }
@@ -96,6 +107,7 @@ impl fmt::Display for MigrationReport {
             "  interruption      {:>10.3} s (hand-over hold {:.3} s)",
             self.interruption_seconds, self.handover_hold_seconds
         )?;
+        writeln!(f, "  jitter            {:>10.3} s", self.jitter_seconds)?;
         writeln!(
             f,
             "  snapshot at LSN   {:>10}   hand-over at LSN {}",
@@ -111,6 +123,7 @@ impl fmt::Display for MigrationReport {
             "         log        {:>10} ({} records)",
             self.log_bytes, self.log_records
         )?;
+        writeln!(f, "         control    {:>10}", self.control_bytes)?;
         writeln!(
             f,
             "  connections handed over: {}",

@@ -12,7 +12,10 @@ pub const PHASE_SECONDS: &str = "replaymig_migration_phase_duration_seconds";
 pub const TOTAL_SECONDS: &str = "replaymig_migration_duration_seconds";
 /// Client input held per migration, seconds.
 pub const INTERRUPTION_SECONDS: &str = "replaymig_migration_interruption_seconds";
-/// Bytes over the peer link by `kind` (`snapshot`, `log`).
+/// Service jitter per migration (served through the source while the
+/// destination is the target), seconds.
+pub const JITTER_SECONDS: &str = "replaymig_migration_jitter_seconds";
+/// Bytes over the peer link by `kind` (`snapshot`, `log`, `control`).
 pub const LINK_BYTES_TOTAL: &str = "replaymig_migration_link_bytes_total";
 /// The service's ownership epoch as this node knows it.
 pub const EPOCH: &str = "replaymig_ownership_epoch";
@@ -62,9 +65,11 @@ pub(crate) fn report(r: &MigrationReport) {
     let s = || r.service.clone();
     histogram!(TOTAL_SECONDS, "service" => s()).record(r.total_seconds);
     histogram!(INTERRUPTION_SECONDS, "service" => s()).record(r.interruption_seconds);
+    histogram!(JITTER_SECONDS, "service" => s()).record(r.jitter_seconds);
     for (phase, secs) in &r.phase_seconds {
         histogram!(PHASE_SECONDS, "service" => s(), "phase" => phase.clone()).record(*secs);
     }
     counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "snapshot").increment(r.snapshot_bytes);
     counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "log").increment(r.log_bytes);
+    counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "control").increment(r.control_bytes);
 }

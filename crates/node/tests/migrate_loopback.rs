@@ -144,6 +144,11 @@ async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
     assert_eq!(status_b[0].owner, "b");
     assert_eq!(status_b[0].epoch, 2);
     assert!(report.snapshot_lsn < report.handover_lsn);
+    // The report's accounting adds up: jitter + interruption is the time
+    // to the commit, within the total; control traffic was seen.
+    assert!(report.jitter_seconds > 0.0);
+    assert!(report.jitter_seconds + report.interruption_seconds <= report.total_seconds);
+    assert!(report.control_bytes > 0 && report.log_bytes > 0 && report.snapshot_bytes > 0);
     assert_eq!(
         report.connections_handed_over, 9,
         "8 of A's clients + B's tunneled one"

@@ -36,7 +36,22 @@ pub enum FrameError {
 /// Encodes and decodes [`Message`] frames.
 pub struct PeerCodec {
     frames: LengthDelimitedCodec,
+    /// Bytes of the frames encoded and decoded so far (length prefix
+    /// included): what this link put on and took off the wire.
+    pub(crate) wire: WireBytes,
 }
+
+/// Bytes a link has carried each way, framing included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireBytes {
+    /// Written to the peer.
+    pub sent: u64,
+    /// Read from the peer.
+    pub received: u64,
+}
+
+/// The length prefix of every frame.
+const LENGTH_PREFIX_BYTES: u64 = 4;
 
 impl Default for PeerCodec {
     fn default() -> Self {
@@ -44,6 +59,7 @@ impl Default for PeerCodec {
             frames: LengthDelimitedCodec::builder()
                 .max_frame_length(MAX_FRAME_BYTES)
                 .new_codec(),
+            wire: WireBytes::default(),
         }
     }
 }
@@ -65,6 +81,7 @@ impl Decoder for PeerCodec {
         let Some(frame) = self.frames.decode(src)? else {
             return Ok(None);
         };
+        self.wire.received += LENGTH_PREFIX_BYTES + frame.len() as u64;
         let (&version, body) = frame
             .split_first()
             .ok_or_else(|| FrameError::Malformed("empty frame".into()))?;
@@ -91,6 +108,7 @@ impl Encoder<Message> for PeerCodec {
         let mut frame = BytesMut::with_capacity(body.len() + 1);
         frame.put_u8(PROTOCOL_VERSION);
         frame.put_slice(&body);
+        self.wire.sent += LENGTH_PREFIX_BYTES + frame.len() as u64;
         self.frames.encode(frame.freeze(), dst)?;
         Ok(())
     }
@@ -105,7 +123,16 @@ mod tests {
         let mut codec = PeerCodec::default();
         let mut buf = BytesMut::new();
         codec.encode(Message::Ping(7), &mut buf).unwrap();
+        let framed = buf.len() as u64;
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::Ping(7)));
+        // Both ways counted, length prefix included.
+        assert_eq!(
+            codec.wire,
+            WireBytes {
+                sent: framed,
+                received: framed
+            }
+        );
 
         // Wrong version.
         let mut buf = BytesMut::from(&[0, 0, 0, 2, 9, 0][..]);

@@ -17,7 +17,7 @@ pub mod names;
 mod secret;
 
 pub use auth::{AuthError, Authenticator};
-pub use codec::{FrameError, PeerCodec, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+pub use codec::{FrameError, PeerCodec, WireBytes, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 pub use link::{LinkError, PeerLink};
 pub use message::Message;
 pub use secret::{Secret, SecretError};

@@ -210,6 +210,12 @@ impl PeerLink {
         (parts.io, parts.read_buf)
     }
 
+    /// Bytes this link has carried so far, framing included (the
+    /// handshake too).
+    pub fn wire_bytes(&self) -> crate::codec::WireBytes {
+        self.framed.codec().wire
+    }
+
     /// [`recv`](Self::recv) bounded by `timeout`.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Message, LinkError> {
         tokio::time::timeout(timeout, self.recv())
