@@ -1,8 +1,10 @@
 //! The README's demo as a test: two node agents (the real binary) in two
 //! network namespaces, redis under load on node a, `replaymig migrate` to
 //! node b — with the exec driver and with CRIU. The script itself checks
-//! that the counter client's acknowledgements all reached node b's redis
-//! and that node a's copy is stopped; here we check it said so. Needs root.
+//! that every acknowledgement of its 8 clients (INCR on own keys and RPUSH
+//! to own lists, pipelined and not) is on node b's redis exactly once, the
+//! lists in order, and that node a's copy is stopped; here we check it said
+//! so. Needs root.
 
 use std::process::Command;
 

@@ -102,18 +102,38 @@ for i in range(int(sys.argv[2]) * 1024 * 1024 // size // batch):
         assert f.readline() == b"+OK\r\n"
 PY
 fi
-echo "== continuous load: a counter client on node a, redis-benchmark INCR on node b (tunneled)"
+echo "== continuous load: 8 clients on node a (INCR on own keys, RPUSH to own lists; pipelined and not), redis-benchmark INCR on node b (tunneled)"
 on a python3 - "$addr_a" "$work/migrated" >"$work/tally" <<'PY' &
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], 6380)); f = s.makefile("rb")
-import os
-n = 0; end = time.time() + 300
-while time.time() < end and not os.path.exists(sys.argv[2]):
-    s.sendall(b"*2\r\n$4\r\nINCR\r\n$4\r\ndemo\r\n")
-    line = f.readline()
-    assert line == b":%d\r\n" % (n + 1), (line, n)
-    n += 1
-print(n)
+import json, os, socket, sys, threading, time
+addr, flag = sys.argv[1], sys.argv[2]
+end = time.time() + 300
+tally, errors = {}, []
+def resp(*args):
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+def client(i):
+    try:
+        s = socket.create_connection((addr, 6380)); f = s.makefile("rb")
+        kind = "incr" if i % 2 == 0 else "list"
+        depth = 8 if i % 4 >= 2 else 1   # clients 2, 3, 6, 7 pipeline
+        key = b"demo:%s:%d" % (kind.encode(), i)
+        n = 0
+        while time.time() < end and not os.path.exists(flag):
+            if kind == "incr":
+                cmds = [resp(b"INCR", key)] * depth
+            else:
+                cmds = [resp(b"RPUSH", key, b"%d" % (n + j)) for j in range(depth)]
+            s.sendall(b"".join(cmds))
+            for _ in range(depth):
+                line = f.readline()
+                assert line == b":%d\r\n" % (n + 1), (key, line, n)
+                n += 1
+        tally[key.decode()] = n
+    except Exception as e:
+        errors.append("client %d: %r" % (i, e))
+threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"tally": tally, "errors": errors}))
 PY
 tally_pid=$!
 on b redis-benchmark -h "$addr_b" -p 6380 -t incr -n 30000 -c 4 -q 2>/dev/null >"$work/bench-b" &
@@ -128,11 +148,46 @@ wait "$bench_pid" || true
 echo "== status"
 echo "node a:"; run_on a "$BIN" status
 echo "node b:"; run_on b "$BIN" status
-acked=$(cat "$work/tally")
-on_b=$(run_on b redis-cli -h 127.0.0.1 -p 6379 GET demo)
 echo "== migration metrics on node a (curl 127.0.0.1:9100/metrics inside its namespace)"
 run_on a curl -s 127.0.0.1:9100/metrics | grep -E '^replaymig_(migrations_total|migration_(duration|interruption|jitter)_seconds_(sum|count)|migration_link_bytes_total|ownership_epoch|service_owned)' || true
-echo "== the counter client got $acked acknowledgements; node b's redis says demo = $on_b"
-[ "$acked" = "$on_b" ] || { echo "MISMATCH" >&2; exit 1; }
+# Every acknowledged write is on b exactly once: each counter equals its
+# client's tally, each list holds 0..n-1 in order.
+verdict=$(run_on b python3 - "$work/tally" <<'PY'
+import json, socket, sys
+t = json.load(open(sys.argv[1]))
+s = socket.create_connection(("127.0.0.1", 6379)); f = s.makefile("rb")
+def bulk(head):
+    n = int(head[1:])
+    return None if n < 0 else f.read(n + 2)[:-2]
+def cmd(*args):
+    s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    head = f.readline()
+    if head.startswith(b"$"):
+        return bulk(head)
+    if head.startswith(b"*"):
+        return [bulk(f.readline()) for _ in range(int(head[1:]))]
+    return head
+acked = found = 0
+bad = list(t["errors"])
+for key, n in sorted(t["tally"].items()):
+    acked += n
+    if ":incr:" in key:
+        got = int(cmd(b"GET", key.encode()) or 0)
+        found += got
+        if got != n:
+            bad.append("%s: acked %d, b has %d" % (key, n, got))
+    else:
+        items = cmd(b"LRANGE", key.encode(), b"0", b"-1")
+        found += len(items)
+        if items != [b"%d" % i for i in range(n)]:
+            bad.append("%s: list differs (acked %d, b has %d items)" % (key, n, len(items)))
+if len(t["tally"]) != 8:
+    bad.append("only %d of 8 clients finished" % len(t["tally"]))
+print("%d %d %s" % (acked, found, "; ".join(bad)))
+PY
+)
+read -r acked on_b problems <<<"$verdict"
+echo "== the clients got $acked acknowledgements; node b's redis says $on_b"
+[ -z "$problems" ] && [ "$acked" = "$on_b" ] || { echo "MISMATCH: $problems" >&2; exit 1; }
 if run_on a redis-cli -h 127.0.0.1 -p 6379 PING >/dev/null 2>&1; then echo "node a's redis still runs" >&2; exit 1; fi
 echo "== ok: every acknowledged write is on node b, node a's copy is stopped"
