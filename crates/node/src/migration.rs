@@ -195,6 +195,7 @@ async fn run_source(
             Ok((report, process))
         }
         Err(e) => {
+            let e = e.context(format!("{} failed", phase_name(phases.current)));
             tell_abort(&mut link, &e).await;
             Err(e)
         }
@@ -373,10 +374,13 @@ async fn quiesce_with_retries(host: &ServiceHost) -> Result<replaymig_proxy::Qui
     Err(last.expect("at least one try").into())
 }
 
-/// Tells the peer why this side gives up (best effort: it may be gone).
+/// Tells the peer why this side gives up (best effort, briefly: the link
+/// may be what failed).
 async fn tell_abort(link: &mut PeerLink, e: &anyhow::Error) {
     let reason = format!("{e:#}");
-    let _ = link.send(Message::MigrateAbort { reason }).await;
+    let _ = link
+        .send_timeout(Message::MigrateAbort { reason }, Duration::from_secs(2))
+        .await;
 }
 
 fn ensure_dir(dir: &std::path::Path) -> Result<&std::path::Path> {

@@ -39,6 +39,10 @@ pub enum LinkError {
     /// The peer said nothing in time.
     #[error("peer did not answer within {0:?}")]
     Timeout(Duration),
+    /// The link took no more bytes for this long (the peer stopped reading,
+    /// or the path to it is gone).
+    #[error("could not send to the peer within {0:?} (the link is stalled or cut)")]
+    SendTimeout(Duration),
     /// The peer closed the link.
     #[error("peer closed the link")]
     Closed,
@@ -180,7 +184,7 @@ impl PeerLink {
     pub async fn send(&mut self, msg: Message) -> Result<(), LinkError> {
         tokio::time::timeout(SEND_TIMEOUT, self.framed.send(msg))
             .await
-            .map_err(|_| LinkError::Timeout(SEND_TIMEOUT))??;
+            .map_err(|_| LinkError::SendTimeout(SEND_TIMEOUT))??;
         counter!(names::FRAMES_TOTAL, "direction" => "sent").increment(1);
         Ok(())
     }
@@ -214,6 +218,14 @@ impl PeerLink {
     /// handshake too).
     pub fn wire_bytes(&self) -> crate::codec::WireBytes {
         self.framed.codec().wire
+    }
+
+    /// [`send`](Self::send) bounded by `timeout` instead of
+    /// [`SEND_TIMEOUT`] (a best-effort message on a link that may be dead).
+    pub async fn send_timeout(&mut self, msg: Message, timeout: Duration) -> Result<(), LinkError> {
+        tokio::time::timeout(timeout, self.send(msg))
+            .await
+            .map_err(|_| LinkError::SendTimeout(timeout))?
     }
 
     /// [`recv`](Self::recv) bounded by `timeout`.
