@@ -32,6 +32,9 @@ pub struct QuiesceOptions {
     pub timeout: Duration,
 }
 
+/// How often the barrier samples the answer counter.
+const POLL: Duration = Duration::from_millis(1);
+
 impl Default for QuiesceOptions {
     fn default() -> Self {
         QuiesceOptions {
@@ -85,22 +88,30 @@ pub(crate) async fn quiesce(
         .await
         .map_err(|_| QuiesceError::GateTimeout(options.timeout))?;
     let held_since = Instant::now();
-    // Quiet = every connection answered its last input, and then the
-    // answer counter stood still for a whole idle window.
+    // Quiet = every connection answered its last input, and the answer
+    // counter has stood still for a whole idle window since it last moved
+    // (sampled finely, so the hold ends one window after the last answer,
+    // not on the next multiple of the window).
     let mut last = shared.received_total.load(Ordering::Acquire);
+    let mut last_change = Instant::now();
     loop {
-        tokio::time::sleep(options.idle).await;
+        tokio::time::sleep(POLL).await;
         let now = shared.received_total.load(Ordering::Acquire);
-        let all_answered = shared
-            .open
-            .lock()
-            .expect("poisoned")
-            .values()
-            .all(|slot| slot.answered_last_input());
-        if now == last && all_answered {
-            break;
+        if now != last {
+            last = now;
+            last_change = Instant::now();
         }
-        last = now;
+        if last_change.elapsed() >= options.idle {
+            let all_answered = shared
+                .open
+                .lock()
+                .expect("poisoned")
+                .values()
+                .all(|slot| slot.answered_last_input());
+            if all_answered {
+                break;
+            }
+        }
         if started.elapsed() > options.timeout {
             return Err(QuiesceError::NotQuiet(options.timeout));
         }

@@ -110,7 +110,9 @@ impl ProxyControl {
             .iter()
             .map(|(c, s)| (*c, s.clone()))
             .collect();
-        let mut switched = 0;
+        // All tunnels are dialed at once: the hold lasts one dial, not one
+        // per open connection.
+        let mut dials = tokio::task::JoinSet::new();
         for (conn, slot) in open {
             let request = crate::route::TunnelRequest {
                 conn: Some(conn),
@@ -119,7 +121,18 @@ impl ProxyControl {
             };
             slot.journaling
                 .store(false, std::sync::atomic::Ordering::Release);
-            match dial(request).await {
+            let dial = dial.clone();
+            dials.spawn(async move {
+                let tunnel = dial(request).await;
+                (conn, slot, tunnel)
+            });
+        }
+        let mut switched = 0;
+        while let Some(done) = dials.join_next().await {
+            let Ok((conn, slot, tunnel)) = done else {
+                continue;
+            };
+            match tunnel {
                 Ok((stream, owed)) => {
                     let (read, write) = stream.into_split();
                     // Answers side first: it must take the new reading half

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 const HANDOVER_LAG_RECORDS: u64 = 64;
 /// Bound on catching up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the destination reports replay progress while no batch
+/// arrives (the replay goes on between batches).
+const ACK_INTERVAL: Duration = Duration::from_millis(2);
 /// Bound on each protocol step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -56,6 +59,27 @@ impl Ticker<'_> {
                 head_lsn,
             });
         }
+    }
+}
+
+/// Splits the hand-over hold into its steps (where the interruption goes).
+struct HoldSteps {
+    since: Instant,
+    done: Vec<(String, f64)>,
+}
+
+impl HoldSteps {
+    fn new(hold: &replaymig_proxy::Quiesced) -> Self {
+        HoldSteps {
+            since: hold.held_since,
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &str) {
+        self.done
+            .push((step.to_string(), self.since.elapsed().as_secs_f64()));
+        self.since = Instant::now();
     }
 }
 
@@ -275,10 +299,13 @@ async fn source_steps(
 
     phases.advance(Phase::HandingOver);
     let hold = quiesce_with_retries(host).await?;
+    let mut steps = HoldSteps::new(&hold);
+    steps.mark("quiesce");
     let head = host.journal.last_lsn();
     tokio::time::timeout(STEP_TIMEOUT, shipper.run_until(link, |s| s.acked >= head))
         .await
         .context("the destination did not apply the tail in time")??;
+    steps.mark("tail");
     report.handover_lsn = head;
     report.log_bytes = shipper.stats.bytes;
     report.log_records = shipper.stats.records;
@@ -297,6 +324,7 @@ async fn source_steps(
         |m| matches!(m, Message::HandOverDone { epoch: e } if *e == epoch),
     )
     .await?;
+    steps.mark("prepare");
     // Commit point: this node gives the service up — durably first, so a
     // restart cannot take it back; the destination owns it from its commit
     // (this message, the first tunnel below, or its question after a loss).
@@ -320,8 +348,11 @@ async fn source_steps(
     if let Err(e) = link.send(Message::HandOverCommit { epoch }).await {
         tracing::warn!(error = %e, "hand-over commit not sent; the tunnels will carry it");
     }
+    steps.mark("commit");
     report.connections_handed_over = host.proxy.hand_over(&hold, dial).await;
+    steps.mark("switch");
     report.handover_hold_seconds = hold.held_for().as_secs_f64();
+    report.handover_steps = steps.done;
     drop(hold);
     report.interruption_seconds = snapshot_hold.as_secs_f64() + report.handover_hold_seconds;
     report.jitter_seconds =
@@ -508,28 +539,44 @@ async fn destination_steps(
         for entry in &entries {
             replayer.apply(entry).await?;
         }
-        if let Some(last) = entries.last() {
-            logship::ack(link, last.lsn).await?;
-        }
     }
+    // Acknowledged: what the replay really sent to the service (not just
+    // queued), as it goes — so the source's lag figure is the replay's,
+    // and the hand-over starts when the service is nearly caught up.
+    let mut acked = 0;
+    let mut tick = tokio::time::interval(ACK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
     loop {
-        match logship::receive_batch(&host.journal, link, STEP_TIMEOUT).await? {
-            Ok(entries) => {
+        let message = tokio::select! {
+            m = link.recv() => m?,
+            _ = tick.tick() => {
+                if heard.elapsed() > STEP_TIMEOUT {
+                    bail!("the source sent nothing for {STEP_TIMEOUT:?}");
+                }
+                acked = ack_progress(link, &replayer, acked).await?;
+                continue;
+            }
+        };
+        heard = Instant::now();
+        match message {
+            Message::LogBatch { first_lsn, records } => {
+                let entries = logship::journal_batch(&host.journal, first_lsn, &records).await?;
                 for entry in &entries {
                     replayer.apply(entry).await?;
                 }
-                if let Some(last) = entries.last() {
-                    logship::ack(link, last.lsn).await?;
-                }
+                acked = ack_progress(link, &replayer, acked).await?;
             }
-            Err(Message::HandOver {
+            Message::HandOver {
                 epoch: e,
                 delivered,
-            }) if e == epoch => {
+            } if e == epoch => {
+                let handover_started = Instant::now();
                 for (conn, d) in delivered {
                     replayer.set_delivered(conn, d);
                 }
                 let (report, open) = replayer.finish().await;
+                let finish_ms = handover_started.elapsed().as_secs_f64() * 1000.0;
                 if let Some(d) = report.divergences.first() {
                     bail!(
                         "replay diverged at LSN {} (connection {}): {:?}",
@@ -542,7 +589,8 @@ async fn destination_steps(
                     records = report.records,
                     answer_bytes = report.answer_bytes,
                     open = open.len(),
-                    "replay caught up; taking ownership"
+                    finish_ms,
+                    "replay caught up; preparing to own"
                 );
                 {
                     let mut state = host.state.lock().await;
@@ -562,12 +610,27 @@ async fn destination_steps(
                     },
                 )
                 .await?;
+                tracing::info!(
+                    prepare_ms = handover_started.elapsed().as_secs_f64() * 1000.0,
+                    "hand-over prepared"
+                );
                 // The snapshot stays until the hand-over is settled.
                 let _kept = dir.keep();
                 return handover::settle(node, host, link).await;
             }
-            Err(Message::MigrateAbort { reason }) => bail!("the source aborted: {reason}"),
-            Err(other) => bail!("unexpected {} during catch-up", other.name()),
+            Message::MigrateAbort { reason } => bail!("the source aborted: {reason}"),
+            other => bail!("unexpected {} during catch-up", other.name()),
         }
     }
+}
+
+/// Acknowledges the replay's progress if it moved past `acked`; returns
+/// what is acknowledged now.
+async fn ack_progress(link: &mut PeerLink, replayer: &Replayer, acked: u64) -> Result<u64> {
+    let replayed = replayer.replayed_lsn();
+    if replayed > acked {
+        logship::ack(link, replayed).await?;
+        return Ok(replayed);
+    }
+    Ok(acked)
 }

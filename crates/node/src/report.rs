@@ -69,6 +69,13 @@ pub struct MigrationReport {
     pub interruption_seconds: f64,
     /// Of which the hand-over hold.
     pub handover_hold_seconds: f64,
+    /// The hand-over hold by step, seconds: `quiesce` (until the service is
+    /// quiet), `tail` (the last records shipped and applied), `prepare`
+    /// (the destination takes over the replayed connections, durably),
+    /// `commit` (the source's durable record and message), `switch` (open
+    /// connections become tunnels).
+    #[serde(default)]
+    pub handover_steps: Vec<(String, f64)>,
     /// Service jitter (the paper's term): served, but not by the node the
     /// migration moves it to — from the trigger until the destination owns,
     /// minus the interruption. Clients at the destination are tunneled to
@@ -107,6 +114,14 @@ impl fmt::Display for MigrationReport {
             "  interruption      {:>10.3} s (hand-over hold {:.3} s)",
             self.interruption_seconds, self.handover_hold_seconds
         )?;
+        if !self.handover_steps.is_empty() {
+            let steps: Vec<String> = self
+                .handover_steps
+                .iter()
+                .map(|(step, secs)| format!("{step} {:.1}", secs * 1000.0))
+                .collect();
+            writeln!(f, "  hand-over hold ms  {}", steps.join(", "))?;
+        }
         writeln!(f, "  jitter            {:>10.3} s", self.jitter_seconds)?;
         writeln!(
             f,

@@ -22,9 +22,11 @@
 //! ids) diverges in content but not in counts unless answer lengths change.
 
 mod answers;
+mod inflight;
 mod worker;
 
 use answers::{AnswerReader, TotalAnswers};
+use inflight::InFlight;
 use replaymig_journal::marker::SnapshotMark;
 use replaymig_journal::{ConnId, Entry, Lsn, Record};
 use serde::Serialize;
@@ -179,6 +181,10 @@ pub struct Replayer {
     )>,
     report: ReplayReport,
     started: Instant,
+    /// Tells the connection tasks the replay is finishing.
+    hurry: tokio_util::sync::CancellationToken,
+    /// Applied records not yet handed to the target.
+    inflight: Arc<InFlight>,
 }
 
 impl Replayer {
@@ -195,6 +201,8 @@ impl Replayer {
             closing: Vec::new(),
             report: ReplayReport::default(),
             started: Instant::now(),
+            hurry: tokio_util::sync::CancellationToken::new(),
+            inflight: Arc::default(),
         }
     }
 
@@ -225,6 +233,7 @@ impl Replayer {
     /// `stop_on_divergence` the first one is also returned as an error.
     pub async fn apply(&mut self, entry: &Entry) -> Result<(), ReplayError> {
         let lsn = entry.lsn;
+        self.inflight.applied(lsn);
         let first = *self.first_lsn.get_or_insert(lsn);
         let Some(conn) = entry.record.conn(lsn) else {
             if let Some(mark) = SnapshotMark::from_record(&entry.record) {
@@ -267,6 +276,13 @@ impl Replayer {
         self.first_failure()
     }
 
+    /// Every record applied up to this LSN has been handed to the target
+    /// (sent after the answers it depends on, or given up on a divergence);
+    /// 0 before any. What a migration acknowledges: `apply` only queues.
+    pub fn replayed_lsn(&self) -> Lsn {
+        self.inflight.replayed()
+    }
+
     /// The first divergence so far, as an error when the replay stops at it.
     fn first_failure(&mut self) -> Result<(), ReplayError> {
         let failures = std::mem::take(&mut *self.failures.lock().expect("poisoned"));
@@ -304,6 +320,8 @@ impl Replayer {
                     total: self.total.clone(),
                     timeout: self.options.answer_timeout,
                     failures: self.failures.clone(),
+                    hurry: self.hurry.clone(),
+                    inflight: self.inflight.clone(),
                 },
             ));
             self.conns.insert(
@@ -333,6 +351,7 @@ impl Replayer {
         // A connection opened before the starting point: what it had
         // received by its first replayed record is its base.
         let base = self.bases.get(&conn).copied().unwrap_or(resp_before);
+        let inflight = self.inflight.clone();
         let c = self.open(conn, base).await?;
         let expected = resp_before.saturating_sub(c.base);
         c.answers.raise_watermark(expected);
@@ -343,7 +362,9 @@ impl Replayer {
             data: data.clone(),
         };
         // A full queue waits: "applied" never runs far ahead of the target.
+        inflight.queued(lsn);
         if c.queue.send(work).await.is_err() {
+            inflight.done(lsn);
             return Ok(()); // the task ended on a divergence it reported
         }
         self.report.data_records += 1;
@@ -383,6 +404,7 @@ impl Replayer {
     /// original client received: those must be dropped here, never reach
     /// the client twice. A shortfall is recorded as a divergence.
     pub async fn finish(mut self) -> (ReplayReport, Vec<OpenConnection>) {
+        self.hurry.cancel();
         // Closed connections: their tasks end by themselves.
         for (answers, task) in std::mem::take(&mut self.closing) {
             let _ = task.await;

@@ -46,6 +46,11 @@ pub(crate) struct WorkerCtx {
     pub total: Arc<TotalAnswers>,
     pub timeout: Duration,
     pub failures: Arc<Mutex<Vec<Divergence>>>,
+    /// Fired when the replay finishes: cut the grace for extra answers
+    /// short (a hand-over waits for it).
+    pub hurry: tokio_util::sync::CancellationToken,
+    /// Told when a queued record leaves the queue.
+    pub inflight: Arc<crate::inflight::InFlight>,
 }
 
 pub(crate) async fn run(
@@ -60,9 +65,11 @@ pub(crate) async fn run(
                 expected,
                 total,
                 data,
-            } => send(&mut write, &ctx, expected, total, &data)
-                .await
-                .map_err(|k| (lsn, k)),
+            } => {
+                let sent = send(&mut write, &ctx, expected, total, &data).await;
+                ctx.inflight.done(lsn);
+                sent.map_err(|k| (lsn, k))
+            }
             Work::HalfClose => {
                 let _ = write.shutdown().await;
                 Ok(())
@@ -78,7 +85,11 @@ pub(crate) async fn run(
         if let Err((lsn, kind)) = outcome {
             fail(&ctx, lsn, kind);
             // Drain without sending: this connection's replay is over.
-            while queue.recv().await.is_some() {}
+            while let Some(work) = queue.recv().await {
+                if let Work::Send { lsn, .. } = work {
+                    ctx.inflight.done(lsn);
+                }
+            }
             return WorkerEnd { write: None };
         }
     }
@@ -119,12 +130,12 @@ async fn send(
 async fn close(ctx: &WorkerCtx, expected: u64) -> Result<(), DivergenceKind> {
     ctx.answers.raise_watermark(expected);
     crate::wait_answers(&ctx.answers, expected, ctx.timeout).await?;
-    // Give the target a moment to show answers the original never had.
-    let _ = tokio::time::timeout(
-        Duration::from_millis(50),
-        ctx.answers.wait_for(expected + 1),
-    )
-    .await;
+    // Give the target a moment to show answers the original never had
+    // (unless the replay is finishing: then what arrived so far decides).
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_millis(50), ctx.answers.wait_for(expected + 1)) => {}
+        _ = ctx.hurry.cancelled() => {}
+    }
     if ctx.answers.got() > expected {
         return Err(DivergenceKind::ExtraAnswer { expected });
     }
