@@ -633,8 +633,7 @@ fn a_peer_link_cut_mid_transfer_fails_cleanly_and_a_retry_succeeds() {
     // may also notice first: then the peer did not answer in time).
     assert!(
         reason.contains("transferring failed")
-            && (reason.contains("could not send to the peer")
-                || reason.contains("did not answer")),
+            && (reason.contains("could not send to the peer") || reason.contains("did not answer")),
         "the error does not say the peer link failed: {error}"
     );
     assert!(

@@ -173,6 +173,20 @@ impl Pair {
         }
     }
 
+    /// B deletes its kept snapshot once the hand-over is settled (in the
+    /// background: bounded wait).
+    fn wait_kept_snapshot_removed(&self) {
+        let work = self.dir.path().join("b-work");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_dir(&work).unwrap().count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "B's work dir still holds a snapshot"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn logs(&self) -> String {
         ["a", "b"]
             .iter()
@@ -436,10 +450,7 @@ fn a_source_crashing_at_its_commit_point_hands_over_once_it_is_back() {
     let mut via_a = RespClient::connect(pair.listen_a()).unwrap();
     assert_eq!(via_a.cmd(&["INCR", "n"]).unwrap(), Reply::Int(acked + 1));
     // B's kept snapshot is gone with the settled hand-over.
-    let kept = std::fs::read_dir(pair.dir.path().join("b-work"))
-        .unwrap()
-        .count();
-    assert_eq!(kept, 0, "B's work dir still holds a snapshot");
+    pair.wait_kept_snapshot_removed();
 }
 
 #[test]
@@ -498,10 +509,7 @@ fn a_destination_left_prepared_discards_when_the_source_kept_the_service() {
         std::net::TcpStream::connect((pair.pb.ip, pair.pb.backend)).is_err(),
         "B stopped its restored copy"
     );
-    let kept = std::fs::read_dir(pair.dir.path().join("b-work"))
-        .unwrap()
-        .count();
-    assert_eq!(kept, 0, "B's work dir still holds a snapshot");
+    pair.wait_kept_snapshot_removed();
     // And B's clients still reach A.
     let mut via_b = RespClient::connect((pair.pb.ip, pair.pb.listen).into()).unwrap();
     assert_eq!(via_b.cmd(&["INCR", "k"]).unwrap(), Reply::Int(1));

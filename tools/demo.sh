@@ -10,6 +10,7 @@
 #   RATE=100 tools/demo.sh         # shape the link (Mbit/s)
 #   BIN=path/to/replaymig tools/demo.sh   # use that binary (tests do)
 #   PRELOAD_MB=200 tools/demo.sh   # first write that much incompressible data through the proxy
+#   LOAD_PAUSE_MS=1 tools/demo.sh  # clients pause between requests (default: as fast as they can)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 1; }
@@ -106,6 +107,7 @@ echo "== continuous load: 8 clients on node a (INCR on own keys, RPUSH to own li
 on a python3 - "$addr_a" "$work/migrated" >"$work/tally" <<'PY' &
 import json, os, socket, sys, threading, time
 addr, flag = sys.argv[1], sys.argv[2]
+pause = float(os.environ.get("LOAD_PAUSE_MS") or 0) / 1000
 end = time.time() + 300
 tally, errors = {}, []
 def resp(*args):
@@ -122,6 +124,8 @@ def client(i):
                 cmds = [resp(b"INCR", key)] * depth
             else:
                 cmds = [resp(b"RPUSH", key, b"%d" % (n + j)) for j in range(depth)]
+            if pause:
+                time.sleep(pause)
             s.sendall(b"".join(cmds))
             for _ in range(depth):
                 line = f.readline()

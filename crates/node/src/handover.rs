@@ -133,12 +133,17 @@ pub(crate) async fn discard_prepared(host: &ServiceHost) {
     tracing::warn!(service = %host.config.name, epoch = prepared.epoch, "prepared hand-over discarded");
 }
 
+/// Deletes the kept snapshot off the hand-over's path: unlinking a large
+/// image takes tens of milliseconds that clients' tunnels would wait for.
 fn remove_kept_snapshot(prepared: &Prepared) {
-    if let Err(e) = std::fs::remove_dir_all(&prepared.snapshot_dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %prepared.snapshot_dir.display(), error = %e, "kept snapshot not removed");
+    let dir = prepared.snapshot_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "kept snapshot not removed");
+            }
         }
-    }
+    });
 }
 
 /// Asks the source until it decides (or the hand-over was settled some

@@ -479,6 +479,12 @@ pub(crate) async fn migrate_in(
                 p.stop().await;
             }
             tell_abort(&mut link, &e).await;
+            // Closing with the source's batches unread would reset the
+            // connection before it reads why: read them away briefly.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while link.recv().await.is_ok() {}
+            })
+            .await;
             Err(e)
         }
     }
