@@ -496,7 +496,10 @@ fn a_destination_left_prepared_discards_when_the_source_kept_the_service() {
         .await
         .unwrap();
         let done = link.recv_timeout(Duration::from_secs(30)).await.unwrap();
-        assert_eq!(done, Message::HandOverDone { epoch: 2 });
+        assert!(
+            matches!(done, Message::HandOverDone { epoch: 2, .. }),
+            "{done:?}"
+        );
         // Gone: no commit, no abort.
     });
     // B asks the real A, which owns epoch 1 and is not migrating: B drops

@@ -21,6 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The destination's own phases, reported to the source with
+/// `HandOverDone` (its report covers both sides).
+pub(crate) struct DestinationTimings {
+    /// Restoring the snapshot and starting the service.
+    pub restore: Duration,
+    /// Replaying the log, from the restored service to the hand-over.
+    pub replay: Duration,
+}
+
 /// How long the destination waits for the commit before asking.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two questions to an unreachable or undecided source.
@@ -47,12 +56,18 @@ pub(crate) async fn settle(
     node: &NodeShared,
     host: &ServiceHost,
     link: &mut PeerLink,
+    timings: DestinationTimings,
 ) -> Result<()> {
     let Some(prepared) = host.state.lock().await.prepared.clone() else {
         bail!("no prepared hand-over to settle");
     };
     let epoch = prepared.epoch;
-    let word = match link.send(Message::HandOverDone { epoch }).await {
+    let done = Message::HandOverDone {
+        epoch,
+        restore_micros: timings.restore.as_micros() as u64,
+        replay_micros: timings.replay.as_micros() as u64,
+    };
+    let word = match link.send(done).await {
         Ok(()) => link.recv_timeout(COMMIT_TIMEOUT).await.ok(),
         Err(e) => {
             tracing::warn!(error = %e, "hand-over done not sent");

@@ -318,12 +318,18 @@ async fn source_steps(
         delivered: hold.mark.delivered.iter().map(|(c, d)| (*c, *d)).collect(),
     })
     .await?;
-    expect(
-        link,
-        "hand_over_done",
-        |m| matches!(m, Message::HandOverDone { epoch: e } if *e == epoch),
-    )
-    .await?;
+    match link.recv_timeout(STEP_TIMEOUT).await? {
+        Message::HandOverDone {
+            epoch: e,
+            restore_micros,
+            replay_micros,
+        } if e == epoch => {
+            report.destination_restore_seconds = restore_micros as f64 / 1e6;
+            report.destination_replay_seconds = replay_micros as f64 / 1e6;
+        }
+        Message::MigrateAbort { reason } => bail!("the peer aborted: {reason}"),
+        other => bail!("expected hand_over_done, got {}", other.name()),
+    }
     steps.mark("prepare");
     // Commit point: this node gives the service up — durably first, so a
     // restart cannot take it back; the destination owns it from its commit
@@ -537,7 +543,10 @@ async fn destination_steps(
     if last > 0 {
         host.journal.truncate_before(last + 1)?;
     }
+    let restore_started = Instant::now();
     restore_service(node, host, &into).await?;
+    let restored_at = Instant::now();
+    let restore = restored_at - restore_started;
 
     let mut replayer = Replayer::new(ReplayOptions::new(service.backend));
     for (first_lsn, records) in early {
@@ -622,7 +631,11 @@ async fn destination_steps(
                 );
                 // The snapshot stays until the hand-over is settled.
                 let _kept = dir.keep();
-                return handover::settle(node, host, link).await;
+                let timings = handover::DestinationTimings {
+                    restore,
+                    replay: handover_started - restored_at,
+                };
+                return handover::settle(node, host, link, timings).await;
             }
             Message::MigrateAbort { reason } => bail!("the source aborted: {reason}"),
             other => bail!("unexpected {} during catch-up", other.name()),

@@ -84,6 +84,14 @@ pub struct MigrationReport {
     pub jitter_seconds: f64,
     /// Seconds per phase.
     pub phase_seconds: Vec<(String, f64)>,
+    /// At the destination, within transferring/catching up: restoring the
+    /// snapshot and starting the service, seconds.
+    #[serde(default)]
+    pub destination_restore_seconds: f64,
+    /// At the destination: replaying the log, from the restored service to
+    /// the hand-over, seconds.
+    #[serde(default)]
+    pub destination_replay_seconds: f64,
     /// Snapshot bytes on the link (after compression).
     pub snapshot_bytes: u64,
     /// Snapshot bytes before compression.
@@ -147,6 +155,11 @@ impl fmt::Display for MigrationReport {
         for (phase, secs) in &self.phase_seconds {
             writeln!(f, "  {phase:<17} {secs:>10.3} s")?;
         }
+        writeln!(
+            f,
+            "  at {}: restore {:.3} s, replay {:.3} s",
+            self.to, self.destination_restore_seconds, self.destination_replay_seconds
+        )?;
         Ok(())
     }
 }

@@ -149,6 +149,7 @@ async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
     assert!(report.jitter_seconds > 0.0);
     assert!(report.jitter_seconds + report.interruption_seconds <= report.total_seconds);
     assert!(report.control_bytes > 0 && report.log_bytes > 0 && report.snapshot_bytes > 0);
+    assert!(report.destination_restore_seconds > 0.0 && report.destination_replay_seconds > 0.0);
     assert_eq!(
         report.connections_handed_over, 9,
         "8 of A's clients + B's tunneled one"

@@ -96,6 +96,10 @@ pub enum Message {
     HandOverDone {
         /// The epoch prepared.
         epoch: u64,
+        /// How long restoring the snapshot took there, microseconds.
+        restore_micros: u64,
+        /// How long the replay ran there (restore to hand-over), microseconds.
+        replay_micros: u64,
     },
     /// Source → destination: the source gave the service up; own it now.
     /// (A tunnel from the source after this point also means it.)
