@@ -588,6 +588,7 @@ async fn destination_steps(
             } if e == epoch => {
                 let handover_started = Instant::now();
                 for (conn, d) in delivered {
+                    replayer.ensure_open(conn, d).await?;
                     replayer.set_delivered(conn, d);
                 }
                 let (report, open) = replayer.finish().await;

@@ -116,8 +116,27 @@ async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
             client(listen_b, "b0".into(), false, stop)
         }));
     }
+    // An idle client of A: one INCR before the migration, nothing during
+    // it, one after — its connection must survive the hand-over.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let idle = std::thread::spawn(move || {
+        let mut c = RespClient::connect(listen_a).unwrap();
+        let first = c.cmd(&["INCR", "idle"]).unwrap();
+        wait.recv().unwrap();
+        (first, c.cmd(&["INCR", "idle"]).unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let report = node_a.migrate("redis", "b").await.unwrap();
     eprintln!("{report}");
+    go.send(()).unwrap();
+    let idle = tokio::task::spawn_blocking(move || idle.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        idle,
+        (Reply::Int(1), Reply::Int(2)),
+        "the idle client kept its connection"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A client connecting to A after the hand-over is tunneled to B.
     let late = {
@@ -151,8 +170,8 @@ async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
     assert!(report.control_bytes > 0 && report.log_bytes > 0 && report.snapshot_bytes > 0);
     assert!(report.destination_restore_seconds > 0.0 && report.destination_replay_seconds > 0.0);
     assert_eq!(
-        report.connections_handed_over, 9,
-        "8 of A's clients + B's tunneled one"
+        report.connections_handed_over, 10,
+        "8 of A's clients + the idle one + B's tunneled one"
     );
 
     // B's redis holds every acknowledged write exactly once.

@@ -224,6 +224,24 @@ impl Replayer {
         }
     }
 
+    /// Makes sure connection `conn`, open at the old owner with
+    /// `delivered` answer bytes received by its client, has a target
+    /// connection to be taken over — also when it sent nothing since the
+    /// starting point (an idle client must survive a hand-over too).
+    pub async fn ensure_open(&mut self, conn: ConnId, delivered: u64) -> Result<(), ReplayError> {
+        if self.conns.contains_key(&conn) {
+            return Ok(());
+        }
+        if let Err(kind) = self.open(conn, delivered).await {
+            let lsn = self.report.last_lsn.unwrap_or_default();
+            self.failures
+                .lock()
+                .expect("poisoned")
+                .push(Divergence { lsn, conn, kind });
+        }
+        self.first_failure()
+    }
+
     /// The figures so far.
     pub fn report(&self) -> &ReplayReport {
         &self.report
