@@ -5,6 +5,7 @@
 //! the peer link in checksummed, optionally zstd-compressed chunks
 //! ([`transfer`]).
 
+pub mod delta;
 mod driver;
 mod manifest;
 pub mod transfer;

@@ -31,6 +31,10 @@ pub struct Manifest {
     pub driver: String,
     /// The snapshot point: replay starts at `lsn + 1`.
     pub lsn: Lsn,
+    /// A pre-copy round of an iterative migration: taken while the service
+    /// ran on, not restorable; a later round supersedes it.
+    #[serde(default)]
+    pub precopy: bool,
     /// The files, sorted by name.
     pub files: Vec<FileEntry>,
 }
@@ -134,6 +138,7 @@ impl Manifest {
             service: service.to_string(),
             driver: driver.to_string(),
             lsn,
+            precopy: false,
             files,
         })
     }

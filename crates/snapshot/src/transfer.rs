@@ -3,10 +3,16 @@
 //! its uncompressed bytes, optionally zstd-compressed), then an end mark.
 //! The receiver checks every chunk as it arrives and every file against the
 //! manifest at the end; any mismatch is an error naming the file and offset.
+//!
+//! A chunk says where it goes, and the receiver keeps what its directory
+//! already holds: a delta round of an iterative migration sends only the
+//! ranges that changed ([`SnapshotChunks::delta`]) into the directory of
+//! the previous round; the checksums at the end prove the result whole.
 
+use crate::delta::Range;
 use crate::manifest::{safe_relative, Manifest, ManifestError};
 use replaymig_peer::{LinkError, Message, PeerLink};
-use std::io::{Read, Write};
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,9 +66,11 @@ pub struct SnapshotChunks<'a> {
     dir: &'a Path,
     manifest: &'a Manifest,
     compress: bool,
+    /// Per file (manifest order), the ranges still to send.
+    ranges: Vec<std::collections::VecDeque<Range>>,
     /// Next file index; `None` before the manifest was sent.
     file: Option<usize>,
-    open: Option<(std::fs::File, u64)>,
+    open: Option<std::fs::File>,
     buf: Vec<u8>,
     ended: bool,
     /// Figures so far.
@@ -70,12 +78,35 @@ pub struct SnapshotChunks<'a> {
 }
 
 impl<'a> SnapshotChunks<'a> {
-    /// Starts at the manifest.
+    /// The whole snapshot, starting at the manifest.
     pub fn new(dir: &'a Path, manifest: &'a Manifest, compress: bool) -> Self {
+        let whole = manifest
+            .files
+            .iter()
+            .map(|f| {
+                if f.size > 0 {
+                    vec![(0, f.size)]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        Self::delta(dir, manifest, compress, whole)
+    }
+
+    /// Only `ranges` of each file (manifest order), for a receiver whose
+    /// directory holds the rest already (see [`crate::delta`]).
+    pub fn delta(
+        dir: &'a Path,
+        manifest: &'a Manifest,
+        compress: bool,
+        ranges: Vec<Vec<Range>>,
+    ) -> Self {
         SnapshotChunks {
             dir,
             manifest,
             compress,
+            ranges: ranges.into_iter().map(Into::into).collect(),
             file: None,
             open: None,
             buf: vec![0u8; CHUNK_BYTES],
@@ -86,7 +117,7 @@ impl<'a> SnapshotChunks<'a> {
 
     /// The next message to send; `None` after the end mark.
     pub fn next_message(&mut self) -> Result<Option<Message>, TransferError> {
-        let Some(index) = self.file else {
+        let Some(mut index) = self.file else {
             self.file = Some(0);
             return Ok(Some(Message::SnapshotBegin {
                 manifest: serde_json::to_vec(self.manifest).expect("a manifest serializes"),
@@ -95,22 +126,31 @@ impl<'a> SnapshotChunks<'a> {
         if self.ended {
             return Ok(None);
         }
-        let Some(entry) = self.manifest.files.get(index) else {
+        // The next file with something left to send.
+        while self.ranges.get(index).is_some_and(|r| r.is_empty()) {
+            index += 1;
+            self.open = None;
+        }
+        self.file = Some(index);
+        let (Some(entry), Some(pending)) =
+            (self.manifest.files.get(index), self.ranges.get_mut(index))
+        else {
             self.ended = true;
             return Ok(Some(Message::SnapshotEnd));
         };
         if self.open.is_none() {
-            let file = std::fs::File::open(self.dir.join(safe_relative(&entry.name)?))?;
-            self.open = Some((file, 0));
+            self.open = Some(std::fs::File::open(
+                self.dir.join(safe_relative(&entry.name)?),
+            )?);
         }
-        let (file, offset) = self.open.as_mut().expect("opened above");
-        let n = read_full(file, &mut self.buf)?;
-        if n == 0 {
-            // This file is done: on to the next one.
-            self.open = None;
-            self.file = Some(index + 1);
-            return self.next_message();
+        let file = self.open.as_ref().expect("opened above");
+        let (start, end) = pending.pop_front().expect("a non-empty range list");
+        let n = ((end - start) as usize).min(CHUNK_BYTES);
+        if start + (n as u64) < end {
+            pending.push_front((start + n as u64, end));
         }
+        let raw = &mut self.buf[..n];
+        std::os::unix::fs::FileExt::read_exact_at(file, raw, start)?;
         let raw = &self.buf[..n];
         let crc32 = crc32fast::hash(raw);
         let (data, compressed) = if self.compress {
@@ -118,14 +158,12 @@ impl<'a> SnapshotChunks<'a> {
         } else {
             (raw.to_vec(), false)
         };
-        let chunk_offset = *offset;
-        *offset += n as u64;
         self.stats.wire_bytes += data.len() as u64;
         self.stats.raw_bytes += n as u64;
         self.stats.chunks += 1;
         Ok(Some(Message::SnapshotChunk {
             file: index as u32,
-            offset: chunk_offset,
+            offset: start,
             compressed,
             data,
             crc32,
@@ -147,20 +185,10 @@ pub async fn send(
     Ok(chunks.stats)
 }
 
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = file.read(&mut buf[filled..])?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    Ok(filled)
-}
-
-/// Receives a snapshot into `dir` (created; must be empty), verifies it,
-/// and writes its manifest there.
+/// Receives a snapshot into `dir` (created if missing), verifies it, and
+/// writes its manifest there. Files the directory already holds are the
+/// base the chunks patch (a delta round); files the manifest does not name
+/// are removed.
 pub async fn receive(
     link: &mut PeerLink,
     dir: &Path,
@@ -192,13 +220,20 @@ pub async fn receive_with(
         }
     };
     std::fs::create_dir_all(dir)?;
+    remove_unnamed(dir, &manifest)?;
     let mut files = Vec::with_capacity(manifest.files.len());
     for entry in &manifest.files {
         let path = dir.join(safe_relative(&entry.name)?);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        files.push((std::fs::File::create(path)?, 0u64));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        file.set_len(entry.size)?;
+        files.push(file);
     }
     let mut stats = TransferStats::default();
     loop {
@@ -210,7 +245,7 @@ pub async fn receive_with(
                 data,
                 crc32,
             } => {
-                let (entry, (out, written)) = manifest
+                let (entry, out) = manifest
                     .files
                     .get(file as usize)
                     .zip(files.get_mut(file as usize))
@@ -222,9 +257,6 @@ pub async fn receive_with(
                     offset,
                     reason,
                 };
-                if offset != *written {
-                    return Err(corrupt(format!("out of order (expected offset {written})")));
-                }
                 stats.wire_bytes += data.len() as u64;
                 let raw = if compressed {
                     zstd::bulk::decompress(&data, CHUNK_BYTES)
@@ -235,11 +267,10 @@ pub async fn receive_with(
                 if crc32fast::hash(&raw) != crc32 {
                     return Err(corrupt("CRC-32 mismatch".into()));
                 }
-                if *written + raw.len() as u64 > entry.size {
+                if offset.saturating_add(raw.len() as u64) > entry.size {
                     return Err(corrupt("runs past the file size in the manifest".into()));
                 }
-                out.write_all(&raw)?;
-                *written += raw.len() as u64;
+                std::os::unix::fs::FileExt::write_all_at(&*out, &raw, offset)?;
                 stats.raw_bytes += raw.len() as u64;
                 stats.chunks += 1;
             }
@@ -247,11 +278,37 @@ pub async fn receive_with(
             other => aside(other)?,
         }
     }
-    for (out, _) in &files {
+    for out in &files {
         out.sync_all()?;
     }
     drop(files);
     manifest.verify(dir)?;
     manifest.save(dir)?;
     Ok((manifest, stats))
+}
+
+/// Removes the regular files under `dir` that `manifest` does not name
+/// (what an earlier round had and this one does not; the manifest file is
+/// rewritten at the end anyway).
+fn remove_unnamed(dir: &Path, manifest: &Manifest) -> Result<(), TransferError> {
+    let named: std::collections::HashSet<&Path> = manifest
+        .files
+        .iter()
+        .map(|f| safe_relative(&f.name))
+        .collect::<Result<_, _>>()?;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !path
+                .strip_prefix(dir)
+                .is_ok_and(|relative| named.contains(relative))
+            {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
 }

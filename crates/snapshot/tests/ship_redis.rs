@@ -153,3 +153,59 @@ async fn a_corrupt_chunk_a_tampered_file_and_a_vanished_sender_are_errors() {
         .unwrap_err();
     assert!(matches!(err, TransferError::Link(_)), "{err}");
 }
+
+#[tokio::test]
+async fn delta_rounds_patch_the_receivers_copy_into_the_new_dump() {
+    use replaymig_snapshot::delta::{BlockIndex, DELTA_BLOCK};
+    use replaymig_snapshot::transfer::SnapshotChunks;
+    let (mut tx, mut rx) = link_pair().await;
+    let into = tempfile::tempdir().unwrap();
+    let into_path = into.path().to_path_buf();
+    // Round 1: everything. Round 2: two dirtied blocks, one file grown, one
+    // file gone, one new. The receiver's directory is the base each time.
+    let block = DELTA_BLOCK as usize;
+    let one = tempfile::tempdir().unwrap();
+    let mut pages: Vec<u8> = (0..6 * block).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(one.path().join("pages.img"), &pages).unwrap();
+    std::fs::write(one.path().join("old.img"), b"gone next round").unwrap();
+    let m1 = Manifest::build(one.path(), "svc", "criu", 0).unwrap();
+    let i1 = BlockIndex::of(one.path(), &m1).unwrap();
+
+    let two = tempfile::tempdir().unwrap();
+    pages[block + 1] ^= 0xff;
+    pages[4 * block] ^= 0xff;
+    pages.extend_from_slice(b"tail");
+    std::fs::write(two.path().join("pages.img"), &pages).unwrap();
+    std::fs::write(two.path().join("new.img"), b"fresh").unwrap();
+    let m2 = Manifest::build(two.path(), "svc", "criu", 9).unwrap();
+    let i2 = BlockIndex::of(two.path(), &m2).unwrap();
+    let (ranges, dirty) = i2.changed_since(&m2, Some(&i1));
+
+    let receiver = tokio::spawn(async move {
+        let first = transfer::receive(&mut rx, &into_path).await.unwrap();
+        let second = transfer::receive(&mut rx, &into_path).await.unwrap();
+        (first, second)
+    });
+    transfer::send(&mut tx, one.path(), &m1, true)
+        .await
+        .unwrap();
+    let mut chunks = SnapshotChunks::delta(two.path(), &m2, true, ranges);
+    while let Some(msg) = chunks.next_message().unwrap() {
+        tx.send(msg).await.unwrap();
+    }
+    let ((_, full), (got, delta)) = receiver.await.unwrap();
+    assert_eq!(got, m2);
+    // Only the dirtied blocks, the grown tail and the new file travelled.
+    assert_eq!(delta.raw_bytes, dirty);
+    assert_eq!(
+        dirty,
+        2 * DELTA_BLOCK + 4 + 5,
+        "two blocks + tail + new file"
+    );
+    assert!(full.raw_bytes > 6 * DELTA_BLOCK);
+    assert_eq!(std::fs::read(into.path().join("pages.img")).unwrap(), pages);
+    assert!(
+        !into.path().join("old.img").exists(),
+        "a file the new dump lacks is removed"
+    );
+}
