@@ -57,6 +57,18 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// `replay` (the product: one snapshot + the journaled input) or
+        /// `iterative` (the paper's baseline: repeated dumps shipped as
+        /// deltas, then a final dump under held input).
+        #[arg(long, value_enum, default_value_t = MethodArg::Replay)]
+        method: MethodArg,
+        /// Iterative: stop pre-copying once the service dirties less than
+        /// this many MB per second.
+        #[arg(long, default_value_t = 1.0)]
+        dirty_threshold: f64,
+        /// Iterative: pre-copy rounds at most.
+        #[arg(long, default_value_t = 5)]
+        max_iterations: u32,
     },
     /// Services, owners, epochs and journal heads of the node behind --admin.
     Status {
@@ -161,7 +173,19 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             admin,
             json,
-        } => migrate(service, to, admin, json).await,
+            method,
+            dirty_threshold,
+            max_iterations,
+        } => {
+            let method = match method {
+                MethodArg::Replay => replaymig_node::Method::Replay,
+                MethodArg::Iterative => replaymig_node::Method::Iterative {
+                    dirty_threshold_bytes_per_second: (dirty_threshold * 1e6) as u64,
+                    max_iterations,
+                },
+            };
+            migrate(service, to, admin, json, method).await
+        }
         Command::Status { admin, json } => status(admin, json).await,
     }
 }
@@ -296,12 +320,25 @@ async fn admin_request(
     Ok(())
 }
 
-async fn migrate(service: String, to: String, admin: SocketAddr, json: bool) -> Result<()> {
+/// `--method`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MethodArg {
+    Replay,
+    Iterative,
+}
+
+async fn migrate(
+    service: String,
+    to: String,
+    admin: SocketAddr,
+    json: bool,
+    method: replaymig_node::Method,
+) -> Result<()> {
     let started = std::time::Instant::now();
     let mut outcome = None;
     admin_request(
         admin,
-        serde_json::json!({"migrate": {"service": service, "to": to}}),
+        serde_json::json!({"migrate": {"service": service, "to": to, "method": method}}),
         |line| {
             if let Some(phase) = line.get("phase") {
                 eprintln!(

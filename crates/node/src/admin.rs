@@ -1,5 +1,7 @@
 //! The admin endpoint (loopback): one JSON request per line, JSON lines
-//! back. `{"migrate": {"service": "redis", "to": "b"}}` streams
+//! back. `{"migrate": {"service": "redis", "to": "b"}}` (optionally with
+//! `"method": {"iterative": {"dirty_threshold_bytes_per_second": N,
+//! "max_iterations": N}}`) streams
 //! `{"phase": "..."}` lines and ends with `{"report": {...}}` or
 //! `{"error": "..."}`; `{"status": {}}` answers `{"services": [...]}`.
 
@@ -23,6 +25,9 @@ pub enum Request {
         service: String,
         /// The destination node.
         to: String,
+        /// How (default: replay).
+        #[serde(default)]
+        method: crate::Method,
     },
     /// Report services, owners, epochs, journal heads.
     Status {},
@@ -62,7 +67,11 @@ async fn handle(stream: TcpStream, node: Arc<NodeShared>) {
             let body = json!({"services": status(&node).await});
             let _ = write.write_all(format!("{body}\n").as_bytes()).await;
         }
-        Request::Migrate { service, to } => {
+        Request::Migrate {
+            service,
+            to,
+            method,
+        } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let progress = move |event: crate::Progress| {
                 let line = match event {
@@ -71,7 +80,7 @@ async fn handle(stream: TcpStream, node: Arc<NodeShared>) {
                 };
                 let _ = tx.send(line);
             };
-            let run = migration::migrate_out(&node, &service, &to, &progress);
+            let run = migration::migrate_out(&node, &service, &to, method, &progress);
             tokio::pin!(run);
             let outcome = loop {
                 tokio::select! {

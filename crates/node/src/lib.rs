@@ -8,6 +8,7 @@ mod handover;
 mod migration;
 mod node;
 pub mod ownership;
+mod precopy;
 mod process;
 mod report;
 pub mod telemetry;
@@ -25,4 +26,4 @@ pub fn arm_fail_points_from_env() {
         std::mem::forget(fail::FailScenario::setup());
     }
 }
-pub use report::{MigrationReport, Phase, Progress};
+pub use report::{Iteration, Method, MigrationReport, Phase, Progress};

@@ -16,14 +16,16 @@
 use crate::handover;
 use crate::node::{NodeShared, ServiceHost};
 use crate::ownership::{OwnershipRecord, Prepared};
+use crate::precopy;
 use crate::process::ServiceProcess;
-use crate::report::{MigrationReport, Phase, Progress};
+use crate::report::{Method, MigrationReport, Phase, Progress};
 use crate::telemetry;
 use anyhow::{bail, Context, Result};
 use replaymig_migrate::logship::{self, Shipper};
 use replaymig_peer::{Message, PeerLink};
 use replaymig_proxy::{QuiesceOptions, Route};
 use replaymig_replayer::{ReplayOptions, Replayer};
+use replaymig_snapshot::delta::BlockIndex;
 use replaymig_snapshot::transfer::{self, SnapshotChunks, TransferError};
 use replaymig_snapshot::{Driver, Manifest};
 use std::sync::Arc;
@@ -110,10 +112,10 @@ impl<'a> Phases<'a> {
 
     /// Moves to the next phase; only the transitions of `Phase::next`.
     fn advance(&mut self, to: Phase) {
-        assert_eq!(
-            self.current.next(),
-            Some(to),
-            "migration phases go in order"
+        assert!(
+            self.current.can_advance_to(to),
+            "migration phases go in order ({:?} -> {to:?})",
+            self.current
         );
         let name = phase_name(self.current);
         telemetry::phase(&self.service, Some(&name), &phase_name(to));
@@ -137,11 +139,21 @@ fn host<'a>(node: &'a NodeShared, service: &str) -> Result<&'a Arc<ServiceHost>>
         .with_context(|| format!("no service {service:?} on this node"))
 }
 
+/// What the source runs: where to, under which epoch, how.
+struct Plan<'a> {
+    to: &'a str,
+    epoch: u64,
+    /// The service process to snapshot (CRIU).
+    pid: Option<u32>,
+    method: Method,
+}
+
 /// Runs a migration of `service` from this node to `to`.
 pub async fn migrate_out(
     node: &NodeShared,
     service: &str,
     to: &str,
+    method: Method,
     progress: ProgressFn<'_>,
 ) -> Result<MigrationReport> {
     let host = host(node, service)?;
@@ -159,7 +171,13 @@ pub async fn migrate_out(
             state.process.as_ref().map(|p| p.snapshot_pid()),
         )
     };
-    let outcome = run_source(node, host, to, epoch, pid, progress).await;
+    let plan = Plan {
+        to,
+        epoch,
+        pid,
+        method,
+    };
+    let outcome = run_source(node, host, &plan, progress).await;
     let mut state = host.state.lock().await;
     state.migrating = false;
     match outcome {
@@ -185,11 +203,10 @@ pub async fn migrate_out(
 async fn run_source(
     node: &NodeShared,
     host: &ServiceHost,
-    to: &str,
-    epoch: u64,
-    pid: Option<u32>,
+    plan: &Plan<'_>,
     progress: ProgressFn<'_>,
 ) -> Result<(MigrationReport, Option<ServiceProcess>)> {
+    let (to, epoch) = (plan.to, plan.epoch);
     let started = Instant::now();
     let service = &host.config;
     let mut phases = Phases::new(&service.name, progress);
@@ -208,7 +225,7 @@ async fn run_source(
         matches!(m, Message::MigrateReady)
     })
     .await?;
-    let result = source_steps(node, host, to, &mut link, &mut phases, epoch, pid).await;
+    let result = source_steps(node, host, &mut link, &mut phases, plan).await;
     match result {
         Ok((mut report, process)) => {
             report.from = node.config.name.clone();
@@ -229,35 +246,76 @@ async fn run_source(
 async fn source_steps(
     node: &NodeShared,
     host: &ServiceHost,
-    to: &str,
     link: &mut PeerLink,
     phases: &mut Phases<'_>,
-    epoch: u64,
-    pid: Option<u32>,
+    plan: &Plan<'_>,
 ) -> Result<(MigrationReport, Option<ServiceProcess>)> {
+    let (to, epoch) = (plan.to, plan.epoch);
     let service = &host.config;
     let driver: Driver = service.snapshot.driver();
     let mut report = MigrationReport {
         service: service.name.clone(),
+        method: plan.method.name().to_string(),
         epoch,
         ..Default::default()
     };
+    let mut vars = node.placeholders(service);
+    if let Some(pid) = plan.pid {
+        vars.insert("pid".into(), pid.to_string());
+    }
+    ensure_dir(&node.config.work_dir)?;
+    let mut ticker = Ticker {
+        progress: phases.progress,
+        last: Instant::now(),
+    };
+
+    // Iterative: pre-copy rounds first; the destination's copy is the base
+    // of the final delta.
+    let mut held_at_destination = None;
+    if let Method::Iterative {
+        dirty_threshold_bytes_per_second,
+        max_iterations,
+    } = plan.method
+    {
+        phases.advance(Phase::PreCopying);
+        let head = host.journal.last_lsn();
+        let limits = (dirty_threshold_bytes_per_second, max_iterations);
+        let mut tick = |sent| ticker.tick(sent, 0, 0, head);
+        let pre = precopy::run(node, host, link, &vars, limits, &mut tick).await?;
+        report.snapshot_bytes = pre.rounds.iter().map(|r| r.sent_bytes).sum();
+        report.snapshot_raw_bytes = pre.rounds.iter().map(|r| r.dirty_bytes).sum();
+        report.iterations = pre.rounds;
+        held_at_destination = Some(pre.held);
+    }
+    let iterative = held_at_destination.is_some();
 
     phases.advance(Phase::Quiescing);
     let hold = quiesce_with_retries(host).await?;
     report.snapshot_lsn = hold.lsn;
+    // Iterative: this hold lasts to the hand-over; its steps are timed
+    // from here.
+    let mut final_steps = iterative.then(|| HoldSteps::new(&hold));
+    let mut step = |name: &str| {
+        if let Some(steps) = final_steps.as_mut() {
+            steps.mark(name);
+        }
+    };
+    step("quiesce");
 
     phases.advance(Phase::Dumping);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{}-out-", service.name))
-        .tempdir_in(ensure_dir(&node.config.work_dir)?)?;
-    let mut vars = node.placeholders(service);
-    if let Some(pid) = pid {
-        vars.insert("pid".into(), pid.to_string());
-    }
+        .tempdir_in(&node.config.work_dir)?;
     driver.fix_point(dir.path(), &vars).await?;
     let snapshot_hold = hold.held_for();
-    drop(hold);
+    // Replay releases the input once the point is fixed; iterative keeps
+    // holding it until the destination owns the service.
+    let mut final_hold = None;
+    if iterative {
+        final_hold = Some(hold);
+    } else {
+        drop(hold);
+    }
     driver.finish_dump(dir.path(), &vars).await?;
     let manifest = Manifest::build(
         dir.path(),
@@ -265,24 +323,35 @@ async fn source_steps(
         driver.name(),
         report.snapshot_lsn,
     )?;
+    step("dump");
 
     phases.advance(Phase::Transferring);
     // The log after s travels with the snapshot: between chunks, whatever
     // the journal holds by then is shipped too.
     let mut shipper = Shipper::new(&host.journal, report.snapshot_lsn + 1)?;
-    let mut chunks = SnapshotChunks::new(dir.path(), &manifest, true);
-    let mut ticker = Ticker {
-        progress: phases.progress,
-        last: Instant::now(),
+    let mut chunks = match &held_at_destination {
+        Some(held) => {
+            let index = BlockIndex::of(dir.path(), &manifest)?;
+            let (ranges, _) = index.changed_since(&manifest, Some(held));
+            SnapshotChunks::delta(dir.path(), &manifest, true, ranges)
+        }
+        None => SnapshotChunks::new(dir.path(), &manifest, true),
     };
+    let before = report.snapshot_bytes;
     while let Some(msg) = chunks.next_message()? {
         link.send(msg).await?;
         shipper.ship_ready(link, 4).await?;
         let head = host.journal.last_lsn();
-        ticker.tick(chunks.stats.wire_bytes, shipper.stats.records, 0, head);
+        ticker.tick(
+            before + chunks.stats.wire_bytes,
+            shipper.stats.records,
+            0,
+            head,
+        );
     }
-    report.snapshot_bytes = chunks.stats.wire_bytes;
-    report.snapshot_raw_bytes = chunks.stats.raw_bytes;
+    report.snapshot_bytes += chunks.stats.wire_bytes;
+    report.snapshot_raw_bytes += chunks.stats.raw_bytes;
+    step("transfer");
 
     phases.advance(Phase::CatchingUp);
     let journal = host.journal.clone();
@@ -296,11 +365,18 @@ async fn source_steps(
     )
     .await
     .context("the destination did not catch up in time")??;
+    step("restore");
 
     phases.advance(Phase::HandingOver);
-    let hold = quiesce_with_retries(host).await?;
-    let mut steps = HoldSteps::new(&hold);
-    steps.mark("quiesce");
+    let (hold, mut steps) = match (final_hold, final_steps) {
+        (Some(hold), Some(steps)) => (hold, steps),
+        _ => {
+            let hold = quiesce_with_retries(host).await?;
+            let mut steps = HoldSteps::new(&hold);
+            steps.mark("quiesce");
+            (hold, steps)
+        }
+    };
     let head = host.journal.last_lsn();
     tokio::time::timeout(STEP_TIMEOUT, shipper.run_until(link, |s| s.acked >= head))
         .await
@@ -360,7 +436,12 @@ async fn source_steps(
     report.handover_hold_seconds = hold.held_for().as_secs_f64();
     report.handover_steps = steps.done;
     drop(hold);
-    report.interruption_seconds = snapshot_hold.as_secs_f64() + report.handover_hold_seconds;
+    report.interruption_seconds = if iterative {
+        // One hold, from the final dump's barrier to here.
+        report.handover_hold_seconds
+    } else {
+        snapshot_hold.as_secs_f64() + report.handover_hold_seconds
+    };
     report.jitter_seconds =
         (phases.started.elapsed().as_secs_f64() - report.interruption_seconds).max(0.0);
     let wire = link.wire_bytes();
@@ -511,17 +592,28 @@ async fn destination_steps(
     // Log batches arriving with the snapshot wait here until the service
     // is restored.
     let mut early = Vec::new();
-    let (manifest, _stats) = transfer::receive_with(link, &into, |msg| match msg {
-        Message::LogBatch { first_lsn, records } => {
-            early.push((first_lsn, records));
-            Ok(())
+    // Iterative migrations first send pre-copy rounds into the same
+    // directory (each patching the last); the restorable snapshot is the
+    // first round that is not a pre-copy.
+    let mut rounds = 0;
+    let manifest = loop {
+        let (manifest, _stats) = transfer::receive_with(link, &into, |msg| match msg {
+            Message::LogBatch { first_lsn, records } => {
+                early.push((first_lsn, records));
+                Ok(())
+            }
+            other => Err(TransferError::Protocol(format!(
+                "unexpected {} during the snapshot",
+                other.name()
+            ))),
+        })
+        .await?;
+        rounds += 1;
+        if !manifest.precopy {
+            break manifest;
         }
-        other => Err(TransferError::Protocol(format!(
-            "unexpected {} during the snapshot",
-            other.name()
-        ))),
-    })
-    .await?;
+        tracing::info!(service = %service.name, round = rounds, "pre-copy round received");
+    };
     if manifest.service != service.name || manifest.driver != driver.name() {
         bail!(
             "snapshot is of {} by {}, expected {} by {}",

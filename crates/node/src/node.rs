@@ -275,9 +275,19 @@ impl Node {
         })
     }
 
-    /// Moves `service` to node `to` (this node must own it).
+    /// Moves `service` to node `to` by replay (this node must own it).
     pub async fn migrate(&self, service: &str, to: &str) -> Result<crate::MigrationReport> {
-        migration::migrate_out(&self.shared, service, to, &|_| {}).await
+        self.migrate_by(service, to, crate::Method::Replay).await
+    }
+
+    /// Moves `service` to node `to` by `method`.
+    pub async fn migrate_by(
+        &self,
+        service: &str,
+        to: &str,
+        method: crate::Method,
+    ) -> Result<crate::MigrationReport> {
+        migration::migrate_out(&self.shared, service, to, method, &|_| {}).await
     }
 
     /// Services, owners, epochs, journal heads.

@@ -13,6 +13,9 @@ use std::fmt;
 pub enum Phase {
     /// Link to the destination, agree on the epoch.
     Connecting,
+    /// Iterative method only: dumps while the service runs, each shipped
+    /// as a delta against the previous, until the dirty rate is low.
+    PreCopying,
     /// Barrier: fix the snapshot point s.
     Quiescing,
     /// The snapshot driver dumps the service.
@@ -43,9 +46,65 @@ impl Phase {
             CatchingUp => Some(HandingOver),
             HandingOver => Some(Stopping),
             Stopping => Some(Done),
+            PreCopying => Some(Quiescing),
             Done | Aborted => None,
         }
     }
+
+    /// Whether a migration may go from this phase to `to`: the successor,
+    /// or the iterative method's detour through `PreCopying`.
+    pub fn can_advance_to(self, to: Phase) -> bool {
+        self.next() == Some(to) || (self == Phase::Connecting && to == Phase::PreCopying)
+    }
+}
+
+/// How a migration moves the service.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Paper Algorithm 2 (the product): one snapshot, then the journaled
+    /// client input is shipped and replayed while the source serves on.
+    #[default]
+    Replay,
+    /// Paper Algorithm 1 (the baseline): dumps while the service runs, each
+    /// shipped as a block delta, until the dirty rate falls below
+    /// `dirty_threshold_bytes_per_second` or after `max_iterations`; then
+    /// input is held for a final dump, its delta, the restore, and the
+    /// hand-over.
+    Iterative {
+        /// Stop pre-copying once memory is dirtied slower than this.
+        dirty_threshold_bytes_per_second: u64,
+        /// Pre-copy rounds at most.
+        max_iterations: u32,
+    },
+}
+
+impl Method {
+    /// Its name in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Replay => "replay",
+            Method::Iterative { .. } => "iterative",
+        }
+    }
+}
+
+/// One pre-copy round of an iterative migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Iteration {
+    /// 1, 2, …
+    pub round: u32,
+    /// Taking the dump, seconds (CRIU freezes the service meanwhile).
+    pub dump_seconds: f64,
+    /// Bytes that differ from what the destination held.
+    pub dirty_bytes: u64,
+    /// Bytes on the link for them (compressed).
+    pub sent_bytes: u64,
+    /// Dirty bytes per second since the previous round's dump (0 for the
+    /// first round, which sends everything).
+    pub dirty_rate: f64,
+    /// The whole round, seconds.
+    pub seconds: f64,
 }
 
 /// Figures of one migration.
@@ -53,6 +112,12 @@ impl Phase {
 pub struct MigrationReport {
     /// The service moved.
     pub service: String,
+    /// `replay` or `iterative`.
+    #[serde(default)]
+    pub method: String,
+    /// Iterative method: the pre-copy rounds (the final dump is not one).
+    #[serde(default)]
+    pub iterations: Vec<Iteration>,
     /// From which node to which.
     pub from: String,
     /// To which node.
@@ -73,7 +138,9 @@ pub struct MigrationReport {
     /// quiet), `tail` (the last records shipped and applied), `prepare`
     /// (the destination takes over the replayed connections, durably),
     /// `commit` (the source's durable record and message), `switch` (open
-    /// connections become tunnels).
+    /// connections become tunnels). Iterative migrations hold input from
+    /// the final dump on, so their hold also has `dump`, `transfer` and
+    /// `restore` (the destination restoring and acknowledging) steps.
     #[serde(default)]
     pub handover_steps: Vec<(String, f64)>,
     /// Service jitter (the paper's term): served, but not by the node the
@@ -116,6 +183,7 @@ impl fmt::Display for MigrationReport {
             "migrated {} from {} to {} (epoch {})",
             self.service, self.from, self.to, self.epoch
         )?;
+        writeln!(f, "  method            {:>10}", self.method)?;
         writeln!(f, "  total time        {:>10.3} s", self.total_seconds)?;
         writeln!(
             f,
@@ -154,6 +222,18 @@ impl fmt::Display for MigrationReport {
         )?;
         for (phase, secs) in &self.phase_seconds {
             writeln!(f, "  {phase:<17} {secs:>10.3} s")?;
+        }
+        for i in &self.iterations {
+            writeln!(
+                f,
+                "  pre-copy round {}: dump {:.3} s, {} dirty bytes ({:.1} MB/s), {} sent, {:.3} s",
+                i.round,
+                i.dump_seconds,
+                i.dirty_bytes,
+                i.dirty_rate / 1e6,
+                i.sent_bytes,
+                i.seconds
+            )?;
         }
         writeln!(
             f,
