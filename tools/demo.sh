@@ -23,26 +23,17 @@ DRIVER=${DRIVER:-exec}
 RATE=${RATE:-}
 source tools/lib.sh
 
-name=rmdemo$$
-cleanup_testbed() { bash tools/testbed.sh --name "$name" down; }
-trap 'cleanup; cleanup_testbed' EXIT
-bash tools/testbed.sh --name "$name" ${RATE:+--rate "$RATE"} up
-addr_a=$(bash tools/testbed.sh --name "$name" addr a)
-addr_b=$(bash tools/testbed.sh --name "$name" addr b)
-head -c 32 /dev/urandom | base64 >"$work/secret"
+source tools/nodes.sh
 
-config() { # node other_node other_addr my_addr
-  local node=$1 data="$work/$1-data"
-  mkdir -p "$data"
-  local start="redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --protected-mode no"
-  local snapshot
-  if [ "$DRIVER" = criu ]; then
-    start="unshare --pid --fork setsid $start"
-    snapshot='driver = "criu"'
-  else
-    # BGSAVE fixes the snapshot point at its fork: input is held only
-    # that long; the child writes the RDB while the service serves again.
-    snapshot='driver = "exec"
+nodes_up "rmdemo$$" "$RATE"
+start="redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --protected-mode no"
+if [ "$DRIVER" = criu ]; then
+  start="unshare --pid --fork setsid $start"
+  snapshot='driver = "criu"'
+else
+  # BGSAVE fixes the snapshot point at its fork: input is held only
+  # that long; the child writes the RDB while the service serves again.
+  snapshot='driver = "exec"
 dump = [
   "redis-cli -p {port} BGSAVE | grep -q saving.started",
   "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q rdb_last_bgsave_status:ok",
@@ -50,43 +41,9 @@ dump = [
 ]
 point_fixed_after = 1
 restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]'
-  fi
-  cat >"$work/$node.toml" <<TOML
-name = "$node"
-peer_listen = "$4:7100"
-admin_listen = "127.0.0.1:7200"
-secret_file = "$work/secret"
-work_dir = "$work/$node-work"
-[peers]
-$2 = "$3:7100"
-[[service]]
-name = "redis"
-listen = "0.0.0.0:6380"
-backend = "127.0.0.1:6379"
-journal = "$work/$node-journal"
-owner = "a"
-data_dir = "$data"
-start = "$start"
-ready = "redis-cli -p {port} PING | grep -q PONG"
-[service.snapshot]
-$snapshot
-TOML
-}
-config a b "$addr_b" "$addr_a"
-config b a "$addr_a" "$addr_b"
-
-# exec: a backgrounded `on` is then the node process itself, so cleanup's
-# kill by PID reaches it.
-on() { local node=$1; shift; exec nsenter --net="/run/netns/$name-$node" "$@"; }
-run_on() { (on "$@"); }
-on a "$BIN" node --config "$work/a.toml" --metrics 127.0.0.1:9100 2>"$work/a.log" &
-pids+=($!)
-on b "$BIN" node --config "$work/b.toml" --metrics 127.0.0.1:9100 2>"$work/b.log" &
-pids+=($!)
-for node in a b; do
-  for _ in $(seq 100); do run_on "$node" "$BIN" status >/dev/null 2>&1 && break; sleep 0.1; done
-  run_on "$node" "$BIN" status >/dev/null 2>&1 || { echo "node $node did not start:" >&2; cat "$work/$node.log" >&2; exit 1; }
-done
+fi
+nodes_config redis "$start" "$snapshot" "redis-cli -p {port} PING | grep -q PONG"
+nodes_start
 
 echo "== redis on node a ($addr_a), clients on both nodes; some data first"
 run_on a redis-benchmark -h "$addr_a" -p 6380 -t set -n 20000 -r 100000 -d 512 -q 2>/dev/null | tr '\r' '\n' | grep "per second" || true
