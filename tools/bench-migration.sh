@@ -37,7 +37,7 @@ export DET_REQUEST_KB=${DET_REQUEST_KB:-64} DET_INTERVAL_MS=${DET_INTERVAL_MS:-5
 export DIRTY_THRESHOLD_MBPS=${DIRTY_THRESHOLD_MBPS:-1} MAX_ITERATIONS=${MAX_ITERATIONS:-5}
 bash tools/setup.sh >/dev/null
 if [ -z "${BIN:-}" ] || [ -z "${WORKLOAD_BIN:-}" ] || [ -z "${REPORT_BIN:-}" ]; then
-  cargo build --release --quiet --bin replaymig --bin replaymig-workload --bin replaymig-bench-report
+  cargo build --release --quiet -p replaymig -p replaymig-workload -p replaymig-bench
 fi
 export BIN=${BIN:-$PWD/target/release/replaymig}
 export WORKLOAD_BIN=${WORKLOAD_BIN:-$PWD/target/release/replaymig-workload}

@@ -8,7 +8,9 @@ set -euo pipefail
 # iproute2: namespaces and tc for the two-node testbed.
 # iptables: CRIU locks the network with it while dumping.
 # curl: scraping /metrics from scripts.
-packages=(redis-server redis-tools haproxy iproute2 iptables curl procps)
+# fonts-dejavu-core: DejaVuSans.ttf, the font replaymig-bench-report draws the
+# figures' text with (crates/bench loads it at run time; no fontconfig needed).
+packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -77,13 +77,23 @@ impl ServiceProcess {
             }
             let _ = child.kill().await;
         } else {
-            while Instant::now() < deadline
-                && std::path::Path::new(&format!("/proc/{inner}")).exists()
-            {
+            while Instant::now() < deadline && is_alive(inner) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let _ = kill(Pid::from_raw(inner as i32), Signal::SIGKILL);
         }
+    }
+}
+
+/// Whether `pid` still runs: it exists and is not a zombie (a restored
+/// process's parent is the host's init, which may reap it late).
+fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
     }
 }
 
@@ -97,4 +107,25 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("the service did not accept connections on {addr} within {timeout:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped yet: a zombie.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_alive(pid) {
+            assert!(Instant::now() < deadline, "true did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        child.wait().unwrap();
+        assert!(!is_alive(pid));
+        assert!(is_alive(std::process::id()));
+    }
 }
