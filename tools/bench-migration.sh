@@ -8,9 +8,10 @@
 #   tools/bench-migration.sh --out DIR --rates "100 10" --runs 1 --methods replay --workloads redis
 #
 # Sizes (environment): REDIS_MB (data preloaded into redis), REDIS_PAUSE_MS
-# (pause between a client's requests; 4 clients), DET_MODEL_MB, DET_CPU_US,
-# DET_DIRTY_KB, DET_REQUEST_KB, DET_INTERVAL_MS (the detector workload,
-# 2 clients), DIRTY_THRESHOLD_MBPS and MAX_ITERATIONS (iterative method).
+# (pause between a client's requests; 4 clients), DET_MODEL_MB,
+# DET_WORKING_MB, DET_CPU_US, DET_DIRTY_KB, DET_REQUEST_KB, DET_INTERVAL_MS
+# (the detector workload, 2 clients), DIRTY_THRESHOLD_MBPS and
+# MAX_ITERATIONS (iterative method).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench-migration: needs root (network namespaces, CRIU)" >&2; exit 1; }
@@ -29,12 +30,15 @@ while [ $# -gt 0 ]; do
 done
 if $quick; then
   rates=${QUICK_RATE:-100} runs=1
-  : "${REDIS_MB:=4}" "${DET_MODEL_MB:=8}"
+  : "${REDIS_MB:=4}" "${DET_MODEL_MB:=4}" "${DET_WORKING_MB:=2}"
 fi
-export REDIS_MB=${REDIS_MB:-32} REDIS_PAUSE_MS=${REDIS_PAUSE_MS:-1}
-export DET_MODEL_MB=${DET_MODEL_MB:-48} DET_CPU_US=${DET_CPU_US:-2000} DET_DIRTY_KB=${DET_DIRTY_KB:-1024}
-export DET_REQUEST_KB=${DET_REQUEST_KB:-64} DET_INTERVAL_MS=${DET_INTERVAL_MS:-50}
-export DIRTY_THRESHOLD_MBPS=${DIRTY_THRESHOLD_MBPS:-1} MAX_ITERATIONS=${MAX_ITERATIONS:-5}
+# Defaults sized so the full sweep takes ~20-30 min here; the detector's
+# input (2 clients x 4 KiB / 40 ms = 0.2 MB/s) stays under the slowest
+# link, while it dirties 256 KiB per request across an 8 MiB working set.
+export REDIS_MB=${REDIS_MB:-16} REDIS_PAUSE_MS=${REDIS_PAUSE_MS:-1}
+export DET_MODEL_MB=${DET_MODEL_MB:-16} DET_WORKING_MB=${DET_WORKING_MB:-8} DET_CPU_US=${DET_CPU_US:-2000}
+export DET_DIRTY_KB=${DET_DIRTY_KB:-256} DET_REQUEST_KB=${DET_REQUEST_KB:-4} DET_INTERVAL_MS=${DET_INTERVAL_MS:-40}
+export DIRTY_THRESHOLD_MBPS=${DIRTY_THRESHOLD_MBPS:-1} MAX_ITERATIONS=${MAX_ITERATIONS:-4}
 bash tools/setup.sh >/dev/null
 if [ -z "${BIN:-}" ] || [ -z "${WORKLOAD_BIN:-}" ] || [ -z "${REPORT_BIN:-}" ]; then
   cargo build --release --quiet -p replaymig -p replaymig-workload -p replaymig-bench

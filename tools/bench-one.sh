@@ -37,7 +37,7 @@ restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]' \
     ;;
   detector)
     nodes_config detector \
-      "unshare --pid --fork setsid $WORKLOAD_BIN serve --listen 127.0.0.1:{port} --model-mb $DET_MODEL_MB --cpu-us $DET_CPU_US --dirty-kb $DET_DIRTY_KB" \
+      "unshare --pid --fork setsid $WORKLOAD_BIN serve --listen 127.0.0.1:{port} --model-mb $DET_MODEL_MB --cpu-us $DET_CPU_US --dirty-kb $DET_DIRTY_KB --working-mb $DET_WORKING_MB" \
       'driver = "criu"' \
       "true"
     ;;

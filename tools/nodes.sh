@@ -15,7 +15,7 @@
 nodes_up() {
   testbed_name=$1
   trap 'cleanup; bash tools/testbed.sh --name "$testbed_name" down' EXIT
-  bash tools/testbed.sh --name "$testbed_name" ${2:+--rate "$2"} up
+  bash tools/testbed.sh --name "$testbed_name" ${2:+--rate "$2"} up >&2
   addr_a=$(bash tools/testbed.sh --name "$testbed_name" addr a)
   addr_b=$(bash tools/testbed.sh --name "$testbed_name" addr b)
   head -c 32 /dev/urandom | base64 >"$work/secret"

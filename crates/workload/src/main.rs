@@ -37,9 +37,13 @@ struct ServeArgs {
     /// Nominal CPU time per request in microseconds.
     #[arg(long)]
     cpu_us: u64,
-    /// Working memory in KiB, all of it rewritten by every request.
+    /// Working memory in KiB rewritten by every request.
     #[arg(long)]
     dirty_kb: usize,
+    /// Working set in MiB, rewritten `dirty-kb` at a time in turn (default:
+    /// just the `dirty-kb` window, all of it every request).
+    #[arg(long, default_value_t = 0)]
+    working_mb: usize,
     /// Seed of the model and the initial working memory.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -100,6 +104,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         model_bytes: mib(args.model_mb, 1 << 20).context("--model-mb")?,
         cpu_us: args.cpu_us,
         dirty_bytes: mib(args.dirty_kb, 1 << 10).context("--dirty-kb")?,
+        working_bytes: mib(args.working_mb, 1 << 20).context("--working-mb")?,
         seed: args.seed,
     };
     let start = Instant::now();

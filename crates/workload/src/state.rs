@@ -17,8 +17,13 @@ pub struct ServiceConfig {
     pub model_bytes: usize,
     /// Nominal CPU budget per request (see [`crate::model::STEPS_PER_MS`]).
     pub cpu_us: u64,
-    /// Working memory size: all of it is rewritten by every request.
+    /// Working memory rewritten by every request.
     pub dirty_bytes: usize,
+    /// Working set: `dirty_bytes` windows of it are rewritten in turn, so
+    /// the memory dirtied between two dumps grows with the requests served
+    /// (up to this size). 0 or at most `dirty_bytes`: one window, the
+    /// whole working memory every request.
+    pub working_bytes: usize,
     /// Seed of the model and of the initial working memory.
     pub seed: u64,
 }
@@ -31,13 +36,23 @@ pub struct ServiceState {
     memory: Vec<u8>,
     memory_digest: [u8; 32],
     counter: u64,
+    /// Bytes rewritten per request.
+    window: usize,
+    /// Windows in the working set (1: the whole memory every request).
+    windows: usize,
 }
 
 impl ServiceState {
     /// A fresh service: generates the model and the working memory.
     pub fn new(config: &ServiceConfig) -> ServiceState {
         let model = Model::generate(config.model_bytes, config.seed);
-        let mut memory = vec![0u8; config.dirty_bytes];
+        let window = config.dirty_bytes;
+        let windows = if window == 0 {
+            1
+        } else {
+            (config.working_bytes / window).max(1)
+        };
+        let mut memory = vec![0u8; window * windows];
         Rng::new(config.seed, MEMORY_DOMAIN).fill_bytes(&mut memory);
         let memory_digest = Sha256::digest(&memory).into();
         ServiceState {
@@ -46,6 +61,8 @@ impl ServiceState {
             memory,
             memory_digest,
             counter: 0,
+            window,
+            windows,
         }
     }
 
@@ -84,8 +101,22 @@ impl ServiceState {
             .chain_update(self.counter.to_be_bytes())
             .finalize()
             .into();
-        rewrite(&mut self.memory, &key);
-        self.memory_digest = Sha256::digest(&self.memory).into();
+        if self.windows == 1 {
+            rewrite(&mut self.memory, &key);
+            self.memory_digest = Sha256::digest(&self.memory).into();
+        } else {
+            // The next window in turn; the digest chains the rewritten
+            // windows (hashing the whole working set per request would
+            // cost more than the request).
+            let at = ((self.counter - 1) % self.windows as u64) as usize * self.window;
+            let window = &mut self.memory[at..at + self.window];
+            rewrite(window, &key);
+            self.memory_digest = Sha256::new()
+                .chain_update(self.memory_digest)
+                .chain_update(&*window)
+                .finalize()
+                .into();
+        }
         Answer {
             counter: self.counter,
             request_digest,
@@ -119,6 +150,7 @@ mod tests {
             model_bytes: 1 << 20,
             cpu_us: 20,
             dirty_bytes: 16 << 10,
+            working_bytes: 0,
             seed: 42,
         }
     }
@@ -207,9 +239,37 @@ mod tests {
             model_bytes: 0,
             cpu_us: 0,
             dirty_bytes: 13,
+            working_bytes: 0,
             seed: 0,
         });
         assert_eq!(s.process(b"").counter, 1);
         assert_eq!(s.process(b"").counter, 2);
+    }
+
+    #[test]
+    fn a_working_set_is_rewritten_window_by_window() {
+        let cfg = ServiceConfig {
+            working_bytes: 4 * (16 << 10),
+            ..config()
+        };
+        let mut s = ServiceState::new(&cfg);
+        let window = 16 << 10;
+        let before = s.memory.clone();
+        let changed = |a: &[u8], b: &[u8]| -> Vec<usize> {
+            (0..4)
+                .filter(|w| a[w * window..(w + 1) * window] != b[w * window..(w + 1) * window])
+                .collect()
+        };
+        s.process(b"one");
+        assert_eq!(changed(&before, &s.memory), vec![0]);
+        s.process(b"two");
+        s.process(b"three");
+        assert_eq!(changed(&before, &s.memory), vec![0, 1, 2]);
+        // Still deterministic.
+        let mut t = ServiceState::new(&cfg);
+        for r in [&b"one"[..], b"two", b"three"] {
+            t.process(r);
+        }
+        assert_eq!(t.memory_digest(), s.memory_digest());
     }
 }

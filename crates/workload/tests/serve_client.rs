@@ -12,6 +12,7 @@ fn config() -> ServiceConfig {
         model_bytes: 1 << 20,
         cpu_us: 50,
         dirty_bytes: 32 << 10,
+        working_bytes: 0,
         seed: 3,
     }
 }
