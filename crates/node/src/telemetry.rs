@@ -6,7 +6,8 @@ use metrics::{counter, gauge, histogram};
 
 /// Migrations by role (`source`/`destination`) and outcome (`ok`/`failed`).
 pub const MIGRATIONS_TOTAL: &str = "replaymig_migrations_total";
-/// Time per migration phase (label `phase`), seconds.
+/// Time per migration phase (label `phase`), seconds. The migration
+/// figures carry `method` (`replay`/`iterative`) too.
 pub const PHASE_SECONDS: &str = "replaymig_migration_phase_duration_seconds";
 /// Total migration time, seconds.
 pub const TOTAL_SECONDS: &str = "replaymig_migration_duration_seconds";
@@ -17,6 +18,12 @@ pub const INTERRUPTION_SECONDS: &str = "replaymig_migration_interruption_seconds
 pub const JITTER_SECONDS: &str = "replaymig_migration_jitter_seconds";
 /// Bytes over the peer link by `kind` (`snapshot`, `log`, `control`).
 pub const LINK_BYTES_TOTAL: &str = "replaymig_migration_link_bytes_total";
+/// Iterative migrations: bytes sent by pre-copy rounds (also counted in
+/// `LINK_BYTES_TOTAL{kind="snapshot"}`).
+pub const PRECOPY_BYTES_TOTAL: &str = "replaymig_migration_precopy_bytes_total";
+/// Iterative migrations: dirty bytes per second measured by each pre-copy
+/// round after the first.
+pub const PRECOPY_DIRTY_RATE: &str = "replaymig_migration_precopy_dirty_bytes_per_second";
 /// The service's ownership epoch as this node knows it.
 pub const EPOCH: &str = "replaymig_ownership_epoch";
 /// 1 while this node owns the service.
@@ -63,13 +70,25 @@ pub(crate) fn outcome(service: &str, role: &'static str, ok: bool) {
 /// A finished migration's figures (source side).
 pub(crate) fn report(r: &MigrationReport) {
     let s = || r.service.clone();
-    histogram!(TOTAL_SECONDS, "service" => s()).record(r.total_seconds);
-    histogram!(INTERRUPTION_SECONDS, "service" => s()).record(r.interruption_seconds);
-    histogram!(JITTER_SECONDS, "service" => s()).record(r.jitter_seconds);
+    let m = || r.method.clone();
+    histogram!(TOTAL_SECONDS, "service" => s(), "method" => m()).record(r.total_seconds);
+    histogram!(INTERRUPTION_SECONDS, "service" => s(), "method" => m())
+        .record(r.interruption_seconds);
+    histogram!(JITTER_SECONDS, "service" => s(), "method" => m()).record(r.jitter_seconds);
     for (phase, secs) in &r.phase_seconds {
-        histogram!(PHASE_SECONDS, "service" => s(), "phase" => phase.clone()).record(*secs);
+        histogram!(PHASE_SECONDS, "service" => s(), "method" => m(), "phase" => phase.clone())
+            .record(*secs);
     }
-    counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "snapshot").increment(r.snapshot_bytes);
-    counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "log").increment(r.log_bytes);
-    counter!(LINK_BYTES_TOTAL, "service" => s(), "kind" => "control").increment(r.control_bytes);
+    for (kind, bytes) in [
+        ("snapshot", r.snapshot_bytes),
+        ("log", r.log_bytes),
+        ("control", r.control_bytes),
+    ] {
+        counter!(LINK_BYTES_TOTAL, "service" => s(), "method" => m(), "kind" => kind)
+            .increment(bytes);
+    }
+    for i in &r.iterations {
+        counter!(PRECOPY_BYTES_TOTAL, "service" => s()).increment(i.sent_bytes);
+        histogram!(PRECOPY_DIRTY_RATE, "service" => s()).record(i.dirty_rate);
+    }
 }

@@ -47,11 +47,7 @@ impl ServiceState {
     pub fn new(config: &ServiceConfig) -> ServiceState {
         let model = Model::generate(config.model_bytes, config.seed);
         let window = config.dirty_bytes;
-        let windows = if window == 0 {
-            1
-        } else {
-            (config.working_bytes / window).max(1)
-        };
+        let windows = config.working_bytes.checked_div(window).unwrap_or(1).max(1);
         let mut memory = vec![0u8; window * windows];
         Rng::new(config.seed, MEMORY_DOMAIN).fill_bytes(&mut memory);
         let memory_digest = Sha256::digest(&memory).into();
