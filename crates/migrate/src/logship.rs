@@ -36,8 +36,10 @@ pub enum ShipError {
 pub struct ShipStats {
     /// Records shipped.
     pub records: u64,
-    /// Encoded bytes shipped.
+    /// Encoded bytes shipped (before compression).
     pub bytes: u64,
+    /// Bytes of the packed batches on the link.
+    pub wire_bytes: u64,
     /// Batches shipped.
     pub batches: u64,
     /// Last LSN shipped.
@@ -84,11 +86,7 @@ impl Shipper {
                         continue;
                     };
                     let batch = fill_batch(first, &mut self.tail)?;
-                    self.stats.records += batch.records.len() as u64;
-                    self.stats.bytes += batch.bytes as u64;
-                    self.stats.batches += 1;
-                    self.stats.last_lsn = batch.last;
-                    link.send(Message::LogBatch { first_lsn: batch.first, records: batch.records }).await?;
+                    self.send_batch(link, batch).await?;
                 }
                 msg = link.recv() => match msg? {
                     Message::LogApplied { lsn } => self.stats.acked = self.stats.acked.max(lsn),
@@ -121,15 +119,7 @@ impl Shipper {
                 Some(Ok(None)) | None => return Ok(()),
             };
             let batch = fill_batch(first, &mut self.tail)?;
-            self.stats.records += batch.records.len() as u64;
-            self.stats.bytes += batch.bytes as u64;
-            self.stats.batches += 1;
-            self.stats.last_lsn = batch.last;
-            link.send(Message::LogBatch {
-                first_lsn: batch.first,
-                records: batch.records,
-            })
-            .await?;
+            self.send_batch(link, batch).await?;
         }
         Ok(())
     }
@@ -146,6 +136,73 @@ pub async fn send(
     let mut shipper = Shipper::new(journal, from)?;
     shipper.run_until(link, |s| s.acked >= until).await?;
     Ok(shipper.stats)
+}
+
+impl Shipper {
+    async fn send_batch(&mut self, link: &mut PeerLink, batch: Batch) -> Result<(), ShipError> {
+        let packed = pack(&batch.records);
+        self.stats.records += batch.records.len() as u64;
+        self.stats.bytes += batch.bytes as u64;
+        self.stats.wire_bytes += packed.len() as u64;
+        self.stats.batches += 1;
+        self.stats.last_lsn = batch.last;
+        link.send(Message::LogBatch {
+            first_lsn: batch.first,
+            count: batch.records.len() as u32,
+            packed,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Most bytes a batch may unpack to: the batch limit plus one maximal
+/// record (a batch closes once it passes the limit) and the length
+/// prefixes. A packed batch claiming more is refused, not inflated.
+const MAX_UNPACKED_BYTES: usize = MAX_BATCH_BYTES + (1 << 20) + 4 * MAX_BATCH_RECORDS;
+
+/// Packs encoded records for a [`Message::LogBatch`].
+pub fn pack(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(records.iter().map(|r| r.len() + 4).sum());
+    for record in records {
+        raw.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        raw.extend_from_slice(record);
+    }
+    zstd::bulk::compress(&raw, 1).expect("compressing into memory cannot fail")
+}
+
+/// Unpacks a [`Message::LogBatch`]'s records; anything but exactly
+/// `count` well-formed records within the size bound is an error.
+pub fn unpack(count: u32, packed: &[u8]) -> Result<Vec<Vec<u8>>, ShipError> {
+    let bad = |why: String| ShipError::Protocol(format!("malformed log batch: {why}"));
+    if count as usize > MAX_BATCH_RECORDS {
+        return Err(bad(format!(
+            "{count} records (at most {MAX_BATCH_RECORDS})"
+        )));
+    }
+    let raw = zstd::bulk::decompress(packed, MAX_UNPACKED_BYTES).map_err(|e| {
+        bad(format!(
+            "does not decompress within {MAX_UNPACKED_BYTES} bytes: {e}"
+        ))
+    })?;
+    let mut records = Vec::with_capacity(count as usize);
+    let mut rest = raw.as_slice();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(bad(format!("record {} is cut short", records.len())));
+        }
+        records.push(tail[..len].to_vec());
+        rest = &tail[len..];
+    }
+    if !rest.is_empty() || records.len() != count as usize {
+        return Err(bad(format!(
+            "{} records and {} stray bytes, {count} announced",
+            records.len(),
+            rest.len()
+        )));
+    }
+    Ok(records)
 }
 
 /// One batch being assembled.
@@ -190,11 +247,24 @@ pub async fn receive_batch(
     timeout: Duration,
 ) -> Result<Result<Vec<Entry>, Message>, ShipError> {
     match link.recv_timeout(timeout).await? {
-        Message::LogBatch { first_lsn, records } => {
-            Ok(Ok(journal_batch(journal, first_lsn, &records).await?))
-        }
+        Message::LogBatch {
+            first_lsn,
+            count,
+            packed,
+        } => Ok(Ok(journal_packed(journal, first_lsn, count, &packed).await?)),
         other => Ok(Err(other)),
     }
+}
+
+/// Unpacks a received [`Message::LogBatch`] and journals it (see
+/// [`journal_batch`]).
+pub async fn journal_packed(
+    journal: &Journal,
+    first_lsn: Lsn,
+    count: u32,
+    packed: &[u8],
+) -> Result<Vec<Entry>, ShipError> {
+    journal_batch(journal, first_lsn, &unpack(count, packed)?).await
 }
 
 /// Verifies one received batch and journals it under its LSNs (which must
@@ -229,4 +299,35 @@ pub async fn journal_batch(
 pub async fn ack(link: &mut PeerLink, lsn: Lsn) -> Result<(), ShipError> {
     link.send(Message::LogApplied { lsn }).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_pack_and_unpack_and_bad_ones_are_refused() {
+        let records = vec![b"one".to_vec(), Vec::new(), vec![7u8; 5000]];
+        let packed = pack(&records);
+        assert!(
+            packed.len() < 200,
+            "repetitive records compress: {}",
+            packed.len()
+        );
+        assert_eq!(unpack(3, &packed).unwrap(), records);
+        for (count, packed, why) in [
+            (2, packed.clone(), "announced"),
+            (4, packed.clone(), "announced"),
+            (3, b"not zstd".to_vec(), "decompress"),
+            (
+                3,
+                zstd::bulk::compress(&[0, 0, 0, 9, 1], 1).unwrap(),
+                "cut short",
+            ),
+            (9999, packed.clone(), "at most"),
+        ] {
+            let err = unpack(count, &packed).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
 }

@@ -96,7 +96,8 @@ async fn a_record_damaged_in_flight_is_refused_with_its_lsn_and_not_journaled() 
     bad[12] ^= 0x01;
     a.send(Message::LogBatch {
         first_lsn: 41,
-        records: vec![good, bad],
+        count: 2,
+        packed: logship::pack(&[good, bad]),
     })
     .await
     .unwrap();

@@ -383,7 +383,8 @@ async fn source_steps(
         .context("the destination did not apply the tail in time")??;
     steps.mark("tail");
     report.handover_lsn = head;
-    report.log_bytes = shipper.stats.bytes;
+    report.log_bytes = shipper.stats.wire_bytes;
+    report.log_raw_bytes = shipper.stats.bytes;
     report.log_records = shipper.stats.records;
     // Everything that can fail is done before the commit point.
     let Route::Remote { dial } = node.route_to(to, epoch, service)? else {
@@ -598,8 +599,12 @@ async fn destination_steps(
     let mut rounds = 0;
     let manifest = loop {
         let (manifest, _stats) = transfer::receive_with(link, &into, |msg| match msg {
-            Message::LogBatch { first_lsn, records } => {
-                early.push((first_lsn, records));
+            Message::LogBatch {
+                first_lsn,
+                count,
+                packed,
+            } => {
+                early.push((first_lsn, count, packed));
                 Ok(())
             }
             other => Err(TransferError::Protocol(format!(
@@ -641,8 +646,8 @@ async fn destination_steps(
     let restore = restored_at - restore_started;
 
     let mut replayer = Replayer::new(ReplayOptions::new(service.backend));
-    for (first_lsn, records) in early {
-        let entries = logship::journal_batch(&host.journal, first_lsn, &records).await?;
+    for (first_lsn, count, packed) in early {
+        let entries = logship::journal_packed(&host.journal, first_lsn, count, &packed).await?;
         for entry in &entries {
             replayer.apply(entry).await?;
         }
@@ -667,8 +672,13 @@ async fn destination_steps(
         };
         heard = Instant::now();
         match message {
-            Message::LogBatch { first_lsn, records } => {
-                let entries = logship::journal_batch(&host.journal, first_lsn, &records).await?;
+            Message::LogBatch {
+                first_lsn,
+                count,
+                packed,
+            } => {
+                let entries =
+                    logship::journal_packed(&host.journal, first_lsn, count, &packed).await?;
                 for entry in &entries {
                     replayer.apply(entry).await?;
                 }

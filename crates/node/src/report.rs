@@ -163,8 +163,11 @@ pub struct MigrationReport {
     pub snapshot_bytes: u64,
     /// Snapshot bytes before compression.
     pub snapshot_raw_bytes: u64,
-    /// Journal bytes shipped.
+    /// Journal bytes on the link (compressed batches).
     pub log_bytes: u64,
+    /// The same records before compression.
+    #[serde(default)]
+    pub log_raw_bytes: u64,
     /// Journal records shipped.
     pub log_records: u64,
     /// Everything else on the migration's link, both ways: handshake,
@@ -211,8 +214,8 @@ impl fmt::Display for MigrationReport {
         )?;
         writeln!(
             f,
-            "         log        {:>10} ({} records)",
-            self.log_bytes, self.log_records
+            "         log        {:>10} ({} records, {} before compression)",
+            self.log_bytes, self.log_records, self.log_raw_bytes
         )?;
         writeln!(f, "         control    {:>10}", self.control_bytes)?;
         writeln!(

@@ -60,8 +60,13 @@ pub enum Message {
     LogBatch {
         /// LSN of the first record.
         first_lsn: u64,
-        /// The encoded records, LSNs `first_lsn..`.
-        records: Vec<Vec<u8>>,
+        /// How many records it holds (LSNs `first_lsn..first_lsn + count`).
+        count: u32,
+        /// The encoded records, each prefixed by its length (u32, big
+        /// endian), zstd-compressed together: journal records of small
+        /// requests compress several-fold, and the log competes with the
+        /// snapshot for the link.
+        packed: Vec<u8>,
     },
     /// The receiver has journaled everything up to `lsn`.
     LogApplied {
