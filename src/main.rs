@@ -12,6 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+mod journal_dump;
+mod replay_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "replaymig",
@@ -35,6 +38,9 @@ enum Command {
     /// Inspect a journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Replay a journal's client input against a service (debugging:
+    /// reproduce what a service saw, from any LSN).
+    Replay(replay_cmd::ReplayArgs),
     /// Run a node agent: its services, the peer link, the admin endpoint.
     Node {
         /// The node's TOML configuration.
@@ -117,6 +123,8 @@ enum JournalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Records of a journal: a range, filtered, as text, hex or JSON lines.
+    Dump(journal_dump::DumpArgs),
 }
 
 fn main() -> ExitCode {
@@ -167,6 +175,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Journal(JournalCommand::Stat { journal, json }) => {
             journal_stat(journal, json).await
         }
+        Command::Journal(JournalCommand::Dump(args)) => journal_dump::run(args).await,
+        Command::Replay(args) => replay_cmd::run(args).await,
         Command::Node { config, metrics } => run_node(config, metrics).await,
         Command::Migrate {
             service,

@@ -13,6 +13,7 @@
 //!
 //! The public API has no sled types: the storage can change underneath.
 
+pub mod dump;
 pub mod durability;
 pub mod error;
 pub mod fault;

@@ -288,7 +288,7 @@ impl Replayer {
         };
         if let Err(kind) = outcome {
             let d = Divergence { lsn, conn, kind };
-            tracing::warn!(lsn, conn, kind = ?d.kind, "replay diverged");
+            log_divergence(self.options.stop_on_divergence, &d);
             self.failures.lock().expect("poisoned").push(d);
         }
         self.first_failure()
@@ -340,6 +340,7 @@ impl Replayer {
                     failures: self.failures.clone(),
                     hurry: self.hurry.clone(),
                     inflight: self.inflight.clone(),
+                    warn: self.options.stop_on_divergence,
                 },
             ));
             self.conns.insert(
@@ -466,6 +467,17 @@ impl Replayer {
         self.report.divergences.extend(failures);
         self.report.elapsed_seconds = self.started.elapsed().as_secs_f64();
         (self.report, open)
+    }
+}
+
+/// A divergence that stops the replay (migration) is worth a warning; when
+/// the caller collects them all (the CLI lists them), one per record would
+/// flood the log, so they are debug lines.
+pub(crate) fn log_divergence(warn: bool, d: &Divergence) {
+    if warn {
+        tracing::warn!(lsn = d.lsn, conn = d.conn, kind = ?d.kind, "replay diverged");
+    } else {
+        tracing::debug!(lsn = d.lsn, conn = d.conn, kind = ?d.kind, "replay diverged");
     }
 }
 

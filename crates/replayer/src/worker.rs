@@ -51,6 +51,9 @@ pub(crate) struct WorkerCtx {
     pub hurry: tokio_util::sync::CancellationToken,
     /// Told when a queued record leaves the queue.
     pub inflight: Arc<crate::inflight::InFlight>,
+    /// Log divergences as warnings (the replay stops at them) rather than
+    /// debug lines (the caller lists them all).
+    pub warn: bool,
 }
 
 pub(crate) async fn run(
@@ -97,12 +100,13 @@ pub(crate) async fn run(
 }
 
 fn fail(ctx: &WorkerCtx, lsn: Lsn, kind: DivergenceKind) {
-    tracing::warn!(lsn, conn = ctx.conn, ?kind, "replay diverged");
-    ctx.failures.lock().expect("poisoned").push(Divergence {
+    let d = Divergence {
         lsn,
         conn: ctx.conn,
         kind,
-    });
+    };
+    crate::log_divergence(ctx.warn, &d);
+    ctx.failures.lock().expect("poisoned").push(d);
 }
 
 async fn send(
