@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod journal_dump;
+mod journal_export;
 mod replay_cmd;
 
 #[derive(Parser)]
@@ -125,6 +126,8 @@ enum JournalCommand {
     },
     /// Records of a journal: a range, filtered, as text, hex or JSON lines.
     Dump(journal_dump::DumpArgs),
+    /// The recorded conversations as a capture file (Wireshark, tshark).
+    Export(journal_export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -176,6 +179,7 @@ async fn run(cli: Cli) -> Result<()> {
             journal_stat(journal, json).await
         }
         Command::Journal(JournalCommand::Dump(args)) => journal_dump::run(args).await,
+        Command::Journal(JournalCommand::Export(args)) => journal_export::run(args).await,
         Command::Replay(args) => replay_cmd::run(args).await,
         Command::Node { config, metrics } => run_node(config, metrics).await,
         Command::Migrate {

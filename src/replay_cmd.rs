@@ -73,6 +73,55 @@ pub struct ReplayArgs {
     /// Divergences listed at most (all of them are counted).
     #[arg(long, value_name = "N", default_value_t = 20)]
     max_divergences: usize,
+    /// Pace of the replay: `max` (as fast as the causality allows) or `Nx`
+    /// for any positive N (`1x` = the original timing, `2x` = twice as
+    /// fast, `0.5x` = half as fast): each record is sent no earlier than
+    /// its original offset from the range's first record, divided by N.
+    #[arg(long, value_name = "max|Nx", default_value = "max", value_parser = parse_speed)]
+    speed: Speed,
+}
+
+/// `--speed`: as fast as possible, or a multiplier of the original timing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Speed {
+    Max,
+    Times(f64),
+}
+
+impl Speed {
+    fn multiplier(self) -> Option<f64> {
+        match self {
+            Speed::Max => None,
+            Speed::Times(n) => Some(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Speed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Speed::Max => f.write_str("max"),
+            Speed::Times(n) => write!(f, "{n}x"),
+        }
+    }
+}
+
+fn parse_speed(s: &str) -> Result<Speed, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Speed::Max);
+    }
+    let bad = || format!("{s:?}: expected max or a positive multiplier like 1x, 2x, 0.5x");
+    let n = s
+        .strip_suffix(['x', 'X'])
+        .ok_or_else(bad)?
+        .parse::<f64>()
+        .map_err(|_| bad())?;
+    if n.is_finite() && n > 0.0 {
+        Ok(Speed::Times(n))
+    } else {
+        Err(bad())
+    }
 }
 
 /// Runs `replaymig replay`; an error (or any divergence) is a non-zero exit.
@@ -179,6 +228,7 @@ async fn replay(journal: &Journal, args: &ReplayArgs) -> Result<Outcome> {
     options.answer_timeout = Duration::from_secs_f64(args.answer_timeout);
     // List every divergence rather than stop at the first (debugging).
     options.stop_on_divergence = false;
+    options.speed = args.speed.multiplier();
     let mut replayer = Replayer::new(options);
     if let Some(mark) = &mark {
         replayer.start_at(mark);
@@ -228,6 +278,7 @@ async fn replay(journal: &Journal, args: &ReplayArgs) -> Result<Outcome> {
         mark: mark.as_ref(),
         interrupted_at,
         max_divergences: args.max_divergences,
+        speed: args.speed,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary.json())?);
@@ -403,6 +454,7 @@ struct Summary<'a> {
     mark: Option<&'a SnapshotMark>,
     interrupted_at: Option<Lsn>,
     max_divergences: usize,
+    speed: Speed,
 }
 
 impl Summary<'_> {
@@ -427,6 +479,8 @@ impl Summary<'_> {
             "to_lsn": self.range.to,
             "only_connections": (!self.conns.is_empty()).then_some(self.conns),
             "snapshot_mark_lsn": self.mark.map(|m| m.lsn),
+            "speed": self.speed.to_string(),
+            "speed_multiplier": self.speed.multiplier(),
             "records": r.records,
             "data_records": r.data_records,
             "data_bytes": r.data_bytes,
@@ -462,6 +516,7 @@ impl Summary<'_> {
                 mark.lsn
             );
         }
+        out += &format!("speed            {}\n", self.speed);
         if let Some(lsn) = self.interrupted_at {
             out += &format!("interrupted      after LSN {lsn}\n");
         }
@@ -691,5 +746,21 @@ mod tests {
         let p = preview(&long);
         assert!(p.ends_with("\"..."), "{p}");
         assert_eq!(p.len(), PREVIEW_BYTES + 2 + 3);
+    }
+
+    #[test]
+    fn speed_is_max_or_a_positive_multiplier() {
+        assert_eq!(parse_speed("max"), Ok(Speed::Max));
+        assert_eq!(parse_speed("1x"), Ok(Speed::Times(1.0)));
+        assert_eq!(parse_speed("2x"), Ok(Speed::Times(2.0)));
+        assert_eq!(parse_speed("0.5x"), Ok(Speed::Times(0.5)));
+        assert_eq!(parse_speed("1.5X"), Ok(Speed::Times(1.5)));
+        for bad in ["", "x", "2", "0x", "-1x", "infx", "NaNx", "fast", "1xx"] {
+            assert!(parse_speed(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Speed::Times(1.5).to_string(), "1.5x");
+        assert_eq!(Speed::Times(2.0).to_string(), "2x");
+        assert_eq!(Speed::Max.to_string(), "max");
+        assert_eq!(Speed::Max.multiplier(), None);
     }
 }

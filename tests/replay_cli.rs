@@ -544,3 +544,95 @@ async fn a_replay_right_after_a_snapshot_marker_counts_answers_from_it() {
         );
     }
 }
+
+/// `--speed`: a session of ~1.5 s (two connections, each an INCR every
+/// 50 ms) replayed at 1x takes about as long as the original (first to
+/// last record), at 2x about half of that, at max far less; each replay,
+/// onto a fresh redis, ends with the original's counters.
+#[test]
+fn replay_speed_paces_records_by_their_original_timing() {
+    const TICK: Duration = Duration::from_millis(50);
+    const TICKS: u32 = 30;
+    let original = RedisServer::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let journal = dir.path().join("journal");
+    let mut proxy = ProxyProcess::start(original.addr, &journal, "batch").unwrap();
+    let listen = proxy.listen;
+    let start = Instant::now();
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = RespClient::connect(listen).unwrap();
+                let key = format!("ctr:{i}");
+                for k in 0..TICKS {
+                    let due = start + TICK * k;
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    assert_eq!(
+                        c.cmd(&["INCR", key.as_str()]).unwrap(),
+                        Reply::Int(i64::from(k) + 1)
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_active(&proxy, 0.0);
+    proxy.stop();
+    let at_end = original.dump_all().unwrap();
+    assert_eq!(at_end.len(), 2, "ctr:0 and ctr:1");
+    let entries = read_journal(&journal);
+    let times: Vec<u64> = entries.iter().map(|e| e.record.time_us()).collect();
+    let span = Duration::from_micros(times.iter().max().unwrap() - times[0]);
+    assert!(
+        span >= Duration::from_millis(1_300) && span < Duration::from_secs(4),
+        "the original session's span: {span:?}"
+    );
+    let span = span.as_secs_f64();
+
+    // (speed, the elapsed time it should take: low ..= high, in seconds).
+    let cases = [
+        ("1x", span, span * 1.2),
+        ("max", 0.0, span * 0.5),
+        ("2x", span * 0.5, span * 0.5 * 1.25),
+    ];
+    for (speed, low, high) in cases {
+        let fresh = RedisServer::start().unwrap();
+        let began = Instant::now();
+        let (out, sum) = replay_json(&journal, fresh.addr, &["--speed", speed]);
+        let wall = began.elapsed().as_secs_f64();
+        assert!(out.status.success(), "--speed {speed}: {}", stderr(&out));
+        assert_eq!(sum["divergence_count"], 0, "--speed {speed}: {sum}");
+        assert_eq!(sum["speed"], speed, "{sum}");
+        assert_eq!(sum["records"], entries.len(), "{sum}");
+        let elapsed = sum["elapsed_seconds"].as_f64().unwrap();
+        eprintln!("--speed {speed}: {elapsed:.3} s (span {span:.3} s)");
+        assert!(
+            (low..=high).contains(&elapsed) && wall >= low,
+            "--speed {speed}: replayed in {elapsed:.3} s ({wall:.3} s wall), \
+             expected {low:.3} ..= {high:.3} s (original span {span:.3} s)"
+        );
+        assert_eq!(fresh.dump_all().unwrap(), at_end, "--speed {speed}");
+    }
+    assert_eq!(
+        replay_json(&journal, RedisServer::start().unwrap().addr, &[]).1["speed_multiplier"],
+        serde_json::Value::Null,
+        "max by default"
+    );
+
+    // The text summary names the speed; a bad one is refused up front.
+    let fresh = RedisServer::start().unwrap();
+    let target = fresh.addr.to_string();
+    let out = replay(&journal, &["--target", &target, "--speed", "1.5x"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("speed            1.5x\n"),
+        "{}",
+        stdout(&out)
+    );
+    for bad in ["0x", "-2x", "fast", "2"] {
+        let out = replay(&journal, &["--target", &target, &format!("--speed={bad}")]);
+        fails_with(&out, "expected max or a positive multiplier");
+    }
+}

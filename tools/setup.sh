@@ -8,9 +8,10 @@ set -euo pipefail
 # iproute2: namespaces and tc for the two-node testbed.
 # iptables: CRIU locks the network with it while dumping.
 # curl: scraping /metrics from scripts.
+# tshark: tests/journal_export.rs checks `replaymig journal export`'s pcap with it.
 # fonts-dejavu-core: DejaVuSans.ttf, the font replaymig-bench-report draws the
 # figures' text with (crates/bench loads it at run time; no fontconfig needed).
-packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core)
+packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core tshark)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +25,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # wireshark-common (pulled in by tshark) asks whether non-root users may
+  # capture; answer "no" up front so the install never waits for a prompt.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   # Debian's redis-server postinst tries to start a service; there is no init
   # system here, so tell invoke-rc.d not to (exit 101 = action forbidden).

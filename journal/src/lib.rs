@@ -19,6 +19,7 @@ pub mod error;
 pub mod fault;
 pub mod marker;
 pub mod names;
+pub mod pcap;
 pub mod record;
 mod segment;
 mod staging;

@@ -51,6 +51,12 @@ pub struct ReplayOptions {
     /// Stop at the first divergence (migration) or record it and go on
     /// (debugging).
     pub stop_on_divergence: bool,
+    /// Pacing (opt-in): at speed `N`, record `k` is dispatched no earlier
+    /// than `N`-times-faster original timing: the first applied record's
+    /// dispatch instant plus `(time_us(k) - time_us(first)) / N`, on top of
+    /// the causality waits. `None` (the default): as fast as possible.
+    /// Must be finite and positive.
+    pub speed: Option<f64>,
 }
 
 impl ReplayOptions {
@@ -61,6 +67,7 @@ impl ReplayOptions {
             only: None,
             answer_timeout: Duration::from_secs(5),
             stop_on_divergence: true,
+            speed: None,
         }
     }
 }
@@ -185,6 +192,8 @@ pub struct Replayer {
     hurry: tokio_util::sync::CancellationToken,
     /// Applied records not yet handed to the target.
     inflight: Arc<InFlight>,
+    /// With `speed`: when the first record was applied, and its `time_us`.
+    pace_origin: Option<(tokio::time::Instant, u64)>,
 }
 
 impl Replayer {
@@ -203,6 +212,7 @@ impl Replayer {
             started: Instant::now(),
             hurry: tokio_util::sync::CancellationToken::new(),
             inflight: Arc::default(),
+            pace_origin: None,
         }
     }
 
@@ -250,6 +260,7 @@ impl Replayer {
     /// Applies one record. Divergences are recorded in the report; with
     /// `stop_on_divergence` the first one is also returned as an error.
     pub async fn apply(&mut self, entry: &Entry) -> Result<(), ReplayError> {
+        self.pace(entry).await;
         let lsn = entry.lsn;
         self.inflight.applied(lsn);
         let first = *self.first_lsn.get_or_insert(lsn);
@@ -299,6 +310,22 @@ impl Replayer {
     /// 0 before any. What a migration acknowledges: `apply` only queues.
     pub fn replayed_lsn(&self) -> Lsn {
         self.inflight.replayed()
+    }
+
+    /// With a `speed`, sleeps until `entry` is due: the first record at
+    /// once, each later one at its original offset from the first divided
+    /// by the speed (records journaled out of time order are not delayed).
+    async fn pace(&mut self, entry: &Entry) {
+        let Some(speed) = self.options.speed else {
+            return;
+        };
+        let time_us = entry.record.time_us();
+        let (start, first_us) = *self
+            .pace_origin
+            .get_or_insert_with(|| (tokio::time::Instant::now(), time_us));
+        if let Some(due) = pace_due(start, first_us, time_us, speed) {
+            tokio::time::sleep_until(due).await;
+        }
     }
 
     /// The first divergence so far, as an error when the replay stops at it.
@@ -470,6 +497,23 @@ impl Replayer {
     }
 }
 
+/// When a record journaled at `time_us` is due at `speed`, given the first
+/// record (journaled at `first_us`) was dispatched at `start`; `None` when
+/// it is not later than the first or `speed` is not a positive number.
+fn pace_due(
+    start: tokio::time::Instant,
+    first_us: u64,
+    time_us: u64,
+    speed: f64,
+) -> Option<tokio::time::Instant> {
+    let offset_us = time_us.checked_sub(first_us).filter(|d| *d > 0)?;
+    if !(speed.is_finite() && speed > 0.0) {
+        return None;
+    }
+    let offset = Duration::try_from_secs_f64(offset_us as f64 / 1e6 / speed).ok()?;
+    start.checked_add(offset)
+}
+
 /// A divergence that stops the replay (migration) is worth a warning; when
 /// the caller collects them all (the CLI lists them), one per record would
 /// flood the log, so they are debug lines.
@@ -524,5 +568,24 @@ where
     match report.divergences.first() {
         Some(d) if stop => Err(ReplayError::Diverged(d.clone())),
         _ => Ok(report),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_due_scales_the_original_offset_by_the_speed() {
+        let start = tokio::time::Instant::now();
+        let at = |time_us, speed| pace_due(start, 1_000_000, time_us, speed);
+        assert_eq!(at(1_000_000, 1.0), None, "the first record: at once");
+        assert_eq!(at(900_000, 1.0), None, "out of time order: not delayed");
+        assert_eq!(at(2_000_000, 1.0), Some(start + Duration::from_secs(1)));
+        assert_eq!(at(2_000_000, 2.0), Some(start + Duration::from_millis(500)));
+        assert_eq!(at(2_000_000, 0.5), Some(start + Duration::from_secs(2)));
+        assert_eq!(at(2_500_000, 1.5), Some(start + Duration::from_secs(1)));
+        assert_eq!(at(2_000_000, 0.0), None);
+        assert_eq!(at(2_000_000, f64::NAN), None);
     }
 }
