@@ -123,6 +123,9 @@ enum JournalCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also list every connection (client, records, bytes, LSNs, times).
+        #[arg(long)]
+        connections: bool,
     },
     /// Records of a journal: a range, filtered, as text, hex or JSON lines.
     Dump(journal_dump::DumpArgs),
@@ -175,9 +178,11 @@ fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runti
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Proxy(args) => run_proxy(args).await,
-        Command::Journal(JournalCommand::Stat { journal, json }) => {
-            journal_stat(journal, json).await
-        }
+        Command::Journal(JournalCommand::Stat {
+            journal,
+            json,
+            connections,
+        }) => journal_stat(journal, json, connections).await,
         Command::Journal(JournalCommand::Dump(args)) => journal_dump::run(args).await,
         Command::Journal(JournalCommand::Export(args)) => journal_export::run(args).await,
         Command::Replay(args) => replay_cmd::run(args).await,
@@ -263,7 +268,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-async fn journal_stat(dir: PathBuf, json: bool) -> Result<()> {
+async fn journal_stat(dir: PathBuf, json: bool, connections: bool) -> Result<()> {
     let journal = Journal::open(
         &dir,
         JournalOptions {
@@ -274,7 +279,11 @@ async fn journal_stat(dir: PathBuf, json: bool) -> Result<()> {
     .with_context(|| format!("cannot open journal {}", dir.display()))?;
     let stats = JournalStats::compute(&journal);
     journal.close().await?;
-    let stats = stats.with_context(|| format!("journal {} failed verification", dir.display()))?;
+    let mut stats =
+        stats.with_context(|| format!("journal {} failed verification", dir.display()))?;
+    if !connections {
+        stats.per_connection.clear();
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
@@ -298,6 +307,24 @@ fn render_stats(dir: &std::path::Path, s: &JournalStats) -> String {
     );
     for (kind, n) in &s.records_by_kind {
         out.push_str(&format!("  {kind:<14} {n}\n"));
+    }
+    if !s.per_connection.is_empty() {
+        out.push_str(&format!(
+            "\n{:>10}  {:<22} {:>8} {:>12} {:>12}  {:<21} {:>9}  state\n",
+            "conn", "client", "records", "data bytes", "answer bytes", "lsn range", "seconds"
+        ));
+    }
+    for (conn, c) in &s.per_connection {
+        out.push_str(&format!(
+            "{conn:>10}  {:<22} {:>8} {:>12} {:>12}  {:<21} {:>9.3}  {}\n",
+            c.client.as_deref().unwrap_or("?"),
+            c.records,
+            c.data_bytes,
+            c.answer_bytes,
+            format!("{} ..= {}", c.first_lsn, c.last_lsn),
+            c.last_time_us.saturating_sub(c.first_time_us) as f64 / 1e6,
+            if c.open { "open" } else { "closed" },
+        ));
     }
     out
 }

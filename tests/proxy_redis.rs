@@ -164,4 +164,40 @@ fn journal_stat_reports_what_was_recorded() {
     assert_eq!(stats["last_lsn"], 39);
     let text = run(&["journal", "stat", "--journal", journal.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("1 ..= 39"));
+    // Per connection: 13 records each, its own bytes, all closed, 10 answers
+    // of ":n\r\n" (4 bytes for 1..=9, 5 for 10).
+    let out = run(&[
+        "journal",
+        "stat",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--json",
+        "--connections",
+    ]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let conns = stats["per_connection"].as_object().unwrap();
+    assert_eq!(conns.len(), 3);
+    let mut bytes = 0;
+    for (id, c) in conns {
+        assert_eq!(c["records"], 13, "conn {id}");
+        assert_eq!(c["first_lsn"].as_u64().unwrap().to_string(), *id);
+        assert_eq!(c["open"], false);
+        assert_eq!(c["answer_bytes"], 9 * 4 + 5);
+        assert!(c["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        bytes += c["data_bytes"].as_u64().unwrap();
+    }
+    assert_eq!(bytes as usize, sent);
+    let text = run(&[
+        "journal",
+        "stat",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--connections",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout)
+            .matches(" closed\n")
+            .count(),
+        3
+    );
 }

@@ -1,7 +1,7 @@
 //! Whole-journal statistics for `replaymig journal stat`.
 
 use crate::error::Result;
-use crate::record::Record;
+use crate::record::{ConnId, Record};
 use crate::{Journal, Lsn};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -30,6 +30,33 @@ pub struct JournalStats {
     pub last_time_us: Option<u64>,
     /// Bytes the journal occupies on disk.
     pub size_on_disk_bytes: u64,
+    /// Per connection (by id, the LSN of its `opened` record; a connection
+    /// opened before the first stored LSN appears from its first record).
+    pub per_connection: BTreeMap<ConnId, ConnectionStats>,
+}
+
+/// One connection's share of a journal: who, how much, when, and whether
+/// it is still open — which connection to replay or dump.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// The client address (from its `opened` record, if stored).
+    pub client: Option<String>,
+    /// Its records.
+    pub records: u64,
+    /// Client bytes it sent.
+    pub data_bytes: u64,
+    /// Answer bytes its client had received by its last record.
+    pub answer_bytes: u64,
+    /// Its first and last LSN.
+    pub first_lsn: Lsn,
+    /// Its last LSN.
+    pub last_lsn: Lsn,
+    /// Time of its first record, µs since the Unix epoch.
+    pub first_time_us: u64,
+    /// Time of its last record, µs since the Unix epoch.
+    pub last_time_us: u64,
+    /// No `closed` record yet.
+    pub open: bool,
 }
 
 impl JournalStats {
@@ -52,6 +79,34 @@ impl JournalStats {
                 .records_by_kind
                 .entry(entry.record.kind_name())
                 .or_default() += 1;
+            if let Some(conn) = entry.record.conn(entry.lsn) {
+                let c = stats
+                    .per_connection
+                    .entry(conn)
+                    .or_insert_with(|| ConnectionStats {
+                        first_lsn: entry.lsn,
+                        first_time_us: time,
+                        open: true,
+                        ..Default::default()
+                    });
+                c.records += 1;
+                c.last_lsn = entry.lsn;
+                c.last_time_us = time;
+                match &entry.record {
+                    Record::Opened { client_addr, .. } => c.client = Some(client_addr.clone()),
+                    Record::Data {
+                        data, resp_before, ..
+                    } => {
+                        c.data_bytes += data.len() as u64;
+                        c.answer_bytes = *resp_before;
+                    }
+                    Record::Closed { resp_total, .. } => {
+                        c.answer_bytes = *resp_total;
+                        c.open = false;
+                    }
+                    _ => {}
+                }
+            }
             match &entry.record {
                 Record::Opened { .. } => {
                     stats.connections += 1;
