@@ -11,6 +11,7 @@
 #   BIN=path/to/replaymig tools/demo.sh   # use that binary (tests do)
 #   PRELOAD_MB=200 tools/demo.sh   # first write that much incompressible data through the proxy
 #   LOAD_PAUSE_MS=1 tools/demo.sh  # clients pause between requests (default: as fast as they can)
+#   QUIET_MS=10 tools/demo.sh      # the barrier's quiet window (default 20 ms)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 1; }

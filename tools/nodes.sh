@@ -10,6 +10,7 @@
 #                                         {data_dir}; SNAPSHOT the TOML body of
 #                                         [service.snapshot]
 #   nodes_start                           both agents, metrics on 127.0.0.1:9100
+#   (QUIET_MS in the environment sets the services' barrier quiet window)
 #   on a|b CMD...  /  run_on a|b CMD...   exec / run CMD in a node's namespace
 
 nodes_up() {
@@ -41,6 +42,7 @@ backend = "127.0.0.1:6379"
 journal = "$work/$node-journal"
 owner = "a"
 data_dir = "$work/$node-data"
+${QUIET_MS:+quiet_ms = $QUIET_MS}
 start = "$start"
 ready = "$ready"
 [service.snapshot]

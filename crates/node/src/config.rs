@@ -85,8 +85,19 @@ pub struct ServiceConfig {
     /// The service's data directory (placeholder `{data_dir}`).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// The barrier's quiet window: the service must send no answer byte for
+    /// this long (after answering every connection's last input) to count
+    /// as quiet. Both holds of a replay migration last at least this long;
+    /// shorter risks taking a service that is merely slow (CPU-starved,
+    /// mid-way through a large answer) for quiet. Default 20 ms.
+    #[serde(default = "default_quiet_ms")]
+    pub quiet_ms: u64,
     /// How it is snapshotted.
     pub snapshot: SnapshotConfig,
+}
+
+fn default_quiet_ms() -> u64 {
+    20
 }
 
 /// The snapshot driver section.
@@ -128,6 +139,13 @@ impl NodeConfig {
             bail!("set secret_file or secret_env (the peer secret never goes on the command line)");
         }
         for s in &self.services {
+            if !(1..=1000).contains(&s.quiet_ms) {
+                bail!(
+                    "service {}: quiet_ms must be 1..=1000, not {}",
+                    s.name,
+                    s.quiet_ms
+                );
+            }
             if s.owner != self.name && !self.peers.contains_key(&s.owner) {
                 bail!(
                     "service {}: owner {:?} is neither this node nor a known peer",
@@ -171,6 +189,15 @@ mod tests {
         let config: NodeConfig = toml::from_str(&example).unwrap();
         config.check().unwrap();
         assert_eq!(config.services[0].snapshot.driver().name(), "exec");
+        assert_eq!(config.services[0].quiet_ms, 20, "the default quiet window");
+        let quick = example.replace("data_dir = ", "quiet_ms = 8\ndata_dir = ");
+        let config: NodeConfig = toml::from_str(&quick).unwrap();
+        assert_eq!(config.services[0].quiet_ms, 8);
+        let zero = example.replace("data_dir = ", "quiet_ms = 0\ndata_dir = ");
+        assert!(toml::from_str::<NodeConfig>(&zero)
+            .unwrap()
+            .check()
+            .is_err());
         let bad = example.replace("owner = \"a\"", "owner = \"zz\"");
         let config: NodeConfig = toml::from_str(&bad).unwrap();
         assert!(config.check().is_err());

@@ -481,7 +481,11 @@ async fn quiesce_with_retries(host: &ServiceHost) -> Result<replaymig_proxy::Qui
     const TRIES: usize = 3;
     let mut last = None;
     for attempt in 1..=TRIES {
-        match host.proxy.quiesce(QuiesceOptions::default()).await {
+        let options = QuiesceOptions {
+            idle: Duration::from_millis(host.config.quiet_ms),
+            ..QuiesceOptions::default()
+        };
+        match host.proxy.quiesce(options).await {
             Ok(hold) => return Ok(hold),
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "barrier failed; retrying");
