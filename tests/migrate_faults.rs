@@ -47,6 +47,14 @@ fn start_node(
     guard
 }
 
+/// A runtime for a test that plays a peer itself.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A sequential INCR client on `key` until stopped or its connection
 /// fails (the node it talks to dies); returns acks. Every reply counts.
 fn counter_until_error(
@@ -217,6 +225,18 @@ impl Pair {
             .unwrap()
     }
 
+    /// An authenticated link to the node on `to`, made as node `name`
+    /// would (the peer secret is known to the test as to any node): the
+    /// tests play a misbehaving or vanishing peer with it.
+    async fn link_as(&self, name: &str, to: &NodePorts) -> replaymig_peer::PeerLink {
+        use replaymig_peer::{Authenticator, PeerLink, Secret};
+        let secret = Secret::from_file(&self.dir.path().join("secret")).unwrap();
+        let peer: SocketAddr = (to.ip, to.peer).into();
+        PeerLink::connect(peer, &Authenticator::new(name, secret))
+            .await
+            .unwrap()
+    }
+
     fn owner(&self, admin: u16) -> String {
         self.status(admin)["owner"].as_str().unwrap().to_string()
     }
@@ -350,22 +370,14 @@ fn a_divergent_replay_aborts_and_a_keeps_ownership() {
 
 #[test]
 fn a_corrupt_snapshot_chunk_is_refused_and_nobody_takes_ownership() {
-    use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+    use replaymig_peer::Message;
     let pair = Pair::start(None, None);
     let stop = Arc::new(AtomicBool::new(false));
     let client = counter(pair.listen_a(), "n", stop.clone());
     // Play a source that sends B a damaged chunk (the peer secret is known
     // to this test as to any node).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let answer = rt.block_on(async {
-        let secret = Secret::from_file(&pair.dir.path().join("secret")).unwrap();
-        let peer: SocketAddr = (pair.pb.ip, pair.pb.peer).into();
-        let mut link = PeerLink::connect(peer, &Authenticator::new("a", secret))
-            .await
-            .unwrap();
+    let answer = runtime().block_on(async {
+        let mut link = pair.link_as("a", &pair.pb).await;
         link.send(Message::MigrateBegin {
             service: "redis".into(),
             epoch: 2,
@@ -455,7 +467,7 @@ fn a_source_crashing_at_its_commit_point_hands_over_once_it_is_back() {
 
 #[test]
 fn a_destination_left_prepared_discards_when_the_source_kept_the_service() {
-    use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+    use replaymig_peer::Message;
     use replaymig_snapshot::transfer::SnapshotChunks;
     use replaymig_snapshot::Manifest;
     let pair = Pair::start(None, None);
@@ -468,16 +480,8 @@ fn a_destination_left_prepared_discards_when_the_source_kept_the_service() {
     )
     .unwrap();
     let manifest = Manifest::build(snap.path(), "redis", "exec", 0).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let secret = Secret::from_file(&pair.dir.path().join("secret")).unwrap();
-        let peer: SocketAddr = (pair.pb.ip, pair.pb.peer).into();
-        let mut link = PeerLink::connect(peer, &Authenticator::new("a", secret))
-            .await
-            .unwrap();
+    runtime().block_on(async {
+        let mut link = pair.link_as("a", &pair.pb).await;
         link.send(Message::MigrateBegin {
             service: "redis".into(),
             epoch: 2,
@@ -520,18 +524,10 @@ fn a_destination_left_prepared_discards_when_the_source_kept_the_service() {
 
 #[test]
 fn an_owner_refuses_a_tunnel_from_a_newer_epoch() {
-    use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+    use replaymig_peer::Message;
     let pair = Pair::start(None, None);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let answer = rt.block_on(async {
-        let secret = Secret::from_file(&pair.dir.path().join("secret")).unwrap();
-        let peer: SocketAddr = (pair.pa.ip, pair.pa.peer).into();
-        let mut link = PeerLink::connect(peer, &Authenticator::new("b", secret))
-            .await
-            .unwrap();
+    let answer = runtime().block_on(async {
+        let mut link = pair.link_as("b", &pair.pa).await;
         link.send(Message::TunnelOpen {
             service: "redis".into(),
             conn: None,

@@ -23,17 +23,7 @@ save_logs() { cp "$work/a.log" "$out/runs/$tag-a.log" 2>/dev/null || true; cp "$
 nodes_up "rmb$$" "$rate"
 case $workload in
   redis)
-    nodes_config redis \
-      "redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --protected-mode no" \
-      'driver = "exec"
-dump = [
-  "redis-cli -p {port} BGSAVE | grep -q saving.started",
-  "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q rdb_last_bgsave_status:ok",
-  "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
-]
-point_fixed_after = 1
-restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]' \
-      "redis-cli -p {port} PING | grep -q PONG"
+    nodes_config redis "$REDIS_START" "$REDIS_EXEC_SNAPSHOT" "$REDIS_READY"
     ;;
   detector)
     nodes_config detector \
@@ -48,15 +38,7 @@ nodes_start
 # Load on node a until the flag file appears; its verdict in $work/load.
 flag="$work/migrated"
 if [ "$workload" = redis ]; then
-  run_on a python3 - "$addr_a" "$REDIS_MB" <<'PY'
-import os, socket, sys
-s = socket.create_connection((sys.argv[1], 6380)); f = s.makefile("rb")
-size, batch = 4096, 64
-for i in range(int(sys.argv[2]) * 1024 * 1024 // size // batch):
-    s.sendall(b"".join(b"*3\r\n$3\r\nSET\r\n$12\r\nbig:%08d\r\n$%d\r\n%s\r\n" % (i * batch + j, size, os.urandom(size)) for j in range(batch)))
-    for _ in range(batch):
-        assert f.readline() == b"+OK\r\n"
-PY
+  redis_preload "$REDIS_MB"
   on a python3 - "$addr_a" "$flag" "$REDIS_PAUSE_MS" >"$work/load" <<'PY' &
 import os, socket, sys, threading, time
 addr, flag, pause = sys.argv[1], sys.argv[2], float(sys.argv[3]) / 1000

@@ -27,39 +27,19 @@ source tools/lib.sh
 source tools/nodes.sh
 
 nodes_up "rmdemo$$" "$RATE"
-start="redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --protected-mode no"
+start=$REDIS_START snapshot=$REDIS_EXEC_SNAPSHOT
 if [ "$DRIVER" = criu ]; then
   start="unshare --pid --fork setsid $start"
   snapshot='driver = "criu"'
-else
-  # BGSAVE fixes the snapshot point at its fork: input is held only
-  # that long; the child writes the RDB while the service serves again.
-  snapshot='driver = "exec"
-dump = [
-  "redis-cli -p {port} BGSAVE | grep -q saving.started",
-  "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q rdb_last_bgsave_status:ok",
-  "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
-]
-point_fixed_after = 1
-restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]'
 fi
-nodes_config redis "$start" "$snapshot" "redis-cli -p {port} PING | grep -q PONG"
+nodes_config redis "$start" "$snapshot" "$REDIS_READY"
 nodes_start
 
 echo "== redis on node a ($addr_a), clients on both nodes; some data first"
 run_on a redis-benchmark -h "$addr_a" -p 6380 -t set -n 20000 -r 100000 -d 512 -q 2>/dev/null | tr '\r' '\n' | grep "per second" || true
 if [ -n "${PRELOAD_MB:-}" ]; then
   echo "== preloading ${PRELOAD_MB} MB of random values through the proxy"
-  run_on a python3 - "$addr_a" "$PRELOAD_MB" <<'PY'
-import os, socket, sys
-s = socket.create_connection((sys.argv[1], 6380)); f = s.makefile("rb")
-size, batch = 4096, 64
-for i in range(int(sys.argv[2]) * 1024 * 1024 // size // batch):
-    out = b"".join(b"*3\r\n$3\r\nSET\r\n$12\r\nbig:%08d\r\n$%d\r\n%s\r\n" % (i * batch + j, size, os.urandom(size)) for j in range(batch))
-    s.sendall(out)
-    for _ in range(batch):
-        assert f.readline() == b"+OK\r\n"
-PY
+  redis_preload "$PRELOAD_MB"
 fi
 echo "== continuous load: 8 clients on node a (INCR on own keys, RPUSH to own lists; pipelined and not), redis-benchmark INCR on node b (tunneled)"
 on a python3 - "$addr_a" "$work/migrated" >"$work/tally" <<'PY' &

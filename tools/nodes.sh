@@ -67,3 +67,31 @@ nodes_start() {
     run_on "$node" "$BIN" status >/dev/null 2>&1 || { echo "node $node did not start:" >&2; cat "$work/$node.log" >&2; exit 1; }
   done
 }
+
+# Redis as a node service (for nodes_config): its start command, its
+# readiness check, and the exec driver's BGSAVE snapshot — BGSAVE fixes
+# the snapshot point at its fork, so input is held only that long; the
+# child writes the RDB while the service serves again.
+REDIS_START="redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --protected-mode no"
+REDIS_READY="redis-cli -p {port} PING | grep -q PONG"
+REDIS_EXEC_SNAPSHOT='driver = "exec"
+dump = [
+  "redis-cli -p {port} BGSAVE | grep -q saving.started",
+  "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q rdb_last_bgsave_status:ok",
+  "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
+]
+point_fixed_after = 1
+restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]'
+
+# redis_preload MB: that much incompressible data SET through node a's proxy.
+redis_preload() {
+  run_on a python3 - "$addr_a" "$1" <<'PY'
+import os, socket, sys
+s = socket.create_connection((sys.argv[1], 6380)); f = s.makefile("rb")
+size, batch = 4096, 64
+for i in range(int(sys.argv[2]) * 1024 * 1024 // size // batch):
+    s.sendall(b"".join(b"*3\r\n$3\r\nSET\r\n$12\r\nbig:%08d\r\n$%d\r\n%s\r\n" % (i * batch + j, size, os.urandom(size)) for j in range(batch)))
+    for _ in range(batch):
+        assert f.readline() == b"+OK\r\n"
+PY
+}
