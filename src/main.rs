@@ -111,6 +111,12 @@ struct ProxyArgs {
     /// Connections served at once.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// What the journal keeps of the service's answers: `off` (only the
+    /// counts every record carries), `digest` (a CRC-32 and length per
+    /// answer segment, for `replay --compare`) or `full` (the bytes too, up
+    /// to 1 MiB per segment: exact divergence offsets, answers in pcaps).
+    #[arg(long, value_name = "off|digest|full", default_value = "digest")]
+    journal_responses: replaymig_proxy::AnswerJournaling,
 }
 
 #[derive(Subcommand)]
@@ -225,12 +231,14 @@ async fn run_proxy(args: ProxyArgs) -> Result<()> {
     let mut config = ProxyConfig::new(args.listen, args.backend);
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     config.max_connections = args.max_connections;
+    config.journal_responses = args.journal_responses;
     let proxy = Proxy::bind(config, journal.clone()).await?;
     tracing::info!(
         listen = %proxy.local_addr()?,
         backend = %args.backend,
         journal = %args.journal.display(),
         durability = %args.durability,
+        journal_responses = args.journal_responses.as_str(),
         last_lsn = journal.last_lsn(),
         "proxy serving"
     );
@@ -295,12 +303,14 @@ async fn journal_stat(dir: PathBuf, json: bool, connections: bool) -> Result<()>
 fn render_stats(dir: &std::path::Path, s: &JournalStats) -> String {
     let lsn = |l: Option<u64>| l.map_or("-".to_string(), |l| l.to_string());
     let mut out = format!(
-        "journal          {}\nlsn range        {} ..= {}\nrecords          {}\ndata bytes       {}\nconnections      {} ({} open)\nsize on disk     {} bytes\n",
+        "journal          {}\nlsn range        {} ..= {}\nrecords          {}\ndata bytes       {}\nanswers kept     {} bytes as digests/bytes, {} verbatim\nconnections      {} ({} open)\nsize on disk     {} bytes\n",
         dir.display(),
         lsn(s.first_lsn),
         lsn(s.last_lsn),
         s.records,
         s.data_bytes,
+        s.answer_segment_bytes,
+        s.answer_bytes_kept,
         s.connections,
         s.open_connections,
         s.size_on_disk_bytes,

@@ -7,8 +7,10 @@
 //! stops the command, naming its LSN, before anything is sent), then to
 //! feed the [`Replayer`], which opens one target connection per journaled
 //! connection and honours the recorded answer causality. Divergences (the
-//! target answering more or fewer bytes than the original) are collected,
-//! not fatal on the spot, and make the exit non-zero.
+//! target answering more or fewer bytes than the original; with `--compare`
+//! also different bytes, checked against the answer segments the proxy
+//! journaled) are collected, not fatal on the spot, and make the exit
+//! non-zero.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -62,6 +64,14 @@ pub struct ReplayArgs {
     /// Print the records that would be sent, one line each; connect to nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Also compare the target's answers by content with the answers the
+    /// proxy journaled (`--journal-responses digest` or `full`): each
+    /// differing answer segment is a divergence, with its byte offset and
+    /// previews (the exact first differing byte when bytes were kept).
+    /// Without it (or for a journal without answer records) only answer
+    /// byte counts are compared.
+    #[arg(long)]
+    compare: bool,
     /// Print the summary as one JSON object (with --dry-run: one JSON
     /// object per record).
     #[arg(long)]
@@ -164,6 +174,9 @@ struct Scan {
     records: u64,
     data_records: u64,
     data_bytes: u64,
+    /// Answer records (journaled answer segments) and how many kept bytes.
+    answer_records: u64,
+    answer_records_with_bytes: u64,
     /// Connections with at least one record in range.
     conns: BTreeSet<ConnId>,
 }
@@ -229,6 +242,7 @@ async fn replay(journal: &Journal, args: &ReplayArgs) -> Result<Outcome> {
     // List every divergence rather than stop at the first (debugging).
     options.stop_on_divergence = false;
     options.speed = args.speed.multiplier();
+    options.compare_answers = args.compare;
     let mut replayer = Replayer::new(options);
     if let Some(mark) = &mark {
         replayer.start_at(mark);
@@ -279,6 +293,7 @@ async fn replay(journal: &Journal, args: &ReplayArgs) -> Result<Outcome> {
         interrupted_at,
         max_divergences: args.max_divergences,
         speed: args.speed,
+        compare: args.compare,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary.json())?);
@@ -342,9 +357,16 @@ fn verify(journal: &Journal, dir: &Path, range: Range) -> Result<Scan> {
             if let Some(conn) = entry.record.conn(entry.lsn) {
                 scan.conns.insert(conn);
             }
-            if let Record::Data { data, .. } = &entry.record {
-                scan.data_records += 1;
-                scan.data_bytes += data.len() as u64;
+            match &entry.record {
+                Record::Data { data, .. } => {
+                    scan.data_records += 1;
+                    scan.data_bytes += data.len() as u64;
+                }
+                Record::Answer { data, .. } => {
+                    scan.answer_records += 1;
+                    scan.answer_records_with_bytes += u64::from(!data.is_empty());
+                }
+                _ => {}
             }
         }
         next = end + 1;
@@ -455,6 +477,7 @@ struct Summary<'a> {
     interrupted_at: Option<Lsn>,
     max_divergences: usize,
     speed: Speed,
+    compare: bool,
 }
 
 impl Summary<'_> {
@@ -467,6 +490,22 @@ impl Summary<'_> {
             self.report.data_bytes as f64 / 1e6,
             self.report.elapsed_seconds,
         )
+    }
+
+    /// What `--compare` could check, in words.
+    fn compared(&self) -> &'static str {
+        let scan = self.scan;
+        match (
+            self.compare,
+            scan.answer_records,
+            scan.answer_records_with_bytes,
+        ) {
+            (false, _, _) => "counts",
+            (true, 0, _) => "counts (no answers journaled in range: journal-responses off)",
+            (true, n, kept) if kept == n => "bytes",
+            (true, _, 0) => "digests",
+            (true, _, _) => "digests and bytes",
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -486,6 +525,8 @@ impl Summary<'_> {
             "data_bytes": r.data_bytes,
             "connections": r.connections,
             "answer_bytes": r.answer_bytes,
+            "compared": self.compared(),
+            "answer_segments_compared": r.answer_segments,
             "last_lsn": r.last_lsn,
             "elapsed_seconds": r.elapsed_seconds,
             "records_per_second": self.records_per_second(),
@@ -527,6 +568,11 @@ impl Summary<'_> {
         out += &format!("client bytes     {} sent\n", r.data_bytes);
         out += &format!("connections      {}\n", r.connections);
         out += &format!("answer bytes     {} read\n", r.answer_bytes);
+        out += &format!("compared         answer {}", self.compared());
+        if self.compare {
+            out += &format!(", {} journaled segments", r.answer_segments);
+        }
+        out += "\n";
         out += &format!("elapsed          {:.3} s\n", r.elapsed_seconds);
         out += &format!(
             "rate             {:.0} records/s, {:.2} MB/s\n",
@@ -573,6 +619,21 @@ fn describe(kind: &DivergenceKind) -> String {
             "target_closed: the target closed the connection while input remained".to_string()
         }
         DivergenceKind::TargetIo { error } => format!("target_io: {error}"),
+        DivergenceKind::AnswerMismatch(m) => {
+            let at = if m.exact {
+                "first differing byte"
+            } else {
+                "segment (digest only)"
+            };
+            let mut s = format!(
+                "answer_mismatch: {at} at answer offset {} (answer record LSN {}, {}-byte segment); got \"{}\"",
+                m.offset, m.answer_lsn, m.segment_len, m.got_preview
+            );
+            if !m.expected_preview.is_empty() {
+                s += &format!(", expected \"{}\"", m.expected_preview);
+            }
+            s
+        }
     }
 }
 
@@ -700,6 +761,13 @@ fn describe_record(record: &Record) -> (Option<usize>, String) {
         Record::Closed { resp_total, .. } => {
             (None, format!("closed after {resp_total} answer bytes"))
         }
+        Record::Answer {
+            offset, len, data, ..
+        } if data.is_empty() => (None, format!("answer {len} bytes at {offset} (digest)")),
+        Record::Answer { offset, data, .. } => (
+            Some(data.len()),
+            format!("answer {} at {offset}", preview(data)),
+        ),
         Record::Marker {
             mark,
             lsn_ref,

@@ -60,7 +60,17 @@ fn client_half_close_still_receives_the_full_answer() {
     assert_eq!(conn.data, request);
     let kinds: Vec<_> = conn.records.iter().map(|r| r.kind_name()).collect();
     assert_eq!(kinds.first(), Some(&"opened"));
-    assert_eq!(&kinds[kinds.len() - 2..], &["half_closed", "closed"]);
+    // The answer came after the client's FIN: its segment is journaled
+    // with the close (answer digests are on by default).
+    assert_eq!(
+        &kinds[kinds.len() - 3..],
+        &["half_closed", "answer", "closed"]
+    );
+    let answer = &conn.records[kinds.len() - 2];
+    assert!(
+        matches!(answer, Record::Answer { offset: 0, len, data, .. } if *len == ANSWER_LEN as u64 && data.is_empty()),
+        "{answer:?}"
+    );
     assert!(
         matches!(conn.records.last(), Some(Record::Closed { resp_total, .. }) if *resp_total == ANSWER_LEN as u64)
     );

@@ -117,3 +117,116 @@ fn dump_lists_filters_and_formats_a_recorded_session() {
     // Dumping wrote nothing.
     assert_eq!(read_journal(&journal).len(), entries.len());
 }
+
+/// `journal dump --follow --format json` as a child; its lines arrive on
+/// the returned channel (read by a thread) so the test can wait, bounded.
+fn follow(
+    journal: &std::path::Path,
+) -> (
+    replaymig_testkit::ChildGuard,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
+    use std::io::BufRead;
+    let mut child = replaymig()
+        .args([
+            "journal",
+            "dump",
+            "--follow",
+            "--format",
+            "json",
+            "--journal",
+        ])
+        .arg(journal)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the follower");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(serde_json::from_str(&line).expect("a JSON line"));
+        }
+    });
+    (
+        replaymig_testkit::ChildGuard::new("dump --follow", child),
+        rx,
+    )
+}
+
+/// The next `n` lines, each within 10 s.
+fn next_lines(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("line {i} of {n} did not come: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn follow_prints_a_stopped_journal_then_what_a_proxy_journals_live() {
+    let redis = RedisServer::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let journal = dir.path().join("journal");
+    let mut proxy = ProxyProcess::start(redis.addr, &journal, "batch").unwrap();
+    let mut c = RespClient::connect(proxy.listen).unwrap();
+    c.cmd(&["SET", "before", "1"]).unwrap();
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    proxy.stop();
+    let stored = read_journal(&journal);
+    assert!(
+        !journal
+            .join(replaymig_journal::follow::SOCKET_NAME)
+            .exists(),
+        "socket removed at stop"
+    );
+
+    // Nobody holds the journal: the stored records, then it waits.
+    let (_follower, rx) = follow(&journal);
+    let first = next_lines(&rx, stored.len());
+    let lsns: Vec<u64> = first.iter().map(|l| l["lsn"].as_u64().unwrap()).collect();
+    assert_eq!(lsns, (1..=stored.len() as u64).collect::<Vec<_>>());
+
+    // A proxy opens it: its new records follow, live, in order, no gap.
+    let mut proxy = ProxyProcess::start(redis.addr, &journal, "batch").unwrap();
+    let mut c = RespClient::connect(proxy.listen).unwrap();
+    for i in 0..5 {
+        assert_eq!(c.cmd(&["INCR", "live"]).unwrap(), Reply::Int(i + 1));
+    }
+    // opened, 5 data (+ 4 answer segments cut at the next INCR).
+    let live = next_lines(&rx, 10);
+    let lsns: Vec<u64> = live.iter().map(|l| l["lsn"].as_u64().unwrap()).collect();
+    let next = stored.len() as u64 + 1;
+    assert_eq!(lsns, (next..next + 10).collect::<Vec<_>>());
+    assert_eq!(live[0]["kind"], "opened");
+    let data: Vec<_> = live.iter().filter(|l| l["kind"] == "data").collect();
+    assert_eq!(data.len(), 5, "{live:?}");
+    assert!(data
+        .iter()
+        .all(|d| d["data_hex"].as_str().unwrap().contains(&hex("INCR"))));
+    assert_eq!(live.iter().filter(|l| l["kind"] == "answer").count(), 4);
+    // And a second follower of the live journal starts where it is asked.
+    let out = replaymig()
+        .args([
+            "journal", "dump", "--follow", "--format", "json", "--limit", "2",
+        ])
+        .args(["--from", &next.to_string(), "--journal"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    let two = json_lines(&out);
+    assert_eq!(two.len(), 2);
+    assert_eq!(two[0]["lsn"], next);
+    assert_eq!(two[1]["lsn"], next + 1);
+    drop(c);
+    proxy.stop();
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}

@@ -159,12 +159,17 @@ fn journal_stat_reports_what_was_recorded() {
     assert_eq!(stats["connections"], 3);
     assert_eq!(stats["open_connections"], 0);
     assert_eq!(stats["data_bytes"], sent);
-    // 3 × (opened + 10 data + half_closed + closed)
-    assert_eq!(stats["records"], 39);
-    assert_eq!(stats["last_lsn"], 39);
+    // 3 × (opened + 10 data + 10 answer digests + half_closed + closed):
+    // each answer's digest is cut at the next client record (the last at
+    // the half-close).
+    assert_eq!(stats["records"], 69);
+    assert_eq!(stats["last_lsn"], 69);
+    assert_eq!(stats["records_by_kind"]["answer"], 30);
+    assert_eq!(stats["answer_segment_bytes"], 3 * (9 * 4 + 5));
+    assert_eq!(stats["answer_bytes_kept"], 0, "digests only by default");
     let text = run(&["journal", "stat", "--journal", journal.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("1 ..= 39"));
-    // Per connection: 13 records each, its own bytes, all closed, 10 answers
+    assert!(String::from_utf8_lossy(&text.stdout).contains("1 ..= 69"));
+    // Per connection: 23 records each, its own bytes, all closed, 10 answers
     // of ":n\r\n" (4 bytes for 1..=9, 5 for 10).
     let out = run(&[
         "journal",
@@ -179,7 +184,7 @@ fn journal_stat_reports_what_was_recorded() {
     assert_eq!(conns.len(), 3);
     let mut bytes = 0;
     for (id, c) in conns {
-        assert_eq!(c["records"], 13, "conn {id}");
+        assert_eq!(c["records"], 23, "conn {id}");
         assert_eq!(c["first_lsn"].as_u64().unwrap().to_string(), *id);
         assert_eq!(c["open"], false);
         assert_eq!(c["answer_bytes"], 9 * 4 + 5);

@@ -250,11 +250,22 @@ fn a_recorded_session_replays_to_the_same_state_from_lsn_1_and_from_a_snapshot()
         })
         .sum();
 
-    // From LSN 1 onto a fresh redis: the same dataset, every record sent.
+    // From LSN 1 onto a fresh redis: the same dataset, every record sent,
+    // every journaled answer segment (digests, the proxy's default) equal.
+    let segments = entries
+        .iter()
+        .filter(|e| matches!(e.record, Record::Answer { .. }))
+        .count();
+    assert!(
+        segments > data.len() / 2,
+        "answers are journaled by default"
+    );
     let fresh = RedisServer::start().unwrap();
-    let (out, sum) = replay_json(&s.journal, fresh.addr, &["--from", "1"]);
+    let (out, sum) = replay_json(&s.journal, fresh.addr, &["--from", "1", "--compare"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sum["divergence_count"], 0, "{sum}");
+    assert_eq!(sum["compared"], "digests");
+    assert_eq!(sum["answer_segments_compared"], segments);
     assert_eq!(sum["records"], last);
     assert_eq!(sum["data_records"], data.len());
     assert_eq!(sum["data_bytes"], data_bytes);
@@ -269,9 +280,10 @@ fn a_recorded_session_replays_to_the_same_state_from_lsn_1_and_from_a_snapshot()
     let restored = RedisServer::start_from_rdb(&s.rdb).unwrap();
     assert_eq!(restored.dump_all().unwrap(), s.at_boundary);
     let from = (s.boundary + 1).to_string();
-    let (out, sum) = replay_json(&s.journal, restored.addr, &["--from", &from]);
+    let (out, sum) = replay_json(&s.journal, restored.addr, &["--from", &from, "--compare"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sum["divergence_count"], 0, "{sum}");
+    assert!(sum["answer_segments_compared"].as_u64().unwrap() > 0);
     assert_eq!(sum["from_lsn"], s.boundary + 1);
     assert_eq!(sum["records"], last - s.boundary);
     assert_eq!(sum["connections"], 5, "A, B and three phase-two workers");
@@ -635,4 +647,134 @@ fn replay_speed_paces_records_by_their_original_timing() {
         let out = replay(&journal, &["--target", &target, &format!("--speed={bad}")]);
         fails_with(&out, "expected max or a positive multiplier");
     }
+}
+
+/// One client, answers journaled per `mode`: SET, five INCRs, a pipelined
+/// GET + INCR. Returns the journal and the LSN of the first INCR record.
+fn answers_session(dir: &Path, mode: &str) -> (PathBuf, Lsn) {
+    let redis = RedisServer::start().unwrap();
+    let journal = dir.join(format!("journal-{mode}"));
+    let mut proxy = ProxyProcess::start_with(
+        redis.addr,
+        &journal,
+        "batch",
+        &["--journal-responses", mode],
+    )
+    .unwrap();
+    let mut c = RespClient::connect(proxy.listen).unwrap();
+    c.cmd(&["SET", "k", "hello"]).unwrap();
+    for i in 1..=5 {
+        assert_eq!(c.cmd(&["INCR", "ctr"]).unwrap(), Reply::Int(i));
+    }
+    c.pipeline(&[vec!["GET", "k"], vec!["INCR", "ctr"]])
+        .unwrap();
+    drop(c);
+    wait_active(&proxy, 0.0);
+    proxy.stop();
+    let entries = read_journal(&journal);
+    let first_incr = entries
+        .iter()
+        .find(|e| matches!(&e.record, Record::Data { data, .. } if data.windows(4).any(|w| w == b"INCR")))
+        .unwrap()
+        .lsn;
+    (journal, first_incr)
+}
+
+#[test]
+fn compare_finds_same_length_answers_that_differ_by_lsn_offset_and_preview() {
+    let dir = TempDir::new().unwrap();
+    for mode in ["full", "digest"] {
+        let (journal, first_incr) = answers_session(dir.path(), mode);
+        let entries = read_journal(&journal);
+        assert_contiguous(&entries);
+        let answers: Vec<(u64, u64, usize)> = entries
+            .iter()
+            .filter_map(|e| match &e.record {
+                Record::Answer {
+                    offset, len, data, ..
+                } => Some((*offset, *len, data.len())),
+                _ => None,
+            })
+            .collect();
+        // SET, five INCRs, the pipelined pair (cut at the close).
+        assert_eq!(answers.len(), 7, "{mode}: {answers:?}");
+        let mut next = 0;
+        for (offset, len, kept) in &answers {
+            assert_eq!(*offset, next, "{mode}: segments are contiguous");
+            assert_eq!(*kept as u64, if mode == "full" { *len } else { 0 });
+            next = offset + len;
+        }
+        let Some(Record::Closed { resp_total, .. }) = entries.last().map(|e| &e.record) else {
+            panic!("the journal ends with the close");
+        };
+        assert_eq!(
+            *resp_total, next,
+            "{mode}: segments cover every answer byte"
+        );
+
+        // The same data: no divergence, every segment compared.
+        let fresh = RedisServer::start().unwrap();
+        let (out, sum) = replay_json(&journal, fresh.addr, &["--compare"]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        assert_eq!(sum["divergence_count"], 0, "{mode}: {sum}");
+        assert_eq!(sum["answer_segments_compared"], 7);
+
+        // ctr starts at 3: every INCR answer (4..9 instead of 1..6) has the
+        // same length but another digit. Counting bytes cannot see it; --compare does.
+        let ahead = RedisServer::start().unwrap();
+        ahead.client().unwrap().cmd(&["SET", "ctr", "3"]).unwrap();
+        let (out, sum) = replay_json(&journal, ahead.addr, &[]);
+        assert!(
+            out.status.success(),
+            "{mode}: counts alone see nothing: {sum}"
+        );
+        let ahead = RedisServer::start().unwrap();
+        ahead.client().unwrap().cmd(&["SET", "ctr", "3"]).unwrap();
+        let (out, sum) = replay_json(&journal, ahead.addr, &["--compare"]);
+        assert!(
+            !out.status.success(),
+            "{mode}: a difference fails the command"
+        );
+        assert!(
+            stderr(&out).contains(&format!("first at LSN {first_incr}")),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            sum["divergence_count"], 6,
+            "{mode}: every INCR answer segment: {sum}"
+        );
+        let first = &sum["divergences"][0];
+        assert_eq!(first["kind"], "answer_mismatch", "{sum}");
+        assert_eq!(first["lsn"], first_incr);
+        assert_eq!(first["conn"], 1);
+        // "+OK\r\n" then ":1\r\n": the first differing byte is at 6.
+        if mode == "full" {
+            assert_eq!(first["offset"], 6, "{sum}");
+            assert_eq!(first["exact"], true);
+            assert_eq!(first["expected_preview"], "1\\r\\n");
+            assert_eq!(first["got_preview"], "4\\r\\n");
+        } else {
+            assert_eq!(first["offset"], 5, "{sum}");
+            assert_eq!(first["exact"], false);
+            assert_eq!(first["got_preview"], ":4\\r\\n");
+        }
+    }
+
+    // Answers not journaled: --compare says it compared counts only.
+    let (journal, _) = answers_session(dir.path(), "off");
+    let entries = read_journal(&journal);
+    assert!(!entries
+        .iter()
+        .any(|e| matches!(e.record, Record::Answer { .. })));
+    let fresh = RedisServer::start().unwrap();
+    let (out, sum) = replay_json(&journal, fresh.addr, &["--compare"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        sum["compared"]
+            .as_str()
+            .unwrap()
+            .starts_with("counts (no answers journaled"),
+        "{sum}"
+    );
 }

@@ -88,7 +88,7 @@ pub fn render(entry: &Entry, format: Format) -> String {
 
 fn payload(record: &Record) -> Option<&[u8]> {
     match record {
-        Record::Data { data, .. } => Some(data),
+        Record::Data { data, .. } | Record::Answer { data, .. } => Some(data),
         Record::Marker { payload, .. } => Some(payload),
         _ => None,
     }
@@ -126,6 +126,20 @@ fn line(entry: &Entry, preview: bool) -> String {
             conn, resp_total, ..
         } => {
             let _ = write!(out, "conn {conn} closed after {resp_total} answer bytes");
+        }
+        Record::Answer {
+            conn,
+            offset,
+            len,
+            crc32,
+            data,
+            ..
+        } => {
+            let kept = if data.is_empty() { "digest" } else { "bytes" };
+            let _ = write!(
+                out,
+                "conn {conn} answer {len} B at {offset} (crc32 {crc32:08x}, {kept})"
+            );
         }
         Record::Marker {
             mark,
@@ -223,6 +237,26 @@ fn json(entry: &Entry) -> serde_json::Value {
             obj.insert("resp_total".into(), (*resp_total).into());
         }
         Record::HalfClosed { .. } => {}
+        Record::Answer {
+            offset,
+            len,
+            crc32,
+            data,
+            ..
+        } => {
+            obj.insert("offset".into(), (*offset).into());
+            obj.insert("len".into(), (*len).into());
+            obj.insert("crc32".into(), format!("{crc32:08x}").into());
+            if !data.is_empty() {
+                obj.insert(
+                    "data_hex".into(),
+                    data.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                        .into(),
+                );
+            }
+        }
         Record::Marker {
             mark,
             lsn_ref,

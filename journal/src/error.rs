@@ -72,6 +72,18 @@ pub enum JournalError {
     Invalid(String),
 }
 
+impl JournalError {
+    /// The record the error is about, if it concerns one.
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self {
+            JournalError::Checksum { lsn, .. }
+            | JournalError::Malformed { lsn, .. }
+            | JournalError::UnsupportedVersion { lsn, .. } => Some(*lsn),
+            _ => None,
+        }
+    }
+}
+
 // Written out instead of `#[from]` so the wrapped error is shown once (in
 // the message) rather than again as a `source` by error-chain printers.
 impl From<sled::Error> for JournalError {

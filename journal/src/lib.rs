@@ -17,6 +17,7 @@ pub mod dump;
 pub mod durability;
 pub mod error;
 pub mod fault;
+pub mod follow;
 pub mod marker;
 pub mod names;
 pub mod pcap;

@@ -67,6 +67,9 @@ pub struct ExportStats {
     pub packets: u64,
     /// Client→service TCP payload bytes (= the exported data records' bytes).
     pub payload_bytes: u64,
+    /// Service→client TCP payload bytes (the answer bytes the journal kept,
+    /// `--journal-responses full`; digests carry no bytes to export).
+    pub answer_bytes: u64,
 }
 
 /// One exported connection's TCP state.
@@ -178,6 +181,31 @@ impl<W: Write> PcapExporter<W> {
                 }
                 self.flows.remove(&conn);
             }
+            Record::Answer { data, .. } => {
+                self.ensure_open(conn, time)?;
+                for chunk in data.chunks(MSS) {
+                    let flow = &self.flows[&conn];
+                    let (seq, ack) = (flow.service_seq, flow.client_seq);
+                    let flags = Flags {
+                        ack: true,
+                        psh: true,
+                        ..Flags::default()
+                    };
+                    self.service_packet(conn, time, seq, ack, flags, chunk)?;
+                    let flow = self.flows.get_mut(&conn).expect("flow is open");
+                    flow.service_seq = flow.service_seq.wrapping_add(chunk.len() as u32);
+                    self.stats.answer_bytes += chunk.len() as u64;
+                }
+                if !data.is_empty() {
+                    let flow = &self.flows[&conn];
+                    let (seq, ack) = (flow.client_seq, flow.service_seq);
+                    let ack_only = Flags {
+                        ack: true,
+                        ..Flags::default()
+                    };
+                    self.client_packet(conn, time, seq, ack, ack_only, &[])?;
+                }
+            }
             Record::Marker { .. } => {}
         }
         Ok(())
@@ -227,7 +255,14 @@ impl<W: Write> PcapExporter<W> {
             ack: true,
             ..Flags::default()
         };
-        self.service_packet(conn, time, service_isn, client_isn.wrapping_add(1), syn_ack)?;
+        self.service_packet(
+            conn,
+            time,
+            service_isn,
+            client_isn.wrapping_add(1),
+            syn_ack,
+            &[],
+        )?;
         let ack = Flags {
             ack: true,
             ..Flags::default()
@@ -271,7 +306,7 @@ impl<W: Write> PcapExporter<W> {
             fin,
             ..Flags::default()
         };
-        self.service_packet(conn, time, seq, ack, flags)?;
+        self.service_packet(conn, time, seq, ack, flags, &[])?;
         if fin {
             let flow = self.flows.get_mut(&conn).expect("flow is open");
             flow.service_seq = flow.service_seq.wrapping_add(1);
@@ -301,9 +336,10 @@ impl<W: Write> PcapExporter<W> {
         seq: u32,
         ack: u32,
         flags: Flags,
+        payload: &[u8],
     ) -> Result<(), ExportError> {
         let client = self.flows[&conn].client;
-        let bytes = tcp_packet(self.options.service, client, seq, ack, flags, &[])?;
+        let bytes = tcp_packet(self.options.service, client, seq, ack, flags, payload)?;
         self.write(time, bytes)
     }
 
@@ -554,7 +590,8 @@ mod tests {
             ExportStats {
                 streams: 1,
                 packets: 3 + 3 + 1 + 2 + 2,
-                payload_bytes: 3000
+                payload_bytes: 3000,
+                answer_bytes: 0,
             }
         );
         let packets = parse(&capture);

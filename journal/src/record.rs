@@ -81,6 +81,27 @@ pub enum Record {
         /// that the last answers were produced too.
         resp_total: u64,
     },
+    /// What the service answered on a connection between two of its client
+    /// records (optional, see `AnswerJournaling`): journaled just before the
+    /// next client record (or the close), so `replay --compare` can check a
+    /// target's answers by content, not only by count.
+    Answer {
+        /// Wall-clock time the segment was cut, µs since the Unix epoch.
+        time_us: u64,
+        /// The connection.
+        conn: ConnId,
+        /// Answer bytes delivered on the connection before this segment
+        /// (its position in the connection's answer stream).
+        offset: u64,
+        /// The segment's length in bytes.
+        len: u64,
+        /// CRC-32 (IEEE) of the segment's bytes.
+        crc32: u32,
+        /// The segment's bytes when they were kept (`full`, up to
+        /// `MAX_DATA_LEN`); empty when only the digest was.
+        #[serde(serialize_with = "serialize_len")]
+        data: Bytes,
+    },
     /// A free-form control mark: "snapshot taken at LSN s", "epoch changed".
     Marker {
         /// Wall-clock time, µs since the Unix epoch.
@@ -107,6 +128,7 @@ mod kind {
     pub const HALF_CLOSED: u8 = 3;
     pub const CLOSED: u8 = 4;
     pub const MARKER: u8 = 5;
+    pub const ANSWER: u8 = 6;
 }
 
 /// Microseconds since the Unix epoch, for record timestamps.
@@ -154,6 +176,18 @@ impl Record {
         }
     }
 
+    /// An answer-segment record stamped now.
+    pub fn answer(conn: ConnId, offset: u64, len: u64, crc32: u32, data: Bytes) -> Self {
+        Record::Answer {
+            time_us: now_us(),
+            conn,
+            offset,
+            len,
+            crc32,
+            data,
+        }
+    }
+
     /// A marker stamped now.
     pub fn marker(mark: impl Into<String>, lsn_ref: Lsn, payload: Bytes) -> Self {
         Record::Marker {
@@ -172,6 +206,7 @@ impl Record {
             Record::HalfClosed { .. } => "half_closed",
             Record::Closed { .. } => "closed",
             Record::Marker { .. } => "marker",
+            Record::Answer { .. } => "answer",
         }
     }
 
@@ -182,6 +217,7 @@ impl Record {
             | Record::Data { time_us, .. }
             | Record::HalfClosed { time_us, .. }
             | Record::Closed { time_us, .. }
+            | Record::Answer { time_us, .. }
             | Record::Marker { time_us, .. } => *time_us,
         }
     }
@@ -193,7 +229,8 @@ impl Record {
             Record::Opened { .. } => Some(own_lsn),
             Record::Data { conn, .. }
             | Record::HalfClosed { conn, .. }
-            | Record::Closed { conn, .. } => Some(*conn),
+            | Record::Closed { conn, .. }
+            | Record::Answer { conn, .. } => Some(*conn),
             Record::Marker { .. } => None,
         }
     }
@@ -205,6 +242,14 @@ impl Record {
             Record::Data { data, .. } if data.len() > MAX_DATA_LEN => Err(JournalError::Invalid(
                 format!("data record of {} bytes exceeds {MAX_DATA_LEN}", data.len()),
             )),
+            Record::Answer { len, data, .. }
+                if data.len() > MAX_DATA_LEN || !(data.is_empty() || data.len() as u64 == *len) =>
+            {
+                Err(JournalError::Invalid(format!(
+                    "answer record keeps {} bytes of a {len}-byte segment (must be 0 or all, at most {MAX_DATA_LEN})",
+                    data.len()
+                )))
+            }
             Record::Opened { client_addr, .. } if client_addr.len() > u16::MAX as usize => {
                 Err(JournalError::Invalid("client address too long".into()))
             }
@@ -271,6 +316,23 @@ impl Record {
                 out.put_u64(*conn);
                 out.put_u64(*resp_total);
             }
+            Record::Answer {
+                time_us,
+                conn,
+                offset,
+                len,
+                crc32,
+                data,
+            } => {
+                out.put_u8(kind::ANSWER);
+                out.put_u64(*time_us);
+                out.put_u64(*conn);
+                out.put_u64(*offset);
+                out.put_u64(*len);
+                out.put_u32(*crc32);
+                out.put_u32(data.len() as u32);
+                out.put_slice(data);
+            }
             Record::Marker {
                 time_us,
                 mark,
@@ -294,6 +356,7 @@ impl Record {
     pub fn encoded_len_hint(&self) -> usize {
         let body = match self {
             Record::Data { data, .. } => 36 + data.len(),
+            Record::Answer { data, .. } => 32 + data.len(),
             Record::Marker { payload, mark, .. } => 13 + mark.len() + payload.len(),
             Record::Opened { client_addr, .. } => 2 + client_addr.len(),
             _ => 16,
@@ -400,6 +463,30 @@ impl Record {
                     payload,
                 }
             }
+            kind::ANSWER => {
+                need(buf, 32)?;
+                let conn = buf.get_u64();
+                let offset = buf.get_u64();
+                let len = buf.get_u64();
+                let crc32 = buf.get_u32();
+                let dlen = buf.get_u32() as usize;
+                need(buf, dlen)?;
+                if !(dlen == 0 || dlen as u64 == len) {
+                    return Err(malformed(
+                        "answer bytes kept do not match the segment length",
+                    ));
+                }
+                let data = Bytes::copy_from_slice(&buf[..dlen]);
+                buf.advance(dlen);
+                Record::Answer {
+                    time_us,
+                    conn,
+                    offset,
+                    len,
+                    crc32,
+                    data,
+                }
+            }
             other => return Err(malformed(&format!("unknown record kind {other}"))),
         };
         if buf.has_remaining() {
@@ -453,6 +540,24 @@ mod tests {
                     resp_total,
                 }
             }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                bytes.clone(),
+                any::<bool>()
+            )
+                .prop_map(|(time_us, conn, offset, crc32, data, kept)| {
+                    Record::Answer {
+                        time_us,
+                        conn,
+                        offset,
+                        len: data.len() as u64 + u64::from(!kept),
+                        crc32,
+                        data: if kept { data } else { Bytes::new() },
+                    }
+                }),
             (any::<u64>(), "[a-z_]{0,40}", any::<u64>(), bytes).prop_map(
                 |(time_us, mark, lsn_ref, payload)| Record::Marker {
                     time_us,

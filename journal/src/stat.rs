@@ -18,6 +18,11 @@ pub struct JournalStats {
     pub records: u64,
     /// Client bytes carried by data records.
     pub data_bytes: u64,
+    /// Answer bytes covered by answer records (journaled answer segments,
+    /// as digests or bytes).
+    pub answer_segment_bytes: u64,
+    /// Answer bytes kept verbatim in answer records (`full` mode).
+    pub answer_bytes_kept: u64,
     /// Connections opened (opened records stored).
     pub connections: u64,
     /// Connections with an opened record and no closed record yet.
@@ -113,6 +118,10 @@ impl JournalStats {
                     open.insert(entry.lsn);
                 }
                 Record::Data { data, .. } => stats.data_bytes += data.len() as u64,
+                Record::Answer { len, data, .. } => {
+                    stats.answer_segment_bytes += len;
+                    stats.answer_bytes_kept += data.len() as u64;
+                }
                 Record::Closed { conn, .. } => {
                     open.remove(conn);
                 }

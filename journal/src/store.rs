@@ -234,9 +234,12 @@ impl Store {
                     }),
             ),
         };
+        // A record's error is reported only for its own LSN: a segment
+        // holds several records, and a corrupt neighbour must not hide
+        // (or fail the read of) a sound record.
         segments.filter(move |e| match e {
             Ok(e) => e.lsn >= from && e.lsn <= to,
-            Err(_) => true,
+            Err(err) => err.lsn().is_none_or(|lsn| lsn >= from && lsn <= to),
         })
     }
 

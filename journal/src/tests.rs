@@ -175,6 +175,30 @@ async fn a_corrupt_record_is_reported_with_its_lsn() {
 }
 
 #[tokio::test]
+async fn a_corrupt_record_does_not_hide_its_neighbours_in_one_group() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    let batch = (0..3).map(|i| data(1, &format!("grouped-{i}"))).collect();
+    assert_eq!(j.append_batch(batch).await.unwrap(), 1);
+    j.append(data(1, "after")).await.unwrap();
+    j.close().await.unwrap();
+    drop(j);
+    fault::corrupt_record(&dir.path().join("j"), 2).unwrap();
+    let options = JournalOptions {
+        mode: OpenMode::MustExist,
+        ..Default::default()
+    };
+    let j = Journal::open(dir.path().join("j"), options).unwrap();
+    assert_eq!(j.get(1).unwrap().unwrap().lsn, 1);
+    let err = j.get(2).unwrap_err();
+    assert_eq!(err.lsn(), Some(2), "{err}");
+    assert_eq!(j.get(3).unwrap().unwrap().lsn, 3, "same segment, sound");
+    let lsns: Vec<_> = j.read_range(3, 4).map(|e| e.unwrap().lsn).collect();
+    assert_eq!(lsns, [3, 4]);
+    j.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_corrupt_last_record_refuses_the_open() {
     let dir = TempDir::new().unwrap();
     let j = open(&dir, Durability::Batch);

@@ -14,6 +14,7 @@
 //! switched to a tunnel to the new owner and it stops journaling (the new
 //! owner journals from then on).
 
+use crate::answers::{AnswerJournaling, OpenSegment};
 use crate::metrics::{ErrorKind, ProxyMetrics};
 use crate::route::{Adopted, Route, TunnelRequest};
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub route: std::sync::RwLock<Route>,
     /// Bytes read per client or backend read (the per-direction buffer).
     pub read_buffer: usize,
+    /// What the journal keeps of the answers (see `answers`).
+    pub journal_responses: AnswerJournaling,
     /// Bound on the backend connect.
     pub connect_timeout: Duration,
     /// Service→client bytes delivered on all connections: `resp_total_before`.
@@ -57,8 +60,11 @@ pub(crate) struct Shared {
 
 /// What the rest of the proxy can reach of one journaled connection.
 pub(crate) struct ConnSlot {
-    /// Answer bytes delivered to the client.
+    /// Answer bytes delivered to the client (moved under `segment`'s lock
+    /// when answers are journaled).
     pub delivered: AtomicU64,
+    /// The answers since the last client record (answer journaling).
+    pub segment: std::sync::Mutex<OpenSegment>,
     /// The client's address.
     pub client: String,
     /// Cleared by a hand-over: the new owner journals from then on.
@@ -270,6 +276,7 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     let (backend_read, backend_write) = backend.into_split();
     let slot = Arc::new(ConnSlot {
         delivered: AtomicU64::new(delivered),
+        segment: std::sync::Mutex::new(OpenSegment::new(delivered, shared.journal_responses)),
         client: label,
         journaling: AtomicBool::new(journaling),
         backend_write: tokio::sync::Mutex::new(backend_write),
@@ -313,9 +320,10 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     };
     let (up, down) = tokio::join!(upstream, downstream);
     let closed = if slot.journaling.load(Ordering::Acquire) {
+        let (answer, delivered) = cut_answers(&slot, conn, shared);
         shared
             .journal
-            .append(Record::closed(conn, slot.delivered.load(Ordering::Acquire)))
+            .append_batch(with_answer(answer, Record::closed(conn, delivered)))
             .await
             .map(|_| ())
     } else {
@@ -360,8 +368,9 @@ async fn client_to_service(
             _ = stop.cancelled() => 0,
             read = client.read(&mut buf) => read.map_err(ConnError::ClientIo)?,
         };
-        // Causality as the client saw it when it sent these bytes.
-        let resp_before = slot.delivered.load(Ordering::Acquire);
+        // Causality as the client saw it when it sent these bytes (and the
+        // answers since its last record, if they are journaled).
+        let (answer, resp_before) = cut_answers(slot, conn, shared);
         let resp_total_before = shared.resp_total.load(Ordering::Acquire);
         // Journal and forward under one gate permit: a barrier (and a
         // hand-over) sees either both or neither.
@@ -370,22 +379,19 @@ async fn client_to_service(
         if n == 0 {
             // End of input is input too.
             if journaling {
-                shared.journal.append(Record::half_closed(conn)).await?;
+                let records = with_answer(answer, Record::half_closed(conn));
+                shared.journal.append_batch(records).await?;
             }
             let _ = slot.backend_write.lock().await.shutdown().await;
             return Ok(());
         }
         let chunk = Bytes::copy_from_slice(&buf[..n]);
         if journaling {
-            shared
-                .journal
-                .append(Record::data(
-                    conn,
-                    resp_before,
-                    resp_total_before,
-                    chunk.clone(),
-                ))
-                .await?;
+            let data = Record::data(conn, resp_before, resp_total_before, chunk.clone());
+            match answer {
+                None => shared.journal.append(data).await?,
+                Some(answer) => shared.journal.append_batch(vec![answer, data]).await?,
+            };
         }
         let mut backend = slot.backend_write.lock().await;
         // Counted before the write: an answer to it can only come after,
@@ -469,10 +475,42 @@ async fn deliver(
     // Total first: a reader that loads `delivered` then `resp_total`
     // always sees resp_total_before >= resp_before. Only journaled
     // connections count: the journal-wide figure is about its own records.
-    if slot.journaling.load(Ordering::Acquire) {
+    let journaling = slot.journaling.load(Ordering::Acquire);
+    if journaling {
         shared.resp_total.fetch_add(n, Ordering::AcqRel);
     }
-    slot.delivered.fetch_add(n, Ordering::AcqRel);
+    if journaling && shared.journal_responses != AnswerJournaling::Off {
+        let mut segment = slot.segment.lock().expect("poisoned");
+        segment.fold(bytes, &slot.delivered);
+    } else {
+        slot.delivered.fetch_add(n, Ordering::AcqRel);
+    }
     shared.metrics.service_to_client.increment(n);
     Ok(())
+}
+
+/// Ends the connection's answer segment at a client record: the record
+/// that journals it (if answers are journaled and any came) and the answer
+/// bytes delivered so far (the client record's `resp_before`).
+fn cut_answers(slot: &ConnSlot, conn: ConnId, shared: &Shared) -> (Option<Record>, u64) {
+    if shared.journal_responses == AnswerJournaling::Off {
+        return (None, slot.delivered.load(Ordering::Acquire));
+    }
+    let (record, delivered) = slot
+        .segment
+        .lock()
+        .expect("poisoned")
+        .cut(conn, shared.journal_responses);
+    if record.is_some() {
+        shared.metrics.answer_segments.increment(1);
+    }
+    (record, delivered)
+}
+
+/// `record`, preceded by the answer segment it ends, as one journal append.
+fn with_answer(answer: Option<Record>, record: Record) -> Vec<Record> {
+    match answer {
+        None => vec![record],
+        Some(answer) => vec![answer, record],
+    }
 }

@@ -3,12 +3,14 @@
 //! service's answers back while counting them per connection, propagates
 //! half-close both ways, keeps memory bounded, and shuts down gracefully.
 
+pub mod answers;
 pub mod barrier;
 mod connection;
 pub mod metrics;
 pub mod route;
 mod server;
 
+pub use answers::AnswerJournaling;
 pub use barrier::{QuiesceError, QuiesceOptions, Quiesced};
 pub use route::{Adopted, Dialer, Route, Tunnel, TunnelRequest};
 pub use server::{Proxy, ProxyConfig, ProxyControl, ShutdownReport};

@@ -16,6 +16,8 @@ pub const CONNECTIONS_ACTIVE: &str = "replaymig_proxy_connections_active";
 pub const CONNECTIONS_TOTAL: &str = "replaymig_proxy_connections_total";
 /// Bytes relayed, label `direction` = `client_to_service` | `service_to_client`.
 pub const BYTES_TOTAL: &str = "replaymig_proxy_bytes_total";
+/// Answer segments journaled (`--journal-responses digest|full`) (counter).
+pub const ANSWER_SEGMENTS_TOTAL: &str = "replaymig_proxy_answer_segments_total";
 /// Errors by `kind`; the same family the journal writer uses.
 pub const ERRORS_TOTAL: &str = journal_names::ERRORS_TOTAL;
 
@@ -69,6 +71,8 @@ pub struct ProxyMetrics {
     pub client_to_service: Counter,
     /// Service→client bytes delivered.
     pub service_to_client: Counter,
+    /// Answer segments journaled.
+    pub answer_segments: Counter,
     errors: [Counter; ErrorKind::ALL.len()],
 }
 
@@ -80,6 +84,7 @@ impl ProxyMetrics {
             total: counter!(CONNECTIONS_TOTAL),
             client_to_service: counter!(BYTES_TOTAL, "direction" => "client_to_service"),
             service_to_client: counter!(BYTES_TOTAL, "direction" => "service_to_client"),
+            answer_segments: counter!(ANSWER_SEGMENTS_TOTAL),
             errors: ErrorKind::ALL.map(|k| counter!(ERRORS_TOTAL, "kind" => k.as_str())),
         }
     }
@@ -132,6 +137,10 @@ fn describe() {
     );
     describe_counter!(BYTES_TOTAL, Unit::Bytes, "Bytes relayed by direction");
     describe_counter!(ERRORS_TOTAL, "Errors by kind");
+    describe_counter!(
+        ANSWER_SEGMENTS_TOTAL,
+        "Answer segments journaled (service answers between two client records)"
+    );
     describe_counter!(
         journal_names::APPENDS_TOTAL,
         "Records appended to the journal"

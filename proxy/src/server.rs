@@ -2,11 +2,13 @@
 //! accept errors, and graceful shutdown (stop accepting, let connections
 //! finish what they forwarded, abort stragglers at the drain timeout).
 
+use crate::answers::AnswerJournaling;
 use crate::barrier::{QuiesceError, QuiesceOptions, Quiesced};
 use crate::connection::{serve, ConnSlot, Shared, Start};
 use crate::metrics::{ErrorKind, ProxyMetrics};
 use crate::route::{Adopted, Route};
 use anyhow::Context;
+use replaymig_journal::follow::FollowServer;
 use replaymig_journal::ConnId;
 use replaymig_journal::Journal;
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long graceful shutdown waits for open connections to finish.
     pub drain_timeout: Duration,
+    /// What the journal keeps of the service's answers (default: digests).
+    pub journal_responses: AnswerJournaling,
 }
 
 impl ProxyConfig {
@@ -47,6 +51,7 @@ impl ProxyConfig {
             max_connections: 4096,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            journal_responses: AnswerJournaling::default(),
         }
     }
 }
@@ -169,6 +174,9 @@ pub struct Proxy {
     /// ones so shutdown drains them too.
     adopt_tx: mpsc::Sender<Adopted>,
     adopt_rx: mpsc::Receiver<Adopted>,
+    /// Serves `journal dump --follow` from other processes while the
+    /// proxy lives (sled keeps them out of the journal itself).
+    _follow: Option<FollowServer>,
 }
 
 impl Proxy {
@@ -178,12 +186,22 @@ impl Proxy {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let follow = match FollowServer::start(&journal) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                // Followers are a debugging aid: the proxy serves without.
+                tracing::warn!(journal = %journal.dir().display(), error = %e,
+                    "cannot serve journal followers");
+                None
+            }
+        };
         let shared = Arc::new(Shared {
             journal,
             route: std::sync::RwLock::new(Route::Owner {
                 backend: config.backend,
             }),
             read_buffer: config.read_buffer,
+            journal_responses: config.journal_responses,
             connect_timeout: config.connect_timeout,
             resp_total: AtomicU64::new(0),
             received_total: AtomicU64::new(0),
@@ -198,6 +216,7 @@ impl Proxy {
             config,
             adopt_tx,
             adopt_rx,
+            _follow: follow,
         })
     }
 

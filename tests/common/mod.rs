@@ -33,6 +33,16 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts a proxy in front of `backend` journaling into `journal`.
     pub fn start(backend: SocketAddr, journal: &Path, durability: &str) -> Result<ProxyProcess> {
+        Self::start_with(backend, journal, durability, &[])
+    }
+
+    /// Like `start`, with extra command-line options.
+    pub fn start_with(
+        backend: SocketAddr,
+        journal: &Path,
+        durability: &str,
+        extra: &[&str],
+    ) -> Result<ProxyProcess> {
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let child = replaymig()
@@ -43,6 +53,7 @@ impl ProxyProcess {
             .args(["--durability", durability])
             .args(["--metrics", &metrics.to_string()])
             .args(["--drain-timeout", "3"])
+            .args(extra)
             .env("REPLAYMIG_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -92,6 +92,10 @@ pub struct ServiceConfig {
     /// mid-way through a large answer) for quiet. Default 20 ms.
     #[serde(default = "default_quiet_ms")]
     pub quiet_ms: u64,
+    /// What the journal keeps of the service's answers: `off`, `digest`
+    /// (default) or `full` (see `replaymig proxy --journal-responses`).
+    #[serde(default)]
+    pub journal_responses: replaymig_proxy::AnswerJournaling,
     /// How it is snapshotted.
     pub snapshot: SnapshotConfig,
 }

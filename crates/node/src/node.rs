@@ -196,11 +196,9 @@ impl Node {
                 epoch: 1,
                 prepared: None,
             });
-            let proxy = Proxy::bind(
-                ProxyConfig::new(service.listen, service.backend),
-                journal.clone(),
-            )
-            .await?;
+            let mut proxy_config = ProxyConfig::new(service.listen, service.backend);
+            proxy_config.journal_responses = service.journal_responses;
+            let proxy = Proxy::bind(proxy_config, journal.clone()).await?;
             let host = Arc::new(ServiceHost {
                 config: service.clone(),
                 journal,

@@ -4,8 +4,13 @@
 //! known to have received (up to the *watermark*, raised as records are
 //! applied). Answers beyond the watermark are kept, bounded, as `pending`:
 //! a migration that takes the connection over forwards exactly those.
+//! With `--compare`, every byte also goes through the connection's
+//! [`AnswerChecker`] before it may be dropped.
 
+use crate::compare::{AnswerChecker, ExpectedSegment};
+use crate::{Divergence, DivergenceKind};
 use bytes::{Buf, Bytes, BytesMut};
+use replaymig_journal::ConnId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
@@ -54,9 +59,32 @@ struct State {
     pending: BytesMut,
     /// The target closed or failed the connection.
     ended: bool,
+    /// Journaled answer segments to compare against (`--compare`).
+    checker: AnswerChecker,
+}
+
+impl State {
+    /// Runs `bytes` (at stream position `start`) through the checker;
+    /// differences become divergences.
+    fn check(&mut self, start: u64, bytes: &[u8], shared: &Shared) {
+        if self.checker.waiting() == 0 {
+            return;
+        }
+        for m in self.checker.feed(start, bytes) {
+            let d = Divergence {
+                lsn: m.request_lsn,
+                conn: shared.conn,
+                kind: DivergenceKind::AnswerMismatch(m),
+            };
+            crate::log_divergence(false, &d);
+            shared.failures.lock().expect("poisoned").push(d);
+        }
+    }
 }
 
 struct Shared {
+    conn: ConnId,
+    failures: Arc<Mutex<Vec<Divergence>>>,
     state: Mutex<State>,
     changed: Notify,
     stop: Notify,
@@ -69,8 +97,15 @@ pub(crate) struct AnswerReader {
 }
 
 impl AnswerReader {
-    pub(crate) fn spawn(read: OwnedReadHalf, total: Arc<TotalAnswers>) -> AnswerReader {
+    pub(crate) fn spawn(
+        read: OwnedReadHalf,
+        total: Arc<TotalAnswers>,
+        conn: ConnId,
+        failures: Arc<Mutex<Vec<Divergence>>>,
+    ) -> AnswerReader {
         let shared = Arc::new(Shared {
+            conn,
+            failures,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             stop: Notify::new(),
@@ -92,6 +127,17 @@ impl AnswerReader {
         s.watermark = bytes;
         drop_guard(s);
         self.shared.changed.notify_waiters();
+    }
+
+    /// Compares the target's answers at `segment` with the journaled ones
+    /// (bytes already read but not yet dropped are checked at once).
+    pub(crate) fn expect(&self, segment: ExpectedSegment) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        s.checker.expect(segment);
+        let kept_from = s.got - s.pending.len() as u64;
+        let pending = std::mem::take(&mut s.pending);
+        s.check(kept_from, &pending, &self.shared);
+        s.pending = pending;
     }
 
     /// Answer bytes the original client is known to have received.
@@ -164,6 +210,7 @@ async fn read_answers(
         match n {
             Ok(n) if n > 0 => {
                 let start = s.got;
+                s.check(start, &buf[..n], &shared);
                 s.got += n as u64;
                 // Only the part above the watermark is kept.
                 let skip = s.watermark.saturating_sub(start).min(n as u64) as usize;

@@ -22,6 +22,7 @@
 //! ids) diverges in content but not in counts unless answer lengths change.
 
 mod answers;
+pub mod compare;
 mod inflight;
 mod worker;
 
@@ -57,6 +58,10 @@ pub struct ReplayOptions {
     /// the causality waits. `None` (the default): as fast as possible.
     /// Must be finite and positive.
     pub speed: Option<f64>,
+    /// Compare the target's answers with the answer segments journaled
+    /// (`answer` records) and report each difference (debugging only: off
+    /// for migration).
+    pub compare_answers: bool,
 }
 
 impl ReplayOptions {
@@ -68,6 +73,7 @@ impl ReplayOptions {
             answer_timeout: Duration::from_secs(5),
             stop_on_divergence: true,
             speed: None,
+            compare_answers: false,
         }
     }
 }
@@ -95,6 +101,9 @@ pub enum DivergenceKind {
         /// The I/O error.
         error: String,
     },
+    /// The target's answers differ in content from the journaled ones
+    /// (`compare_answers`).
+    AnswerMismatch(compare::AnswerMismatch),
 }
 
 /// A divergence, located by LSN and connection.
@@ -122,6 +131,8 @@ pub struct ReplayReport {
     pub connections: u64,
     /// Answer bytes consumed from the target.
     pub answer_bytes: u64,
+    /// Journaled answer segments compared (`compare_answers`).
+    pub answer_segments: u64,
     /// Last LSN applied.
     pub last_lsn: Option<Lsn>,
     /// What differed from the original.
@@ -161,6 +172,9 @@ struct ReplayConn {
     answers: Arc<AnswerReader>,
     /// Answer bytes of the original before the starting point.
     base: u64,
+    /// The last client record sent on it: what a journaled answer segment
+    /// that follows responds to.
+    last_input_lsn: Option<Lsn>,
     task: tokio::task::JoinHandle<worker::WorkerEnd>,
 }
 
@@ -295,6 +309,16 @@ impl Replayer {
             }
             Record::HalfClosed { .. } => self.half_close(conn).await,
             Record::Closed { resp_total, .. } => self.close(lsn, conn, *resp_total).await,
+            Record::Answer {
+                offset,
+                len,
+                crc32,
+                data,
+                ..
+            } => {
+                self.expect_answer(lsn, conn, *offset, *len, *crc32, data);
+                Ok(())
+            }
             Record::Marker { .. } => Ok(()),
         };
         if let Err(kind) = outcome {
@@ -354,7 +378,12 @@ impl Replayer {
             })?;
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
-            let answers = Arc::new(AnswerReader::spawn(read, self.total.clone()));
+            let answers = Arc::new(AnswerReader::spawn(
+                read,
+                self.total.clone(),
+                conn,
+                self.failures.clone(),
+            ));
             let (queue, work) = tokio::sync::mpsc::channel(worker::QUEUE);
             let task = tokio::spawn(worker::run(
                 write,
@@ -376,6 +405,7 @@ impl Replayer {
                     queue,
                     answers,
                     base,
+                    last_input_lsn: None,
                     task,
                 },
             );
@@ -400,6 +430,7 @@ impl Replayer {
         let inflight = self.inflight.clone();
         let c = self.open(conn, base).await?;
         let expected = resp_before.saturating_sub(c.base);
+        c.last_input_lsn = Some(lsn);
         c.answers.raise_watermark(expected);
         let work = worker::Work::Send {
             lsn,
@@ -416,6 +447,39 @@ impl Replayer {
         self.report.data_records += 1;
         self.report.data_bytes += data.len() as u64;
         Ok(())
+    }
+
+    /// With `compare_answers`: the target's answers on `conn` at `offset`
+    /// must match this journaled segment. Segments from before the
+    /// connection's starting point cannot be compared and are skipped.
+    fn expect_answer(
+        &mut self,
+        lsn: Lsn,
+        conn: ConnId,
+        offset: u64,
+        len: u64,
+        crc32: u32,
+        data: &bytes::Bytes,
+    ) {
+        if !self.options.compare_answers {
+            return;
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(relative) = offset.checked_sub(c.base) else {
+            return;
+        };
+        self.report.answer_segments += 1;
+        c.answers.expect(compare::ExpectedSegment {
+            request_lsn: c.last_input_lsn.unwrap_or(lsn),
+            answer_lsn: lsn,
+            offset: relative,
+            original_offset: offset,
+            len,
+            crc32,
+            data: data.clone(),
+        });
     }
 
     async fn half_close(&mut self, conn: ConnId) -> Result<(), DivergenceKind> {
