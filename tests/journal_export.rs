@@ -61,7 +61,9 @@ fn export_writes_a_capture_tshark_reads() {
     let redis = RedisServer::start().unwrap();
     let dir = TempDir::new().unwrap();
     let journal = dir.path().join("journal");
-    let mut proxy = ProxyProcess::start(redis.addr, &journal, "batch").unwrap();
+    // Answers kept verbatim, so the capture has both directions.
+    let full = ["--journal-responses", "full"];
+    let mut proxy = ProxyProcess::start_with(redis.addr, &journal, "batch", &full).unwrap();
     let mut a = RespClient::connect(proxy.listen).unwrap();
     let mut b = RespClient::connect(proxy.listen).unwrap();
     let mut c = RespClient::connect(proxy.listen).unwrap();
@@ -106,6 +108,22 @@ fn export_writes_a_capture_tshark_reads() {
         .collect();
     assert_eq!(opened.len(), 3);
     assert!(data_bytes > 3000);
+    let answer_bytes: u64 = entries
+        .iter()
+        .map(|e| match &e.record {
+            Record::Answer { data, .. } => data.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    let delivered: u64 = entries
+        .iter()
+        .map(|e| match &e.record {
+            Record::Closed { resp_total, .. } => *resp_total,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(answer_bytes, delivered, "every answer byte kept");
+    assert!(answer_bytes > 30);
 
     let out_dir = TempDir::new().unwrap();
     let pcap = out_dir.path().join("session.pcap");
@@ -149,7 +167,15 @@ fn export_writes_a_capture_tshark_reads() {
         .iter()
         .map(|l| l.trim().parse::<usize>().unwrap())
         .sum();
-    assert_eq!(payload, data_bytes);
+    assert_eq!(payload as u64, data_bytes as u64 + answer_bytes);
+    let from_service: u64 = tshark(
+        &pcap,
+        &["-Y", "tcp.srcport==6379", "-T", "fields", "-e", "tcp.len"],
+    )
+    .iter()
+    .map(|l| l.trim().parse::<u64>().unwrap())
+    .sum();
+    assert_eq!(from_service, answer_bytes, "the answers, service to client");
     let to_service: usize = tshark(
         &pcap,
         &["-Y", "tcp.dstport==6379", "-T", "fields", "-e", "tcp.len"],
