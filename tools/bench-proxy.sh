@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy benchmark, all in one run on loopback, so ratios compare like with
 # like on a noisy shared machine: redis-benchmark direct, through HAProxy
-# (TCP mode) and through replaymig with durability none / batch / sync, at
+# (TCP mode) and through replaymig with durability none / batch / sync (answer
+# digests journaled, the default) and batch with answers off / full, at
 # -P 1 and -P 16. Then journal append throughput vs a raw file with one
 # fdatasync per batch. Prints Markdown tables.
 #
@@ -48,7 +49,16 @@ for d in none batch sync; do
   wait_listen "$p"
   target_port[replaymig-$d]=$p
 done
-targets=(direct haproxy replaymig-none replaymig-batch replaymig-sync)
+# The same batch proxy with answer journaling off and full (default: digest).
+for a in off full; do
+  p=$(free_port)
+  REPLAYMIG_LOG=warn $BIN proxy --listen 127.0.0.1:"$p" --backend 127.0.0.1:"$REDIS" \
+    --journal "$work/journal-answers-$a" --durability batch --journal-responses "$a" &
+  pids+=($!)
+  wait_listen "$p"
+  target_port[replaymig-batch-answers-$a]=$p
+done
+targets=(direct haproxy replaymig-none replaymig-batch replaymig-batch-answers-off replaymig-batch-answers-full replaymig-sync)
 
 results="$work/results.csv"
 for P in 1 16; do
