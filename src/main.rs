@@ -117,6 +117,9 @@ struct ProxyArgs {
     /// to 1 MiB per segment: exact divergence offsets, answers in pcaps).
     #[arg(long, value_name = "off|digest|full", default_value = "digest")]
     journal_responses: replaymig_proxy::AnswerJournaling,
+    /// The service's name: the `service` label of every metric.
+    #[arg(long, default_value = "default")]
+    service: String,
 }
 
 #[derive(Subcommand)]
@@ -218,20 +221,22 @@ async fn run(cli: Cli) -> Result<()> {
 async fn run_proxy(args: ProxyArgs) -> Result<()> {
     // First, so the journal writer's metric handles go to the exporter.
     if let Some(addr) = args.metrics {
-        install_prometheus_exporter(addr)?;
+        install_prometheus_exporter(addr, Default::default())?;
     }
-    let journal = Journal::open(
+    let journal = Journal::open_for(
         &args.journal,
         JournalOptions {
             durability: args.durability,
             mode: OpenMode::CreateIfMissing,
         },
+        &args.service,
     )
     .with_context(|| format!("cannot open journal {}", args.journal.display()))?;
     let mut config = ProxyConfig::new(args.listen, args.backend);
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     config.max_connections = args.max_connections;
     config.journal_responses = args.journal_responses;
+    config.service = args.service.clone();
     let proxy = Proxy::bind(config, journal.clone()).await?;
     tracing::info!(
         listen = %proxy.local_addr()?,
@@ -340,11 +345,11 @@ fn render_stats(dir: &std::path::Path, s: &JournalStats) -> String {
 }
 
 async fn run_node(config: PathBuf, metrics: Option<SocketAddr>) -> Result<()> {
-    if let Some(addr) = metrics {
-        install_prometheus_exporter(addr)?;
-    }
     replaymig_node::arm_fail_points_from_env();
     let config = replaymig_node::NodeConfig::load(&config)?;
+    if let Some(addr) = metrics {
+        install_prometheus_exporter(addr, replaymig_node::exporter_options(&config))?;
+    }
     let node = replaymig_node::Node::start(config).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone()).await;

@@ -86,8 +86,8 @@ fn a_full_disk_refuses_unjournaled_input_and_loses_nothing_acknowledged() {
         "the disk filled up after {acked} writes"
     );
     let m = proxy.scrape();
-    assert!(m.get(r#"replaymig_errors_total{kind="journal_append"}"#) >= 1.0);
-    assert!(m.get(r#"replaymig_errors_total{kind="journal_write"}"#) >= 1.0);
+    assert!(m.get(r#"replaymig_errors_total{service="default",kind="journal_append"}"#) >= 1.0);
+    assert!(m.get(r#"replaymig_errors_total{service="default",kind="journal_write"}"#) >= 1.0);
     assert!(proxy.guard.is_running(), "the proxy process stays up");
     // A new client is refused, or (if cutting off the torn staging write
     // freed enough room) served journaled; the counts below check which.

@@ -43,7 +43,7 @@ fn dead_backend_closes_the_client_counts_the_error_and_keeps_serving() {
     assert_eq!(
         proxy
             .scrape()
-            .get(r#"replaymig_errors_total{kind="backend_connect"}"#),
+            .get(r#"replaymig_errors_total{service="default",kind="backend_connect"}"#),
         1.0
     );
 

@@ -60,7 +60,7 @@ fn twenty_clients_500_incr_each_are_all_counted_and_journaled() {
     let sent_total: usize = clients.iter().map(|c| c.1.len()).sum();
     assert_eq!(m.get("replaymig_proxy_connections_total"), CLIENTS as f64);
     assert_eq!(
-        m.get(r#"replaymig_proxy_bytes_total{direction="client_to_service"}"#),
+        m.get(r#"replaymig_proxy_bytes_total{service="default",direction="client_to_service"}"#),
         sent_total as f64
     );
     assert!(m.has_family("replaymig_journal_append_duration_seconds_bucket"));

@@ -92,6 +92,16 @@ impl Journal {
     /// appending, the last record), so a foreign or corrupt directory is
     /// refused here rather than mid-run.
     pub fn open(dir: impl AsRef<Path>, options: JournalOptions) -> Result<Journal> {
+        Self::open_for(dir, options, "default")
+    }
+
+    /// `open`, with the journal's metrics labelled `service` (a node runs
+    /// one journal per service; one proxy process names its service).
+    pub fn open_for(
+        dir: impl AsRef<Path>,
+        options: JournalOptions,
+        service: &str,
+    ) -> Result<Journal> {
         let store = Store::open(dir.as_ref(), options.mode)?;
         // A writer must not append after a record it cannot read; an
         // inspector opens anyway and reports the first bad LSN it meets.
@@ -103,7 +113,13 @@ impl Journal {
         let head_lsn = store.next_lsn()? - 1;
         let (head_tx, head_rx) = watch::channel(head_lsn);
         let groups = Arc::new(AtomicU64::new(0));
-        let writer = Writer::new(store.clone(), options.durability, head_tx, groups.clone())?;
+        let writer = Writer::new(
+            store.clone(),
+            options.durability,
+            head_tx,
+            groups.clone(),
+            service,
+        )?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             JournalError::Invalid("a journal must be opened inside a tokio runtime".into())

@@ -10,5 +10,10 @@ pub const APPEND_DURATION_SECONDS: &str = "replaymig_journal_append_duration_sec
 pub const BATCH_RECORDS: &str = "replaymig_journal_batch_records";
 /// Last durable LSN (gauge).
 pub const LAST_LSN: &str = "replaymig_journal_last_lsn";
+/// Oldest LSN still stored (gauge; 0 while empty): how far back a replay
+/// or a migration can start.
+pub const FIRST_LSN: &str = "replaymig_journal_first_lsn";
+/// Bytes the journal occupies on disk (gauge, refreshed at checkpoints).
+pub const SIZE_BYTES: &str = "replaymig_journal_size_bytes";
 /// Errors by kind (counter, label `kind`); shared with the proxy.
 pub const ERRORS_TOTAL: &str = "replaymig_errors_total";

@@ -50,6 +50,7 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn open(dir: &Path, mode: OpenMode) -> Result<Store> {
+        const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
         let data_file = dir.join("db");
         let exists = data_file.exists();
         if mode == OpenMode::MustExist && !exists {
@@ -75,11 +76,23 @@ impl Store {
             });
         }
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()
-            .map_err(|e| classify_open_error(dir, e))?;
+        // A process that just closed the journal (an inspector, a proxy
+        // restarting) can hold sled's lock a moment longer: retry briefly
+        // before calling it in use.
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .open()
+                .map_err(|e| classify_open_error(dir, e));
+            match opened {
+                Err(JournalError::Locked { .. }) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => break other?,
+            }
+        };
         match db.get(FORMAT_KEY)? {
             Some(v) if v.as_ref() == FORMAT_VALUE => {}
             Some(v) => {

@@ -136,19 +136,35 @@ struct WriterMetrics {
     latency: Histogram,
     group: Histogram,
     last_lsn: Gauge,
+    first_lsn: Gauge,
+    size: Gauge,
     errors: Counter,
 }
 
 impl WriterMetrics {
-    fn new() -> Self {
+    /// Handles labelled with the journal's service.
+    fn new(service: &str) -> Self {
+        let s = || service.to_string();
         WriterMetrics {
-            appends: counter!(names::APPENDS_TOTAL),
-            bytes: counter!(names::APPEND_BYTES_TOTAL),
-            latency: histogram!(names::APPEND_DURATION_SECONDS),
-            group: histogram!(names::BATCH_RECORDS),
-            last_lsn: gauge!(names::LAST_LSN),
-            errors: counter!(names::ERRORS_TOTAL, "kind" => "journal_write"),
+            appends: counter!(names::APPENDS_TOTAL, "service" => s()),
+            bytes: counter!(names::APPEND_BYTES_TOTAL, "service" => s()),
+            latency: histogram!(names::APPEND_DURATION_SECONDS, "service" => s()),
+            group: histogram!(names::BATCH_RECORDS, "service" => s()),
+            last_lsn: gauge!(names::LAST_LSN, "service" => s()),
+            first_lsn: gauge!(names::FIRST_LSN, "service" => s()),
+            size: gauge!(names::SIZE_BYTES, "service" => s()),
+            errors: counter!(names::ERRORS_TOTAL, "service" => s(), "kind" => "journal_write"),
         }
+    }
+}
+
+/// Sets the storage gauges (extent and size on disk) from the store.
+fn storage_gauges(store: &Store, first_lsn: &Gauge, size: &Gauge) {
+    if let Ok(first) = store.first_lsn() {
+        first_lsn.set(first.unwrap_or(0) as f64);
+    }
+    if let Ok(bytes) = store.size_on_disk() {
+        size.set(bytes as f64);
     }
 }
 
@@ -176,6 +192,7 @@ impl Writer {
         durability: Durability,
         head: watch::Sender<Lsn>,
         groups: Arc<AtomicU64>,
+        service: &str,
     ) -> Result<Self> {
         let next_lsn = store.next_lsn()?;
         let staging = match durability {
@@ -187,8 +204,9 @@ impl Writer {
                 mode == Durability::Sync,
             )?),
         };
-        let metrics = WriterMetrics::new();
+        let metrics = WriterMetrics::new(service);
         metrics.last_lsn.set((next_lsn - 1) as f64);
+        storage_gauges(&store, &metrics.first_lsn, &metrics.size);
         Ok(Writer {
             store,
             durability,
@@ -399,9 +417,11 @@ impl Writer {
         };
         self.last_checkpoint = Instant::now();
         let store = self.store.clone();
+        let (first_lsn, size) = (self.metrics.first_lsn.clone(), self.metrics.size.clone());
         self.checkpoint = Some(tokio::task::spawn_blocking(move || {
             store.make_durable()?;
             std::fs::remove_file(&finished)?;
+            storage_gauges(&store, &first_lsn, &size);
             Ok(())
         }));
     }

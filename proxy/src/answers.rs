@@ -98,7 +98,7 @@ impl OpenSegment {
         if done.len == 0 {
             return (None, end);
         }
-        let data = done.bytes.map(BytesMut::freeze).unwrap_or_else(Bytes::new);
+        let data = done.bytes.map(BytesMut::freeze).unwrap_or_default();
         let record = Record::answer(conn, done.start, done.len, done.hasher.finalize(), data);
         (Some(record), end)
     }

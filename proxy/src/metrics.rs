@@ -77,15 +77,18 @@ pub struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    /// Registers (and so exports, at zero) every proxy metric.
-    pub fn new() -> Self {
+    /// Registers (and so exports, at zero) every proxy metric, labelled
+    /// with the proxy's service.
+    pub fn new(service: &str) -> Self {
+        let s = || service.to_string();
         ProxyMetrics {
-            active: gauge!(CONNECTIONS_ACTIVE),
-            total: counter!(CONNECTIONS_TOTAL),
-            client_to_service: counter!(BYTES_TOTAL, "direction" => "client_to_service"),
-            service_to_client: counter!(BYTES_TOTAL, "direction" => "service_to_client"),
-            answer_segments: counter!(ANSWER_SEGMENTS_TOTAL),
-            errors: ErrorKind::ALL.map(|k| counter!(ERRORS_TOTAL, "kind" => k.as_str())),
+            active: gauge!(CONNECTIONS_ACTIVE, "service" => s()),
+            total: counter!(CONNECTIONS_TOTAL, "service" => s()),
+            client_to_service: counter!(BYTES_TOTAL, "service" => s(), "direction" => "client_to_service"),
+            service_to_client: counter!(BYTES_TOTAL, "service" => s(), "direction" => "service_to_client"),
+            answer_segments: counter!(ANSWER_SEGMENTS_TOTAL, "service" => s()),
+            errors: ErrorKind::ALL
+                .map(|k| counter!(ERRORS_TOTAL, "service" => s(), "kind" => k.as_str())),
         }
     }
 
@@ -95,16 +98,23 @@ impl ProxyMetrics {
     }
 }
 
-impl Default for ProxyMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
+/// What a binary adds to the exporter: histogram buckets for its own
+/// families (by full name) and labels on every series (e.g. `node`).
+#[derive(Debug, Clone, Default)]
+pub struct ExporterOptions {
+    /// Buckets per histogram family name.
+    pub buckets: Vec<(String, Vec<f64>)>,
+    /// Labels added to every series.
+    pub global_labels: Vec<(String, String)>,
 }
 
 /// Installs the global Prometheus recorder with an HTTP listener on `addr`
 /// (`GET /metrics`). Must run inside a tokio runtime. Fails clearly if the
 /// address is taken.
-pub fn install_prometheus_exporter(addr: SocketAddr) -> anyhow::Result<()> {
+pub fn install_prometheus_exporter(
+    addr: SocketAddr,
+    options: ExporterOptions,
+) -> anyhow::Result<()> {
     let latency_buckets = [
         0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
         1.0,
@@ -112,16 +122,26 @@ pub fn install_prometheus_exporter(addr: SocketAddr) -> anyhow::Result<()> {
     let batch_buckets = [
         1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
     ];
-    PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            metrics_exporter_prometheus::Matcher::Full(
+                journal_names::APPEND_DURATION_SECONDS.into(),
+            ),
             &latency_buckets,
         )?
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(journal_names::BATCH_RECORDS.into()),
             &batch_buckets,
-        )?
+        )?;
+    for (name, buckets) in options.buckets {
+        builder = builder
+            .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(name), &buckets)?;
+    }
+    for (key, value) in options.global_labels {
+        builder = builder.add_global_label(key, value);
+    }
+    builder
         .install()
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
     describe();
@@ -160,4 +180,13 @@ fn describe() {
         "Records per journal group commit"
     );
     describe_gauge!(journal_names::LAST_LSN, "Last durable LSN of the journal");
+    describe_gauge!(
+        journal_names::FIRST_LSN,
+        "Oldest LSN the journal still stores (0 while empty)"
+    );
+    describe_gauge!(
+        journal_names::SIZE_BYTES,
+        Unit::Bytes,
+        "Bytes the journal occupies on disk (refreshed at checkpoints)"
+    );
 }

@@ -39,6 +39,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// What the journal keeps of the service's answers (default: digests).
     pub journal_responses: AnswerJournaling,
+    /// The service's name: the `service` label of the proxy's metrics.
+    pub service: String,
 }
 
 impl ProxyConfig {
@@ -52,6 +54,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             journal_responses: AnswerJournaling::default(),
+            service: "default".to_string(),
         }
     }
 }
@@ -205,7 +208,7 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             resp_total: AtomicU64::new(0),
             received_total: AtomicU64::new(0),
-            metrics: ProxyMetrics::new(),
+            metrics: ProxyMetrics::new(&config.service),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),
         });

@@ -87,9 +87,18 @@ impl ProxyProcess {
 pub struct Metrics(pub BTreeMap<String, f64>);
 
 impl Metrics {
-    /// The value of a series written exactly as on the page (0 if absent).
+    /// The value of a series written exactly as on the page; a bare family
+    /// name sums its labelled series (0 if absent).
     pub fn get(&self, series: &str) -> f64 {
-        self.0.get(series).copied().unwrap_or(0.0)
+        if let Some(v) = self.0.get(series) {
+            return *v;
+        }
+        let prefix = format!("{series}{{");
+        self.0
+            .iter()
+            .filter(|(k, _)| !series.contains('{') && k.starts_with(&prefix))
+            .map(|(_, v)| v)
+            .sum()
     }
     /// Whether any series of the family exists.
     pub fn has_family(&self, prefix: &str) -> bool {

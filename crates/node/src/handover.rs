@@ -208,7 +208,9 @@ async fn ask_owner(node: &NodeShared, from: &str, service: &str) -> Result<(Stri
         .peers
         .get(from)
         .with_context(|| format!("unknown node {from:?}"))?;
-    let mut link = PeerLink::connect(addr, &node.auth).await?;
+    let linked = PeerLink::connect(addr, &node.auth).await;
+    crate::telemetry::peer_link(from, linked.is_ok());
+    let mut link = linked?;
     link.send(Message::OwnerQuery {
         service: service.to_string(),
     })

@@ -27,3 +27,4 @@ pub fn arm_fail_points_from_env() {
     }
 }
 pub use report::{Iteration, Method, MigrationReport, Phase, Progress};
+pub use telemetry::exporter_options;

@@ -99,7 +99,8 @@ struct Phases<'a> {
 impl<'a> Phases<'a> {
     fn new(service: &str, progress: ProgressFn<'a>) -> Self {
         progress(Progress::Phase(Phase::Connecting));
-        telemetry::phase(service, None, &phase_name(Phase::Connecting));
+        telemetry::started(service, "source");
+        telemetry::phase(service, "source", Phase::Connecting);
         Phases {
             service: service.to_string(),
             current: Phase::Connecting,
@@ -118,7 +119,7 @@ impl<'a> Phases<'a> {
             self.current
         );
         let name = phase_name(self.current);
-        telemetry::phase(&self.service, Some(&name), &phase_name(to));
+        telemetry::phase(&self.service, "source", to);
         self.done.push((name, self.since.elapsed().as_secs_f64()));
         self.current = to;
         self.since = Instant::now();
@@ -127,10 +128,7 @@ impl<'a> Phases<'a> {
 }
 
 fn phase_name(p: Phase) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
+    p.name().to_string()
 }
 
 fn host<'a>(node: &'a NodeShared, service: &str) -> Result<&'a Arc<ServiceHost>> {
@@ -193,7 +191,7 @@ pub async fn migrate_out(
         }
         Err(e) => {
             progress(Progress::Phase(Phase::Aborted));
-            telemetry::phase(service, None, "aborted");
+            telemetry::phase(service, "source", Phase::Aborted);
             telemetry::outcome(service, "source", false);
             Err(e)
         }
@@ -215,7 +213,9 @@ async fn run_source(
         .peers
         .get(to)
         .with_context(|| format!("unknown node {to:?}"))?;
-    let mut link = PeerLink::connect(peer, &node.auth).await?;
+    let linked = PeerLink::connect(peer, &node.auth).await;
+    telemetry::peer_link(to, linked.is_ok());
+    let mut link = linked?;
     link.send(Message::MigrateBegin {
         service: service.name.clone(),
         epoch,
@@ -551,11 +551,27 @@ pub(crate) async fn migrate_in(
         }
         state.migrating = true;
     }
+    telemetry::started(&service, "destination");
+    telemetry::phase(&service, "destination", Phase::Transferring);
     link.send(Message::MigrateReady).await?;
     let outcome = destination_steps(node, host, &mut link, epoch).await;
     let mut state = host.state.lock().await;
     state.migrating = false;
     telemetry::outcome(&service, "destination", outcome.is_ok());
+    telemetry::replay_lag(&service, 0, 0.0);
+    let ended = if outcome.is_ok() {
+        Phase::Done
+    } else {
+        Phase::Aborted
+    };
+    telemetry::phase(&service, "destination", ended);
+    if let Err(e) = &outcome {
+        if e.downcast_ref::<replaymig_replayer::ReplayError>()
+            .is_some()
+        {
+            telemetry::divergence(&service);
+        }
+    }
     match outcome {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -645,6 +661,7 @@ async fn destination_steps(
         host.journal.truncate_before(last + 1)?;
     }
     let restore_started = Instant::now();
+    telemetry::phase(&service.name, "destination", Phase::CatchingUp);
     restore_service(node, host, &into).await?;
     let restored_at = Instant::now();
     let restore = restored_at - restore_started;
@@ -663,6 +680,7 @@ async fn destination_steps(
     let mut tick = tokio::time::interval(ACK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
+    let mut lag = LagGauge::default();
     loop {
         let message = tokio::select! {
             m = link.recv() => m?,
@@ -671,6 +689,7 @@ async fn destination_steps(
                     bail!("the source sent nothing for {STEP_TIMEOUT:?}");
                 }
                 acked = ack_progress(link, &replayer, acked).await?;
+                lag.update(host, &replayer);
                 continue;
             }
         };
@@ -692,6 +711,7 @@ async fn destination_steps(
                 epoch: e,
                 delivered,
             } if e == epoch => {
+                telemetry::phase(&service.name, "destination", Phase::HandingOver);
                 let handover_started = Instant::now();
                 for (conn, d) in delivered {
                     replayer.ensure_open(conn, d).await?;
@@ -752,6 +772,35 @@ async fn destination_steps(
 
 /// Acknowledges the replay's progress if it moved past `acked`; returns
 /// what is acknowledged now.
+/// The replay-lag gauges, refreshed at most every `LAG_EVERY` (it reads
+/// one journal record).
+#[derive(Default)]
+struct LagGauge {
+    last: Option<Instant>,
+}
+
+const LAG_EVERY: Duration = Duration::from_millis(100);
+
+impl LagGauge {
+    fn update(&mut self, host: &ServiceHost, replayer: &Replayer) {
+        if self.last.is_some_and(|t| t.elapsed() < LAG_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let head = host.journal.last_lsn();
+        let replayed = replayer.replayed_lsn();
+        let behind = head.saturating_sub(replayed);
+        let seconds = match host.journal.get(replayed + 1) {
+            Ok(Some(entry)) if behind > 0 => {
+                let now = replaymig_journal::record::now_us();
+                now.saturating_sub(entry.record.time_us()) as f64 / 1e6
+            }
+            _ => 0.0,
+        };
+        telemetry::replay_lag(&host.config.name, behind, seconds);
+    }
+}
+
 async fn ack_progress(link: &mut PeerLink, replayer: &Replayer, acked: u64) -> Result<u64> {
     let replayed = replayer.replayed_lsn();
     if replayed > acked {

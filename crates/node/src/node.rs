@@ -183,13 +183,15 @@ impl Node {
     /// node owns, and serves until [`Node::shutdown`].
     pub async fn start(config: NodeConfig) -> Result<Node> {
         let auth = Authenticator::new(config.name.clone(), config.secret()?);
+        crate::telemetry::register(&config);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut services = BTreeMap::new();
         let mut proxies = Vec::new();
         for service in &config.services {
-            let journal = Journal::open(&service.journal, JournalOptions::default())
-                .with_context(|| format!("cannot open the journal of {}", service.name))?;
+            let journal =
+                Journal::open_for(&service.journal, JournalOptions::default(), &service.name)
+                    .with_context(|| format!("cannot open the journal of {}", service.name))?;
             let ownership = OwnershipFile::beside(&service.journal);
             let record = ownership.load()?.unwrap_or_else(|| OwnershipRecord {
                 owner: service.owner.clone(),
@@ -198,6 +200,7 @@ impl Node {
             });
             let mut proxy_config = ProxyConfig::new(service.listen, service.backend);
             proxy_config.journal_responses = service.journal_responses;
+            proxy_config.service = service.name.clone();
             let proxy = Proxy::bind(proxy_config, journal.clone()).await?;
             let host = Arc::new(ServiceHost {
                 config: service.clone(),
@@ -338,7 +341,10 @@ async fn serve_peers(listener: TcpListener, shared: Arc<NodeShared>, stop: Cance
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut link = match PeerLink::accept(stream, &shared.auth).await {
-                Ok(link) => link,
+                Ok(link) => {
+                    crate::telemetry::peer_link(link.peer_node(), true);
+                    link
+                }
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "peer refused");
                     return;

@@ -35,6 +35,36 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in order (the metrics export each).
+    pub const ALL: [Phase; 10] = [
+        Phase::Connecting,
+        Phase::PreCopying,
+        Phase::Quiescing,
+        Phase::Dumping,
+        Phase::Transferring,
+        Phase::CatchingUp,
+        Phase::HandingOver,
+        Phase::Stopping,
+        Phase::Done,
+        Phase::Aborted,
+    ];
+
+    /// The phase's name, as in JSON and the `phase` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::PreCopying => "pre_copying",
+            Phase::Quiescing => "quiescing",
+            Phase::Dumping => "dumping",
+            Phase::Transferring => "transferring",
+            Phase::CatchingUp => "catching_up",
+            Phase::HandingOver => "handing_over",
+            Phase::Stopping => "stopping",
+            Phase::Done => "done",
+            Phase::Aborted => "aborted",
+        }
+    }
+
     /// The phase that may follow this one on success.
     pub fn next(self) -> Option<Phase> {
         use Phase::*;

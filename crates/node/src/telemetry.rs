@@ -1,8 +1,9 @@
 //! The node's migration metrics: the report's figures, per service, on the
 //! Prometheus endpoint (`replaymig node --metrics ADDR`).
 
-use crate::report::MigrationReport;
+use crate::report::{MigrationReport, Phase};
 use metrics::{counter, gauge, histogram};
+use replaymig_proxy::metrics::ExporterOptions;
 
 /// Migrations by role (`source`/`destination`) and outcome (`ok`/`failed`).
 pub const MIGRATIONS_TOTAL: &str = "replaymig_migrations_total";
@@ -28,8 +29,103 @@ pub const PRECOPY_DIRTY_RATE: &str = "replaymig_migration_precopy_dirty_bytes_pe
 pub const EPOCH: &str = "replaymig_ownership_epoch";
 /// 1 while this node owns the service.
 pub const OWNED: &str = "replaymig_service_owned";
-/// The migration phase running here (label `phase`; 1 = current).
+/// The migration phase of the last migration here (labels `role`,
+/// `phase`; 1 = current, every other phase 0; stays at `done`/`aborted`).
 pub const PHASE: &str = "replaymig_migration_phase";
+/// 1 while a migration of the service runs here (label `role`).
+pub const IN_PROGRESS: &str = "replaymig_migration_in_progress";
+/// When the last migration here started, Unix seconds (label `role`).
+pub const STARTED_TIMESTAMP: &str = "replaymig_migration_start_timestamp_seconds";
+/// Destination, while catching up: journaled records not yet replayed.
+pub const REPLAY_LAG_RECORDS: &str = "replaymig_replay_lag_records";
+/// Destination, while catching up: age of the oldest record not yet
+/// replayed (how far the restored service trails the live one), seconds.
+pub const REPLAY_LAG_SECONDS: &str = "replaymig_replay_lag_seconds";
+/// Replays that diverged from the journal (a migration then aborts).
+pub const DIVERGENCES_TOTAL: &str = "replaymig_replay_divergences_total";
+/// 1 if the last link attempt to or from this peer node succeeded (label
+/// `peer`, a node name).
+pub const PEER_LINK_UP: &str = "replaymig_peer_link_up";
+
+/// Buckets of the node's second-valued histograms: migrations last from
+/// milliseconds (a hand-over) to minutes (a large snapshot on a slow link).
+const MIGRATION_SECONDS_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Buckets of the pre-copy dirty rate, bytes per second.
+const DIRTY_RATE_BUCKETS: [f64; 9] = [1e3, 1e4, 1e5, 1e6, 4e6, 1.6e7, 6.4e7, 2.56e8, 1e9];
+
+/// The node's exporter settings: its histogram buckets, and its name as the
+/// `node` label on every series.
+pub fn exporter_options(config: &crate::NodeConfig) -> ExporterOptions {
+    let seconds = [
+        TOTAL_SECONDS,
+        INTERRUPTION_SECONDS,
+        JITTER_SECONDS,
+        PHASE_SECONDS,
+    ];
+    let mut buckets: Vec<(String, Vec<f64>)> = seconds
+        .iter()
+        .map(|name| (name.to_string(), MIGRATION_SECONDS_BUCKETS.to_vec()))
+        .collect();
+    buckets.push((PRECOPY_DIRTY_RATE.to_string(), DIRTY_RATE_BUCKETS.to_vec()));
+    ExporterOptions {
+        buckets,
+        global_labels: vec![("node".to_string(), config.name.clone())],
+    }
+}
+
+/// Exports the node's families at zero before anything happens, so a
+/// dashboard (and an alert on `increase(...)`) sees them from the start.
+pub(crate) fn register(config: &crate::NodeConfig) {
+    for service in &config.services {
+        let s = || service.name.clone();
+        for role in ["source", "destination"] {
+            gauge!(IN_PROGRESS, "service" => s(), "role" => role).set(0.0);
+            for outcome in ["ok", "failed"] {
+                counter!(MIGRATIONS_TOTAL, "service" => s(), "role" => role, "outcome" => outcome)
+                    .absolute(0);
+            }
+        }
+        counter!(FENCED_TOTAL, "service" => s()).absolute(0);
+        counter!(DIVERGENCES_TOTAL, "service" => s()).absolute(0);
+        gauge!(REPLAY_LAG_RECORDS, "service" => s()).set(0.0);
+        gauge!(REPLAY_LAG_SECONDS, "service" => s()).set(0.0);
+        for outcome in ["commit", "discard"] {
+            counter!(RESOLVED_TOTAL, "service" => s(), "outcome" => outcome).absolute(0);
+        }
+    }
+    for side in ["dialer", "listener"] {
+        counter!(replaymig_peer::names::AUTH_FAILURES_TOTAL, "side" => side).absolute(0);
+    }
+    counter!(replaymig_peer::names::BAD_FRAMES_TOTAL).absolute(0);
+}
+
+/// The outcome of a link attempt with peer node `peer`.
+pub(crate) fn peer_link(peer: &str, up: bool) {
+    gauge!(PEER_LINK_UP, "peer" => peer.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A migration replay diverged.
+pub(crate) fn divergence(service: &str) {
+    counter!(DIVERGENCES_TOTAL, "service" => service.to_string()).increment(1);
+}
+
+/// How far the destination's replay trails the journal.
+pub(crate) fn replay_lag(service: &str, records: u64, seconds: f64) {
+    gauge!(REPLAY_LAG_RECORDS, "service" => service.to_string()).set(records as f64);
+    gauge!(REPLAY_LAG_SECONDS, "service" => service.to_string()).set(seconds);
+}
+
+/// A migration starts here in `role`.
+pub(crate) fn started(service: &str, role: &'static str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    gauge!(STARTED_TIMESTAMP, "service" => service.to_string(), "role" => role).set(now);
+    gauge!(IN_PROGRESS, "service" => service.to_string(), "role" => role).set(1.0);
+}
 
 /// Tunnels refused because this node does not own the service under the
 /// tunnel's epoch (fencing at work; label `service`).
@@ -54,16 +150,19 @@ pub(crate) fn ownership(service: &str, epoch: u64, owned: bool) {
     gauge!(OWNED, "service" => service.to_string()).set(if owned { 1.0 } else { 0.0 });
 }
 
-/// The current phase (previous one set back to 0).
-pub(crate) fn phase(service: &str, previous: Option<&str>, current: &str) {
-    if let Some(p) = previous {
-        gauge!(PHASE, "service" => service.to_string(), "phase" => p.to_string()).set(0.0);
+/// The current phase in `role`: 1 for it, 0 for every other phase (so a
+/// new migration clears the last one's `done` or `aborted`).
+pub(crate) fn phase(service: &str, role: &'static str, current: Phase) {
+    for p in Phase::ALL {
+        let value = if p == current { 1.0 } else { 0.0 };
+        gauge!(PHASE, "service" => service.to_string(), "role" => role, "phase" => p.name())
+            .set(value);
     }
-    gauge!(PHASE, "service" => service.to_string(), "phase" => current.to_string()).set(1.0);
 }
 
 /// An ended migration.
 pub(crate) fn outcome(service: &str, role: &'static str, ok: bool) {
+    gauge!(IN_PROGRESS, "service" => service.to_string(), "role" => role).set(0.0);
     counter!(MIGRATIONS_TOTAL, "service" => service.to_string(), "role" => role, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
 }
 

@@ -3,6 +3,7 @@
 //! before the peer proved it knows the secret.
 
 use crate::auth::{AuthError, Authenticator, Role};
+use crate::codec::WireBytes;
 use crate::codec::{FrameError, PeerCodec};
 use crate::message::Message;
 use crate::names;
@@ -53,6 +54,8 @@ pub struct PeerLink {
     framed: Framed<TcpStream, PeerCodec>,
     peer_node: String,
     peer_addr: SocketAddr,
+    /// Wire bytes already added to the bytes counter.
+    counted: WireBytes,
 }
 
 impl PeerLink {
@@ -82,6 +85,7 @@ impl PeerLink {
             framed: Framed::new(stream, PeerCodec::default()),
             peer_node: String::new(),
             peer_addr,
+            counted: WireBytes::default(),
         }
     }
 
@@ -186,7 +190,22 @@ impl PeerLink {
             .await
             .map_err(|_| LinkError::SendTimeout(SEND_TIMEOUT))??;
         counter!(names::FRAMES_TOTAL, "direction" => "sent").increment(1);
+        self.count_bytes();
         Ok(())
+    }
+
+    /// Adds what the link carried since the last call to the bytes counter.
+    fn count_bytes(&mut self) {
+        let now = self.framed.codec().wire;
+        let sent = now.sent - self.counted.sent;
+        let received = now.received - self.counted.received;
+        if sent > 0 {
+            counter!(names::BYTES_TOTAL, "direction" => "sent").increment(sent);
+        }
+        if received > 0 {
+            counter!(names::BYTES_TOTAL, "direction" => "received").increment(received);
+        }
+        self.counted = now;
     }
 
     /// The next message; `Closed` when the peer hung up. A bad frame is an
@@ -195,6 +214,7 @@ impl PeerLink {
         match self.framed.next().await {
             Some(Ok(msg)) => {
                 counter!(names::FRAMES_TOTAL, "direction" => "received").increment(1);
+                self.count_bytes();
                 Ok(msg)
             }
             Some(Err(e)) => {

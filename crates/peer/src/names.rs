@@ -6,5 +6,5 @@ pub const AUTH_FAILURES_TOTAL: &str = "replaymig_peer_auth_failures_total";
 pub const BAD_FRAMES_TOTAL: &str = "replaymig_peer_bad_frames_total";
 /// Frames sent and received, label `direction` = `sent` | `received`.
 pub const FRAMES_TOTAL: &str = "replaymig_peer_frames_total";
-/// Payload bytes sent and received, label `direction`.
+/// Bytes on the wire (framing included) sent and received, label `direction`.
 pub const BYTES_TOTAL: &str = "replaymig_peer_bytes_total";
