@@ -10,7 +10,7 @@
 //! moves under the same lock, so a segment always ends exactly at the next
 //! record's `resp_before`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use replaymig_journal::record::MAX_DATA_LEN;
 use replaymig_journal::{ConnId, Record};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +107,7 @@ impl OpenSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn parts(record: Option<Record>) -> (u64, u64, u32, Bytes) {
         match record {
