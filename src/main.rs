@@ -455,13 +455,24 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
     }
     let list: Vec<replaymig_node::ServiceStatus> = serde_json::from_value(services)?;
     println!(
-        "{:<16} {:<10} {:>6} {:>12} {:>10}",
-        "service", "owner", "epoch", "last_lsn", "migrating"
+        "{:<16} {:<10} {:>6} {:>21} {:>12} {:>6}  migration",
+        "service", "owner", "epoch", "journal lsn range", "journal MB", "conns"
     );
     for s in list {
+        let migration = match (&s.migration, s.migrating, s.prepared) {
+            (_, _, Some(epoch)) => format!("prepared for epoch {epoch}"),
+            (Some(m), true, _) => format!("{m} (running)"),
+            (Some(m), false, _) => format!("{m} (last)"),
+            (None, _, _) => "-".to_string(),
+        };
         println!(
-            "{:<16} {:<10} {:>6} {:>12} {:>10}",
-            s.name, s.owner, s.epoch, s.last_lsn, s.migrating
+            "{:<16} {:<10} {:>6} {:>21} {:>12.1} {:>6}  {migration}",
+            s.name,
+            s.owner,
+            s.epoch,
+            format!("{} ..= {}", s.first_lsn, s.last_lsn),
+            s.journal_bytes as f64 / 1e6,
+            s.journaled_connections
         );
     }
     Ok(())

@@ -7,45 +7,16 @@
 
 mod common;
 
-use common::replaymig;
+use common::{replaymig, start_node};
 use nix::sys::signal::Signal;
-use replaymig_testkit::{
-    wait_for_listen, write_node_config, ChildGuard, NodePorts, RedisServer, Reply, RespClient,
-};
+use replaymig_testkit::{write_node_config, ChildGuard, NodePorts, RedisServer, Reply, RespClient};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-
-fn start_node(
-    dir: &Path,
-    name: &str,
-    config: &Path,
-    admin: u16,
-    env: &[(&str, &str)],
-) -> ChildGuard {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap();
-    let child = replaymig()
-        .args(["node", "--config"])
-        .arg(config)
-        .env("REPLAYMIG_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let guard = ChildGuard::new(format!("node {name}"), child);
-    wait_for_listen(admin, Duration::from_secs(30)).unwrap();
-    guard
-}
 
 /// A runtime for a test that plays a peer itself.
 fn runtime() -> tokio::runtime::Runtime {
@@ -137,8 +108,8 @@ impl Pair {
             b_secret_file.as_deref(),
             b_restore,
         );
-        let a = start_node(dir.path(), "a", &ca, pa.admin, a_env);
-        let b = start_node(dir.path(), "b", &cb, pb.admin, &[]);
+        let a = start_node(dir.path(), "a", &ca, pa.admin, a_env, &[]);
+        let b = start_node(dir.path(), "b", &cb, pb.admin, &[], &[]);
         Pair {
             dir,
             pa,
@@ -151,7 +122,14 @@ impl Pair {
 
     /// Starts node a again (after it died), without extra environment.
     fn restart_a(&mut self) {
-        self.a = start_node(self.dir.path(), "a", &self.config_a, self.pa.admin, &[]);
+        self.a = start_node(
+            self.dir.path(),
+            "a",
+            &self.config_a,
+            self.pa.admin,
+            &[],
+            &[],
+        );
     }
 
     fn status(&self, admin: u16) -> serde_json::Value {

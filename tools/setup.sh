@@ -11,7 +11,11 @@ set -euo pipefail
 # tshark: tests/journal_export.rs checks `replaymig journal export`'s pcap with it.
 # fonts-dejavu-core: DejaVuSans.ttf, the font replaymig-bench-report draws the
 # figures' text with (crates/bench loads it at run time; no fontconfig needed).
-packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core tshark)
+# prometheus: tests/observability.rs scrapes two nodes with a real one.
+# nodejs/npm: tools/validate-grafana.sh checks the dashboard against
+# Grafana's published schema (@grafana/schema, type-checked by tsc); the
+# machine usually has them already.
+packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core tshark prometheus)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -48,7 +52,12 @@ if [ "$(id -u)" -eq 0 ]; then
   bash "$(dirname "$0")/install-criu.sh" >/dev/null
 fi
 
-for tool in redis-server redis-cli redis-benchmark haproxy ip; do
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  [ "$(id -u)" -eq 0 ] || { echo "setup: need root to install nodejs npm" >&2; exit 1; }
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+
+for tool in redis-server redis-cli redis-benchmark haproxy ip prometheus node npm; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing" >&2; exit 1; }
 done
 echo "setup: ok ($(redis-server --version | awk '{print $3}'), $(haproxy -v | head -1 | awk '{print $1, $3}'))"

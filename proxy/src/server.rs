@@ -160,6 +160,11 @@ impl ProxyControl {
         switched
     }
 
+    /// Client connections journaled now.
+    pub fn journaled_connections(&self) -> usize {
+        self.shared.open.lock().expect("poisoned").len()
+    }
+
     /// Service→client bytes delivered so far over all connections.
     pub fn answer_bytes(&self) -> u64 {
         self.shared

@@ -113,6 +113,8 @@ pub fn scrape(addr: SocketAddr) -> Result<Metrics> {
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
+    // The samples are the body, after the HTTP headers.
+    let body = body.split_once("\r\n\r\n").map_or(body.as_str(), |(_, b)| b);
     let mut samples = BTreeMap::new();
     for line in body
         .lines()
@@ -253,4 +255,34 @@ pub fn journaled_incrs(conns: &BTreeMap<u64, JournaledConn>, key: &str) -> usize
                 .count()
         })
         .sum()
+}
+
+/// Starts `replaymig node --config CONFIG ARGS` (log in `DIR/NAME.log`)
+/// and waits for its admin port.
+pub fn start_node(
+    dir: &Path,
+    name: &str,
+    config: &Path,
+    admin: u16,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> ChildGuard {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    let child = replaymig()
+        .args(["node", "--config"])
+        .arg(config)
+        .args(args)
+        .env("REPLAYMIG_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let guard = ChildGuard::new(format!("node {name}"), child);
+    wait_for_listen(admin, Duration::from_secs(30)).unwrap();
+    guard
 }

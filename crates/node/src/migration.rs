@@ -87,7 +87,7 @@ impl HoldSteps {
 
 /// Records phase durations as the state machine moves.
 struct Phases<'a> {
-    service: String,
+    host: &'a ServiceHost,
     current: Phase,
     since: Instant,
     /// The trigger.
@@ -97,12 +97,12 @@ struct Phases<'a> {
 }
 
 impl<'a> Phases<'a> {
-    fn new(service: &str, progress: ProgressFn<'a>) -> Self {
+    fn new(host: &'a ServiceHost, progress: ProgressFn<'a>) -> Self {
         progress(Progress::Phase(Phase::Connecting));
-        telemetry::started(service, "source");
-        telemetry::phase(service, "source", Phase::Connecting);
+        telemetry::started(&host.config.name, "source");
+        host.set_phase("source", Phase::Connecting);
         Phases {
-            service: service.to_string(),
+            host,
             current: Phase::Connecting,
             since: Instant::now(),
             started: Instant::now(),
@@ -119,7 +119,7 @@ impl<'a> Phases<'a> {
             self.current
         );
         let name = phase_name(self.current);
-        telemetry::phase(&self.service, "source", to);
+        self.host.set_phase("source", to);
         self.done.push((name, self.since.elapsed().as_secs_f64()));
         self.current = to;
         self.since = Instant::now();
@@ -191,7 +191,7 @@ pub async fn migrate_out(
         }
         Err(e) => {
             progress(Progress::Phase(Phase::Aborted));
-            telemetry::phase(service, "source", Phase::Aborted);
+            host.set_phase("source", Phase::Aborted);
             telemetry::outcome(service, "source", false);
             Err(e)
         }
@@ -207,7 +207,7 @@ async fn run_source(
     let (to, epoch) = (plan.to, plan.epoch);
     let started = Instant::now();
     let service = &host.config;
-    let mut phases = Phases::new(&service.name, progress);
+    let mut phases = Phases::new(host, progress);
     let peer = *node
         .config
         .peers
@@ -552,7 +552,7 @@ pub(crate) async fn migrate_in(
         state.migrating = true;
     }
     telemetry::started(&service, "destination");
-    telemetry::phase(&service, "destination", Phase::Transferring);
+    host.set_phase("destination", Phase::Transferring);
     link.send(Message::MigrateReady).await?;
     let outcome = destination_steps(node, host, &mut link, epoch).await;
     let mut state = host.state.lock().await;
@@ -564,7 +564,7 @@ pub(crate) async fn migrate_in(
     } else {
         Phase::Aborted
     };
-    telemetry::phase(&service, "destination", ended);
+    host.set_phase("destination", ended);
     if let Err(e) = &outcome {
         if e.downcast_ref::<replaymig_replayer::ReplayError>()
             .is_some()
@@ -661,7 +661,7 @@ async fn destination_steps(
         host.journal.truncate_before(last + 1)?;
     }
     let restore_started = Instant::now();
-    telemetry::phase(&service.name, "destination", Phase::CatchingUp);
+    host.set_phase("destination", Phase::CatchingUp);
     restore_service(node, host, &into).await?;
     let restored_at = Instant::now();
     let restore = restored_at - restore_started;
@@ -711,7 +711,7 @@ async fn destination_steps(
                 epoch: e,
                 delivered,
             } if e == epoch => {
-                telemetry::phase(&service.name, "destination", Phase::HandingOver);
+                host.set_phase("destination", Phase::HandingOver);
                 let handover_started = Instant::now();
                 for (conn, d) in delivered {
                     replayer.ensure_open(conn, d).await?;

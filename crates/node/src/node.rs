@@ -30,6 +30,17 @@ pub(crate) struct ServiceHost {
     /// The durable copy of `state`'s owner, epoch and prepared hand-over.
     pub ownership: OwnershipFile,
     pub state: Mutex<ServiceState>,
+    /// The phase of the migration running here, or of the last one, with
+    /// this node's role in it (`status` shows it; the metric mirrors it).
+    pub phase: std::sync::Mutex<Option<(&'static str, crate::Phase)>>,
+}
+
+impl ServiceHost {
+    /// Enters `phase` of a migration in which this node is `role`.
+    pub(crate) fn set_phase(&self, role: &'static str, phase: crate::Phase) {
+        *self.phase.lock().expect("poisoned") = Some((role, phase));
+        crate::telemetry::phase(&self.config.name, role, phase);
+    }
 }
 
 /// Ownership and what goes with it; changed only by migrations.
@@ -167,8 +178,21 @@ pub struct ServiceStatus {
     /// for the source's commit.
     #[serde(default)]
     pub prepared: Option<u64>,
-    /// Client connections open through this node's proxy.
+    /// Answer bytes the proxy delivered on journaled connections.
     pub answer_bytes: u64,
+    /// The journal's oldest stored LSN (0 while empty).
+    #[serde(default)]
+    pub first_lsn: u64,
+    /// Bytes the journal occupies on disk.
+    #[serde(default)]
+    pub journal_bytes: u64,
+    /// Client connections this node journals now.
+    #[serde(default)]
+    pub journaled_connections: u64,
+    /// The running (or last) migration here: `role:phase`, e.g.
+    /// `source:catching_up`, `destination:done`.
+    #[serde(default)]
+    pub migration: Option<String>,
 }
 
 /// A running node agent.
@@ -207,6 +231,7 @@ impl Node {
                 journal,
                 proxy: proxy.control(),
                 ownership,
+                phase: std::sync::Mutex::new(None),
                 state: Mutex::new(ServiceState {
                     owner: record.owner,
                     epoch: record.epoch,
@@ -323,6 +348,14 @@ pub(crate) async fn status(shared: &NodeShared) -> Vec<ServiceStatus> {
             migrating: state.migrating,
             prepared: state.prepared_epoch(),
             answer_bytes: host.proxy.answer_bytes(),
+            first_lsn: host.journal.first_lsn().ok().flatten().unwrap_or(0),
+            journal_bytes: host.journal.size_on_disk().unwrap_or(0),
+            journaled_connections: host.proxy.journaled_connections() as u64,
+            migration: host
+                .phase
+                .lock()
+                .expect("poisoned")
+                .map(|(role, phase)| format!("{role}:{}", phase.name())),
         });
     }
     out

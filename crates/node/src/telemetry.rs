@@ -75,9 +75,102 @@ pub fn exporter_options(config: &crate::NodeConfig) -> ExporterOptions {
     }
 }
 
+/// Help texts of the node's and the peer link's families.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use replaymig_peer::names as peer;
+    describe_counter!(MIGRATIONS_TOTAL, "Migrations ended, by role and outcome");
+    describe_histogram!(
+        PHASE_SECONDS,
+        Unit::Seconds,
+        "Time per phase of finished migrations"
+    );
+    describe_histogram!(
+        TOTAL_SECONDS,
+        Unit::Seconds,
+        "Migration time, trigger to done"
+    );
+    describe_histogram!(
+        INTERRUPTION_SECONDS,
+        Unit::Seconds,
+        "Client input held per migration"
+    );
+    describe_histogram!(
+        JITTER_SECONDS,
+        Unit::Seconds,
+        "Trigger until the destination owns, minus the interruption"
+    );
+    describe_counter!(
+        LINK_BYTES_TOTAL,
+        Unit::Bytes,
+        "Migration bytes over the peer link by kind"
+    );
+    describe_counter!(
+        PRECOPY_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes sent by pre-copy rounds"
+    );
+    describe_histogram!(
+        PRECOPY_DIRTY_RATE,
+        "Dirty bytes per second measured by pre-copy rounds"
+    );
+    describe_gauge!(
+        EPOCH,
+        "Ownership epoch of the service as this node knows it"
+    );
+    describe_gauge!(OWNED, "1 while this node owns the service");
+    describe_gauge!(
+        PHASE,
+        "Phase of the running (or last) migration here: 1 = current"
+    );
+    describe_gauge!(IN_PROGRESS, "1 while a migration of the service runs here");
+    describe_gauge!(
+        STARTED_TIMESTAMP,
+        Unit::Seconds,
+        "When the last migration here started"
+    );
+    describe_gauge!(
+        REPLAY_LAG_RECORDS,
+        "Shipped records not yet replayed (destination)"
+    );
+    describe_gauge!(
+        REPLAY_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest record not yet replayed"
+    );
+    describe_counter!(
+        DIVERGENCES_TOTAL,
+        "Migration replays that diverged from the journal"
+    );
+    describe_counter!(FENCED_TOTAL, "Tunnels refused by the epoch fence");
+    describe_counter!(
+        RESOLVED_TOTAL,
+        "Prepared hand-overs resolved by asking the source"
+    );
+    describe_gauge!(
+        PEER_LINK_UP,
+        "1 if the last link attempt with the peer node succeeded"
+    );
+    describe_counter!(
+        peer::AUTH_FAILURES_TOTAL,
+        "Peer handshakes refused, by the refusing side"
+    );
+    describe_counter!(
+        peer::BAD_FRAMES_TOTAL,
+        "Peer frames that could not be decoded"
+    );
+    describe_counter!(peer::FRAMES_TOTAL, "Peer frames sent and received");
+    describe_counter!(
+        peer::BYTES_TOTAL,
+        Unit::Bytes,
+        "Peer link bytes on the wire"
+    );
+}
+
 /// Exports the node's families at zero before anything happens, so a
 /// dashboard (and an alert on `increase(...)`) sees them from the start.
 pub(crate) fn register(config: &crate::NodeConfig) {
+    describe();
     for service in &config.services {
         let s = || service.name.clone();
         for role in ["source", "destination"] {
