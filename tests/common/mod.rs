@@ -114,7 +114,9 @@ pub fn scrape(addr: SocketAddr) -> Result<Metrics> {
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     // The samples are the body, after the HTTP headers.
-    let body = body.split_once("\r\n\r\n").map_or(body.as_str(), |(_, b)| b);
+    let body = body
+        .split_once("\r\n\r\n")
+        .map_or(body.as_str(), |(_, b)| b);
     let mut samples = BTreeMap::new();
     for line in body
         .lines()
