@@ -104,6 +104,12 @@ impl Prometheus {
             .expect("prometheus is installed by tools/setup.sh");
         let guard = ChildGuard::new("prometheus", child);
         wait_for_listen(addr.port(), Duration::from_secs(30)).unwrap();
+        // It listens before its storage is open (503 until then).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http_get(addr, "/-/ready").contains("Ready") {
+            assert!(Instant::now() < deadline, "prometheus never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Prometheus {
             _guard: guard,
             addr,
