@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{replaymig, start_node};
+use common::{replaymig, start_node, StopRedisOnDrop};
 use nix::sys::signal::Signal;
 use replaymig_testkit::{write_node_config, ChildGuard, NodePorts, RedisServer, Reply, RespClient};
 use std::io::{BufRead, BufReader};
@@ -77,6 +77,9 @@ struct Pair {
     a: ChildGuard,
     b: ChildGuard,
     config_a: std::path::PathBuf,
+    /// Last field, so dropped after the nodes: a redis that a killed node
+    /// left behind is stopped by its port.
+    _redis: StopRedisOnDrop,
 }
 
 impl Pair {
@@ -117,6 +120,7 @@ impl Pair {
             a,
             b,
             config_a: ca,
+            _redis: StopRedisOnDrop(vec![pa.backend, pb.backend]),
         }
     }
 
@@ -227,19 +231,6 @@ impl Pair {
             direct.cmd(&["GET", "n"]).unwrap(),
             Reply::Bulk(acked.to_string().into_bytes())
         );
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        // Node processes go with their guards; a redis that a killed node
-        // left behind is stopped by its port.
-        for port in [self.pa.backend, self.pb.backend] {
-            let _ = std::process::Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "SHUTDOWN", "NOSAVE"])
-                .output();
-        }
-        let _ = &self.dir;
     }
 }
 

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{replaymig, scrape, start_node, Metrics};
+use common::{replaymig, scrape, start_node, Metrics, StopRedisOnDrop};
 use replaymig_testkit::{
     free_port, wait_for_listen, write_node_config, ChildGuard, NodePorts, Reply, RespClient,
 };
@@ -194,6 +194,8 @@ fn prometheus_sees_a_migration_and_the_dashboard_only_uses_exported_metrics() {
     let (pa, pb) = (NodePorts::loopback(), NodePorts::loopback());
     let ca = write_node_config(dir.path(), "a", &pa, ("b", &pb), "a", None, None);
     let cb = write_node_config(dir.path(), "b", &pb, ("a", &pa), "a", None, None);
+    // Declared before the nodes, so dropped after them.
+    let _redis = StopRedisOnDrop(vec![pa.backend, pb.backend]);
     let ma: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mb: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let _a = start_node(

@@ -288,3 +288,18 @@ pub fn start_node(
     wait_for_listen(admin, Duration::from_secs(30)).unwrap();
     guard
 }
+
+/// Stops, when dropped, the redis-servers on these loopback ports: a node
+/// killed by its guard leaves the service it started behind (also when the
+/// test fails).
+pub struct StopRedisOnDrop(pub Vec<u16>);
+
+impl Drop for StopRedisOnDrop {
+    fn drop(&mut self) {
+        for port in &self.0 {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "SHUTDOWN", "NOSAVE"])
+                .output();
+        }
+    }
+}
