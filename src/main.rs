@@ -58,9 +58,9 @@ enum Command {
         /// The destination node's name.
         #[arg(long)]
         to: String,
-        /// The source node's admin address.
-        #[arg(long, default_value = "127.0.0.1:7200")]
-        admin: SocketAddr,
+        /// The source node's admin endpoint.
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -79,13 +79,37 @@ enum Command {
     },
     /// Services, owners, epochs and journal heads of the node behind --admin.
     Status {
-        /// The node's admin address.
-        #[arg(long, default_value = "127.0.0.1:7200")]
-        admin: SocketAddr,
+        /// The node's admin endpoint.
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where a node's admin endpoint is, and the token it may require.
+#[derive(Args)]
+struct AdminArgs {
+    /// The node's admin address.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    admin: SocketAddr,
+    /// File holding the node's admin token (or set REPLAYMIG_ADMIN_TOKEN);
+    /// never on the command line.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The token to send, if one was given.
+    fn token(&self) -> Result<Option<String>> {
+        if let Some(path) = &self.admin_token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+            return Ok(Some(text.trim().to_string()));
+        }
+        Ok(std::env::var("REPLAYMIG_ADMIN_TOKEN").ok())
+    }
 }
 
 #[derive(Args)]
@@ -359,11 +383,15 @@ async fn run_node(config: PathBuf, metrics: Option<SocketAddr>) -> Result<()> {
 
 /// Sends one admin request; calls `each` for every JSON line answered.
 async fn admin_request(
-    admin: SocketAddr,
-    request: serde_json::Value,
+    admin_args: &AdminArgs,
+    mut request: serde_json::Value,
     mut each: impl FnMut(serde_json::Value) -> Result<()>,
 ) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let admin = admin_args.admin;
+    if let (Some(token), Some(obj)) = (admin_args.token()?, request.as_object_mut()) {
+        obj.insert("token".into(), token.into());
+    }
     let stream = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| format!("no node admin endpoint at {admin}"))?;
@@ -386,14 +414,14 @@ enum MethodArg {
 async fn migrate(
     service: String,
     to: String,
-    admin: SocketAddr,
+    admin: AdminArgs,
     json: bool,
     method: replaymig_node::Method,
 ) -> Result<()> {
     let started = std::time::Instant::now();
     let mut outcome = None;
     admin_request(
-        admin,
+        &admin,
         serde_json::json!({"migrate": {"service": service, "to": to, "method": method}}),
         |line| {
             if let Some(phase) = line.get("phase") {
@@ -441,9 +469,12 @@ async fn migrate(
     }
 }
 
-async fn status(admin: SocketAddr, json: bool) -> Result<()> {
+async fn status(admin: AdminArgs, json: bool) -> Result<()> {
     let mut services = None;
-    admin_request(admin, serde_json::json!({"status": {}}), |line| {
+    admin_request(&admin, serde_json::json!({"status": {}}), |line| {
+        if let Some(error) = line.get("error") {
+            anyhow::bail!("{}", error.as_str().unwrap_or("the node refused"));
+        }
         services = line.get("services").cloned();
         Ok(())
     })

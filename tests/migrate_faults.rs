@@ -516,3 +516,173 @@ fn an_owner_refuses_a_tunnel_from_a_newer_epoch() {
     let mut c = RespClient::connect(pair.listen_a()).unwrap();
     assert_eq!(c.cmd(&["INCR", "k"]).unwrap(), Reply::Int(1));
 }
+
+/// Authenticated peers sending valid frames at the wrong moment: as the
+/// first message (a hand-over, its acknowledgement, a commit, a log batch,
+/// an owner answer), a migration under a stale epoch, and a hand-over
+/// before any snapshot inside a migration. Each is refused; nobody gives up
+/// or takes ownership, and a keeps serving.
+#[test]
+fn frames_at_the_wrong_phase_change_no_ownership() {
+    use replaymig_peer::{LinkError, Message};
+    let pair = Pair::start(None, None);
+    let mut c = RespClient::connect(pair.listen_a()).unwrap();
+    assert_eq!(c.cmd(&["INCR", "k"]).unwrap(), Reply::Int(1));
+    let out_of_place = [
+        Message::HandOver {
+            epoch: 2,
+            delivered: vec![],
+        },
+        Message::HandOverDone {
+            epoch: 2,
+            restore_micros: 0,
+            replay_micros: 0,
+        },
+        Message::HandOverCommit { epoch: 2 },
+        Message::LogBatch {
+            first_lsn: 1,
+            count: 0,
+            packed: vec![],
+        },
+        Message::OwnerIs {
+            owner: "b".into(),
+            epoch: 9,
+            migrating: false,
+        },
+        Message::Welcome,
+    ];
+    runtime().block_on(async {
+        for (to, ports) in [("a", &pair.pa), ("b", &pair.pb)] {
+            for msg in out_of_place.clone() {
+                let name = msg.name();
+                let mut link = pair.link_as("b", ports).await;
+                link.send(msg).await.unwrap();
+                // The node drops the link without acting on it.
+                match link.recv_timeout(Duration::from_secs(10)).await {
+                    Err(LinkError::Closed | LinkError::Frame(_)) => {}
+                    other => panic!("{name} first to {to}: expected a closed link, got {other:?}"),
+                }
+            }
+        }
+        // A migration into b under the current (stale) epoch is refused.
+        let mut link = pair.link_as("a", &pair.pb).await;
+        link.send(Message::MigrateBegin {
+            service: "redis".into(),
+            epoch: 1,
+        })
+        .await
+        .unwrap();
+        match link.recv_timeout(Duration::from_secs(10)).await.unwrap() {
+            Message::MigrateAbort { reason } => assert!(reason.contains("stale epoch"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // A migration into b whose "source" hands over before any snapshot:
+        // b aborts, owns nothing, prepares nothing.
+        let mut link = pair.link_as("a", &pair.pb).await;
+        link.send(Message::MigrateBegin {
+            service: "redis".into(),
+            epoch: 2,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            link.recv_timeout(Duration::from_secs(10)).await.unwrap(),
+            Message::MigrateReady
+        );
+        link.send(Message::HandOver {
+            epoch: 2,
+            delivered: vec![],
+        })
+        .await
+        .unwrap();
+        match link.recv_timeout(Duration::from_secs(10)).await {
+            Ok(Message::MigrateAbort { reason }) => {
+                assert!(reason.contains("hand_over"), "{reason}")
+            }
+            other => panic!("expected b to abort, got {other:?}"),
+        }
+    });
+    pair.wait_status(pair.pb.admin, "b back to idle", |s| s["migrating"] == false);
+    for admin in [pair.pa.admin, pair.pb.admin] {
+        let s = pair.status(admin);
+        assert_eq!(s["owner"], "a", "{s}");
+        assert_eq!(s["epoch"], 1, "{s}");
+        assert!(s["prepared"].is_null(), "{s}");
+    }
+    assert_eq!(c.cmd(&["INCR", "k"]).unwrap(), Reply::Int(2));
+}
+
+/// A node whose config sets an admin token answers `status` and `migrate`
+/// only with it (from a file, never argv); a missing or wrong token is a
+/// clear refusal with a non-zero exit, counted, and changes nothing.
+#[test]
+fn the_admin_api_wants_its_token_when_one_is_configured() {
+    let dir = TempDir::new().unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        "fault-test-secret-0123456789abcdef",
+    )
+    .unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "admin-token-for-this-test-0123\n").unwrap();
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "admin-token-for-this-test-0124\n").unwrap();
+    let (pa, pb) = (NodePorts::loopback(), NodePorts::loopback());
+    let ca = write_node_config(dir.path(), "a", &pa, ("b", &pb), "a", None, None);
+    let text = std::fs::read_to_string(&ca).unwrap().replace(
+        "admin_listen =",
+        &format!("admin_token_file = \"{}\"\nadmin_listen =", token.display()),
+    );
+    std::fs::write(&ca, text).unwrap();
+    let _redis = StopRedisOnDrop(vec![pa.backend]);
+    let _a = start_node(dir.path(), "a", &ca, pa.admin, &[], &[]);
+    let admin = format!("127.0.0.1:{}", pa.admin);
+    let status = |extra: &[&str]| {
+        replaymig()
+            .args(["status", "--json", "--admin", &admin])
+            .args(extra)
+            .env_remove("REPLAYMIG_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    for out in [
+        status(&[]),
+        status(&["--admin-token-file", wrong.to_str().unwrap()]),
+    ] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("missing or wrong admin token"), "{err}");
+    }
+    let migrate = replaymig()
+        .args(["migrate", "redis", "--to", "b", "--admin", &admin])
+        .env_remove("REPLAYMIG_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!migrate.status.success());
+    assert!(String::from_utf8_lossy(&migrate.stderr).contains("admin token"));
+    let out = status(&["--admin-token-file", token.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s[0]["owner"], "a");
+    assert_eq!(s[0]["epoch"], 1);
+    // The token also works from the environment.
+    let out = replaymig()
+        .args(["status", "--json", "--admin", &admin])
+        .env("REPLAYMIG_ADMIN_TOKEN", "admin-token-for-this-test-0123")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Neither the token nor the peer secret ever reaches the node's log.
+    let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+    assert!(log.contains("admin request refused"), "refusals are logged");
+    for secret in [
+        "admin-token-for-this-test-012",
+        "fault-test-secret-0123456789abcdef",
+    ] {
+        assert!(!log.contains(secret), "a secret in the log:\n{log}");
+    }
+}

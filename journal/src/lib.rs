@@ -288,6 +288,14 @@ impl Journal {
     }
 }
 
+/// Decodes one stored segment (the records of one group commit, first LSN
+/// `first`) as reading the journal does: each record verified, a bad one
+/// an error naming its LSN. For fuzzing and tools; never panics on any
+/// input.
+pub fn decode_segment(first: Lsn, value: &[u8]) -> Vec<Result<Entry>> {
+    segment::entries(first, value).collect()
+}
+
 /// What every multi-record append must satisfy: not empty, each record
 /// valid, and the whole small enough for one group commit.
 fn check_batch(records: &[Record]) -> Result<()> {

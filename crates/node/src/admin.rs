@@ -4,13 +4,21 @@
 //! "max_iterations": N}}`) streams
 //! `{"phase": "..."}` lines and ends with `{"report": {...}}` or
 //! `{"error": "..."}`; `{"status": {}}` answers `{"services": [...]}`.
+//!
+//! Who may ask: without an admin token, only loopback peers (anyone else
+//! gets an error line and nothing done); with one (`admin_token_file`),
+//! any peer whose request carries `"token": "..."` equal to it (compared
+//! in constant time). Refusals are logged and counted
+//! (`replaymig_admin_refused_total{reason}`).
 
 use crate::migration;
 use crate::node::{status, NodeShared};
+use metrics::counter;
 use serde::Deserialize;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,26 +47,66 @@ pub(crate) async fn serve(listener: TcpListener, node: Arc<NodeShared>, stop: Ca
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
-        if let Ok((stream, _)) = accepted {
-            tokio::spawn(handle(stream, node.clone()));
+        if let Ok((stream, peer)) = accepted {
+            tokio::spawn(handle(stream, peer, node.clone()));
         }
     }
 }
 
-async fn handle(stream: TcpStream, node: Arc<NodeShared>) {
+/// Longest admin request line read (a request is a few hundred bytes).
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// Why an admin request was refused (the metric's `reason`).
+fn refuse(reason: &'static str, peer: SocketAddr, detail: &str) -> serde_json::Value {
+    counter!(ADMIN_REFUSED_TOTAL, "reason" => reason).increment(1);
+    tracing::warn!(%peer, reason, "admin request refused: {detail}");
+    json!({ "error": format!("admin request refused: {detail}") })
+}
+
+/// Admin requests refused, by `reason` (`not_loopback`, `bad_token`, `malformed`).
+pub const ADMIN_REFUSED_TOTAL: &str = "replaymig_admin_refused_total";
+
+/// The request, if `line` is one this peer may make.
+fn authorize(
+    line: &str,
+    peer: SocketAddr,
+    token: Option<&replaymig_peer::Secret>,
+) -> Result<Request, serde_json::Value> {
+    if token.is_none() && !peer.ip().is_loopback() {
+        return Err(refuse(
+            "not_loopback",
+            peer,
+            "this node serves admin requests from loopback only (configure admin_token_file)",
+        ));
+    }
+    let mut value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| refuse("malformed", peer, &format!("bad request: {e}")))?;
+    let given = value
+        .as_object_mut()
+        .and_then(|o| o.remove("token"))
+        .and_then(|t| t.as_str().map(str::to_string));
+    if let Some(token) = token {
+        let ok = given
+            .as_deref()
+            .is_some_and(|g| token.matches(g.as_bytes()));
+        if !ok {
+            return Err(refuse("bad_token", peer, "missing or wrong admin token"));
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| refuse("malformed", peer, &format!("bad request: {e}")))
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, node: Arc<NodeShared>) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
+    let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES)).lines();
     let Ok(Some(line)) = lines.next_line().await else {
         return;
     };
-    let request: Request = match serde_json::from_str(&line) {
+    let request = match authorize(&line, peer, node.admin_token.as_ref()) {
         Ok(r) => r,
-        Err(e) => {
-            let _ = write
-                .write_all(
-                    format!("{}\n", json!({"error": format!("bad request: {e}")})).as_bytes(),
-                )
-                .await;
+        Err(answer) => {
+            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
             return;
         }
     };
@@ -99,5 +147,38 @@ async fn handle(stream: TcpStream, node: Arc<NodeShared>) {
             };
             let _ = write.write_all(format!("{last}\n").as_bytes()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn loopback_only_without_a_token_and_the_token_everywhere_with_one() {
+        let status = r#"{"status": {}}"#;
+        let here = addr("127.0.0.1:5000");
+        let there = addr("10.0.0.9:5000");
+        assert!(authorize(status, here, None).is_ok());
+        let refused = authorize(status, there, None).unwrap_err();
+        assert!(refused["error"].as_str().unwrap().contains("loopback only"));
+
+        let token = replaymig_peer::Secret::new("admin-token-0123456789").unwrap();
+        for peer in [here, there] {
+            assert!(authorize(status, peer, Some(&token)).is_err(), "no token");
+            let wrong = r#"{"status": {}, "token": "admin-token-0123456780"}"#;
+            assert!(authorize(wrong, peer, Some(&token)).is_err(), "wrong token");
+            let right = r#"{"status": {}, "token": "admin-token-0123456789"}"#;
+            assert!(matches!(
+                authorize(right, peer, Some(&token)),
+                Ok(Request::Status {})
+            ));
+        }
+        assert!(authorize("not json", here, None).is_err());
+        assert!(authorize(r#"{"reboot": {}}"#, here, None).is_err());
     }
 }

@@ -41,8 +41,17 @@ pub struct NodeConfig {
     pub name: String,
     /// Where other nodes connect (authenticated).
     pub peer_listen: SocketAddr,
-    /// Where `replaymig migrate/status` connect (keep it on loopback).
+    /// Where `replaymig migrate/status` connect. On loopback by default;
+    /// any other address needs an admin token.
     pub admin_listen: SocketAddr,
+    /// File holding the admin token: when set, every admin request must
+    /// carry it (`replaymig ... --admin-token-file`), and requests from
+    /// other hosts are accepted. Without it, only loopback peers are served.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Environment variable holding the admin token (instead of the file).
+    #[serde(default)]
+    pub admin_token_env: Option<String>,
     /// File holding the shared peer secret.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
@@ -142,6 +151,14 @@ impl NodeConfig {
         if self.secret_file.is_none() && self.secret_env.is_none() {
             bail!("set secret_file or secret_env (the peer secret never goes on the command line)");
         }
+        let token = self.admin_token_file.is_some() || self.admin_token_env.is_some();
+        if !self.admin_listen.ip().is_loopback() && !token {
+            bail!(
+                "admin_listen {} is not a loopback address: set admin_token_file or admin_token_env \
+                 (the admin API moves services; off loopback it needs a token)",
+                self.admin_listen
+            );
+        }
         for s in &self.services {
             if !(1..=1000).contains(&s.quiet_ms) {
                 bail!(
@@ -170,6 +187,15 @@ impl NodeConfig {
         }
     }
 
+    /// The admin token, if one is configured (file or variable).
+    pub fn admin_token(&self) -> Result<Option<Secret>> {
+        match (&self.admin_token_file, &self.admin_token_env) {
+            (Some(path), _) => Ok(Some(Secret::from_file(path).context("admin token")?)),
+            (None, Some(var)) => Ok(Some(Secret::from_env(var).context("admin token")?)),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// A service by name.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
@@ -194,6 +220,21 @@ mod tests {
         config.check().unwrap();
         assert_eq!(config.services[0].snapshot.driver().name(), "exec");
         assert_eq!(config.services[0].quiet_ms, 20, "the default quiet window");
+        // The admin API off loopback needs a token.
+        let open = example.replace("127.0.0.1:7200", "0.0.0.0:7200");
+        let err = toml::from_str::<NodeConfig>(&open)
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+        let with_token = open.replace(
+            "admin_listen =",
+            "admin_token_env = \"REPLAYMIG_TEST_TOKEN\"\nadmin_listen =",
+        );
+        toml::from_str::<NodeConfig>(&with_token)
+            .unwrap()
+            .check()
+            .unwrap();
         let quick = example.replace("data_dir = ", "quiet_ms = 8\ndata_dir = ");
         let config: NodeConfig = toml::from_str(&quick).unwrap();
         assert_eq!(config.services[0].quiet_ms, 8);

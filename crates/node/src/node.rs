@@ -84,6 +84,8 @@ pub(crate) struct NodeShared {
     pub config: NodeConfig,
     pub auth: Authenticator,
     pub services: BTreeMap<String, Arc<ServiceHost>>,
+    /// Every admin request must carry it, when set (see `admin`).
+    pub admin_token: Option<replaymig_peer::Secret>,
 }
 
 impl NodeShared {
@@ -246,10 +248,12 @@ impl Node {
             services.insert(service.name.clone(), host);
             proxies.push(proxy);
         }
+        let admin_token = config.admin_token()?;
         let shared = Arc::new(NodeShared {
             config,
             auth,
             services,
+            admin_token,
         });
         for (proxy, host) in proxies.into_iter().zip(shared.services.values()) {
             let (owner, epoch, prepared) = {

@@ -152,6 +152,10 @@ fn describe() {
         "1 if the last link attempt with the peer node succeeded"
     );
     describe_counter!(
+        crate::admin::ADMIN_REFUSED_TOTAL,
+        "Admin requests refused, by reason"
+    );
+    describe_counter!(
         peer::AUTH_FAILURES_TOTAL,
         "Peer handshakes refused, by the refusing side"
     );
@@ -192,6 +196,9 @@ pub(crate) fn register(config: &crate::NodeConfig) {
         counter!(replaymig_peer::names::AUTH_FAILURES_TOTAL, "side" => side).absolute(0);
     }
     counter!(replaymig_peer::names::BAD_FRAMES_TOTAL).absolute(0);
+    for reason in ["not_loopback", "bad_token", "malformed"] {
+        counter!(crate::admin::ADMIN_REFUSED_TOTAL, "reason" => reason).absolute(0);
+    }
 }
 
 /// The outcome of a link attempt with peer node `peer`.

@@ -57,6 +57,13 @@ impl Secret {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// Whether `candidate` is this secret, compared in constant time (an
+    /// admin token: the time taken must not tell how much of it matched).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_slice().ct_eq(candidate.trim_ascii()))
+    }
 }
 
 impl std::fmt::Debug for Secret {

@@ -146,3 +146,64 @@ fn secrets_come_from_files_or_the_environment_and_must_be_long_enough() {
     assert!(Secret::from_file(&dir.path().join("missing")).is_err());
     assert!(Secret::from_env("REPLAYMIG_TEST_SURELY_UNSET_VARIABLE").is_err());
 }
+
+/// An eavesdropper records everything a genuine dialer sent during a
+/// successful handshake and replays it to the listener later: the
+/// listener's fresh challenge makes the recorded proof worthless.
+#[tokio::test]
+async fn a_replayed_handshake_is_refused() {
+    use std::sync::{Arc, Mutex};
+    let (real, genuine_server) = listen_once(auth("node-b", SHARED)).await;
+    // A relay in the middle that keeps a copy of the dialer's bytes.
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let tape = recorded.clone();
+    let relaying = tokio::spawn(async move {
+        let (dialer, _) = relay.accept().await.unwrap();
+        let upstream = TcpStream::connect(real).await.unwrap();
+        let (mut dr, mut dw) = dialer.into_split();
+        let (mut ur, mut uw) = upstream.into_split();
+        let down = tokio::spawn(async move { tokio::io::copy(&mut ur, &mut dw).await });
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = dr.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            tape.lock().unwrap().extend_from_slice(&buf[..n]);
+            if uw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        down.abort();
+    });
+    let dialer = PeerLink::connect(relay_addr, &auth("node-a", SHARED))
+        .await
+        .unwrap();
+    let genuine = genuine_server.await.unwrap().unwrap();
+    assert_eq!(
+        genuine.peer_node(),
+        "node-a",
+        "the recorded handshake was good"
+    );
+    drop((dialer, genuine));
+    relaying.await.unwrap();
+    let tape = recorded.lock().unwrap().clone();
+    assert!(tape.len() > 40, "recorded the Hello and the Proof");
+
+    // Replayed byte for byte to the same kind of listener.
+    let (addr, server) = listen_once(auth("node-b", SHARED)).await;
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&tape).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("refused promptly")
+        .unwrap()
+        .err()
+        .expect("a replayed handshake must not be welcomed");
+    assert!(
+        matches!(err, LinkError::Auth(AuthError::BadProof(ref node)) if node == "node-a"),
+        "{err}"
+    );
+}

@@ -180,7 +180,13 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&bytes).map_err(|e| ManifestError::Malformed(path, e.to_string()))
+        Self::parse(&bytes).map_err(|e| ManifestError::Malformed(path, e))
+    }
+
+    /// Parses a manifest's bytes (what `load` reads; a peer's manifest
+    /// arrives the same way); any input gives a manifest or an error.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
 }
 
