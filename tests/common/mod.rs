@@ -1,9 +1,9 @@
 //! Shared by the integration tests: start the real `replaymig` binary, read
 //! its journal back, scrape its metrics.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use anyhow::{Context, Result};
-use replaymig_journal::{Entry, Journal, JournalOptions, Lsn, OpenMode, Record};
+use replaymig_journal::{Entry, Journal, JournalOptions, Lsn, OpenMode};
 use replaymig_testkit::{free_port, wait_for_listen, ChildGuard};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -162,102 +162,8 @@ pub fn assert_contiguous(entries: &[Entry]) {
     }
 }
 
-/// One journaled connection: its client address and its bytes in order.
-#[derive(Default, Debug)]
-pub struct JournaledConn {
-    pub client_addr: String,
-    pub data: Vec<u8>,
-    pub records: Vec<Record>,
-}
-
-/// Groups data by connection (keyed by the connection id).
-pub fn connections(entries: &[Entry]) -> BTreeMap<u64, JournaledConn> {
-    let mut conns: BTreeMap<u64, JournaledConn> = BTreeMap::new();
-    for e in entries {
-        let Some(conn) = e.record.conn(e.lsn) else {
-            continue;
-        };
-        let c = conns.entry(conn).or_default();
-        match &e.record {
-            Record::Opened { client_addr, .. } => c.client_addr = client_addr.clone(),
-            Record::Data { data, .. } => c.data.extend_from_slice(data),
-            _ => {}
-        }
-        c.records.push(e.record.clone());
-    }
-    conns
-}
-
-/// A bounded INCR load through the proxy: `clients` threads, each on its own
-/// key `{prefix}{i}`, pipelining `1 + i % 3` commands per write, checking
-/// every answer, until the connection fails, `stop` is set, `max_per_client`
-/// commands were acknowledged, or 20 s passed.
-pub struct IncrLoad {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    workers: Vec<std::thread::JoinHandle<(String, i64)>>,
-}
-
-impl IncrLoad {
-    pub fn start(
-        listen: SocketAddr,
-        clients: usize,
-        prefix: &str,
-        max_per_client: i64,
-    ) -> IncrLoad {
-        use replaymig_testkit::{Reply, RespClient};
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let workers = (0..clients)
-            .map(|i| {
-                let (stop, key) = (stop.clone(), format!("{prefix}{i}"));
-                std::thread::spawn(move || {
-                    let mut c = RespClient::connect(listen).unwrap();
-                    let mut acked = 0i64;
-                    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                    while !stop.load(Ordering::Relaxed)
-                        && acked < max_per_client
-                        && std::time::Instant::now() < deadline
-                    {
-                        let cmds: Vec<Vec<&str>> =
-                            (0..1 + i % 3).map(|_| vec!["INCR", key.as_str()]).collect();
-                        let Ok(replies) = c.pipeline(&cmds) else {
-                            break; // the proxy went away or closed us
-                        };
-                        for r in replies {
-                            acked += 1;
-                            assert_eq!(r, Reply::Int(acked), "{key}");
-                        }
-                    }
-                    (key, acked)
-                })
-            })
-            .collect();
-        IncrLoad { stop, workers }
-    }
-
-    /// Stops the load; returns each key with the INCRs acknowledged on it.
-    pub fn finish(self) -> Vec<(String, i64)> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.workers
-            .into_iter()
-            .map(|w| w.join().unwrap())
-            .collect()
-    }
-}
-
-/// How many `INCR key` commands the journal holds across all connections.
-pub fn journaled_incrs(conns: &BTreeMap<u64, JournaledConn>, key: &str) -> usize {
-    let needle = replaymig_testkit::encode_command(&["INCR", key]);
-    conns
-        .values()
-        .map(|c| {
-            c.data
-                .windows(needle.len())
-                .filter(|w| *w == needle)
-                .count()
-        })
-        .sum()
-}
+pub use replaymig_testkit::journal_view::{connections, journaled_incrs, JournaledConn};
+pub use replaymig_testkit::IncrLoad;
 
 /// Starts `replaymig node --config CONFIG ARGS` (log in `DIR/NAME.log`)
 /// and waits for its admin port.

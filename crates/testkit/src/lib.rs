@@ -3,6 +3,8 @@
 //! panic), free loopback ports, and a small blocking RESP client.
 
 mod inproc;
+pub mod journal_view;
+mod load;
 mod netns;
 mod nodecfg;
 mod peer;
@@ -11,6 +13,7 @@ mod redis;
 mod resp;
 
 pub use inproc::InProcessProxy;
+pub use load::IncrLoad;
 pub use netns::{in_netns, is_root, Testbed};
 pub use nodecfg::{write_node_config, NodePorts};
 pub use peer::peer_link_pair;

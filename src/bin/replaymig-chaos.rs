@@ -1,0 +1,87 @@
+//! `replaymig-chaos`: the reliability campaigns (see `replaymig_chaos`),
+//! for tests (`--quick`) and operators (the full counts). Prints a Markdown
+//! table; `--report FILE` also writes it there; exits non-zero if any
+//! campaign lost data or failed a run.
+
+use anyhow::Result;
+use clap::Parser;
+use replaymig_chaos::{connections, crash_loop, table, Row, Target};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "replaymig-chaos", about = "Reliability campaigns with counts")]
+struct Args {
+    /// The short versions (CI): 5 crash-loop runs, 5,000 connections for 5 s.
+    #[arg(long)]
+    quick: bool,
+    /// Crash-loop runs (default 100; 5 with --quick).
+    #[arg(long)]
+    crash_runs: Option<u64>,
+    /// Concurrent connections of the connection load (default 5000).
+    #[arg(long, default_value_t = 5000)]
+    connections: usize,
+    /// Seconds the connection load works after its warm-up (default 30; 5 with --quick).
+    #[arg(long)]
+    connection_seconds: Option<u64>,
+    /// Random seed of the crash moments.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The `replaymig` binary (default: next to this one).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<bool> {
+    let bin = match args.bin {
+        Some(bin) => bin,
+        None => std::env::current_exe()?.with_file_name("replaymig"),
+    };
+    let target = Target { bin };
+    let crash = crash_loop::CrashLoop {
+        runs: args.crash_runs.unwrap_or(if args.quick { 5 } else { 100 }),
+        seed: args.seed,
+        ..Default::default()
+    };
+    let load = connections::ConnectionLoad {
+        count: args.connections,
+        seconds: args
+            .connection_seconds
+            .unwrap_or(if args.quick { 5 } else { 30 }),
+    };
+    let started = std::time::Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    eprintln!("crash loop: {} runs ...", crash.runs);
+    rows.push(crash_loop::run(&target, &crash)?);
+    eprintln!(
+        "connection load: {} clients for {} s ...",
+        load.count, load.seconds
+    );
+    rows.push(connections::run(&target, &load)?);
+    let report = format!(
+        "{}\n{} campaigns in {:.0} s ({}).\n",
+        table(&rows),
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        if args.quick { "--quick" } else { "full counts" }
+    );
+    print!("{report}");
+    if let Some(path) = args.report {
+        std::fs::write(&path, &report)?;
+    }
+    Ok(rows.iter().all(Row::ok))
+}

@@ -1,0 +1,35 @@
+//! The reliability campaigns' short versions, as CI runs them
+//! (`replaymig-chaos --quick`): 5 kill -9 / restart cycles of the proxy
+//! under a checking INCR load, and 5,000 concurrent connections through one
+//! proxy. The command fails on any lost write, failed check or memory
+//! growth; the test also reads the table it prints.
+
+use std::process::Command;
+
+#[test]
+fn the_quick_campaigns_lose_nothing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_replaymig-chaos"))
+        .args(["--quick", "--bin", env!("CARGO_BIN_EXE_replaymig")])
+        .output()
+        .expect("run replaymig-chaos");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with("| crash loop") || l.starts_with("| connection load"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for row in &rows {
+        // | campaign | runs | failures | data checked | lost writes | notes |
+        assert_eq!(row[3], "0", "failures: {table}");
+        assert_eq!(row[5], "0", "lost writes: {table}");
+    }
+    assert_eq!(rows[0][2], "5", "five crash cycles: {table}");
+    assert!(rows[1][4].starts_with("5000 connections"), "{table}");
+    assert!(rows[1][6].contains("peak 5000 connected"), "{table}");
+}
