@@ -26,9 +26,14 @@ pub(crate) fn push(out: &mut Vec<u8>, lsn: Lsn, record: &Record) {
 pub(crate) fn raw(first: Lsn, value: &[u8]) -> impl Iterator<Item = Result<(Lsn, usize, &[u8])>> {
     let mut offset = 0;
     let mut lsn = first;
+    let mut past_max = false;
     std::iter::from_fn(move || {
         if offset == value.len() {
             return None;
+        }
+        if past_max {
+            offset = value.len();
+            return Some(Err(malformed(lsn, "records numbered past LSN u64::MAX")));
         }
         let at = offset;
         let item = (|| {
@@ -44,7 +49,11 @@ pub(crate) fn raw(first: Lsn, value: &[u8]) -> impl Iterator<Item = Result<(Lsn,
         match &item {
             Ok((_, _, body)) => {
                 offset += 4 + body.len();
-                lsn += 1;
+                match lsn.checked_add(1) {
+                    Some(next) => lsn = next,
+                    // No LSN after u64::MAX: what follows cannot be numbered.
+                    None => past_max = true,
+                }
             }
             // Stop after reporting: the rest of the segment cannot be framed.
             Err(_) => offset = value.len(),
@@ -84,6 +93,17 @@ fn malformed(lsn: Lsn, reason: &str) -> JournalError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_past_the_last_lsn_are_an_error_not_an_overflow() {
+        // Found by the journal_segment fuzz target: key u64::MAX, two
+        // empty records (fuzz/regressions/journal_segment/crash-lsn-overflow).
+        let value = [0u8, 0, 0, 0, 0, 0, 0, 0];
+        let items: Vec<_> = raw(Lsn::MAX, &value).collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].as_ref().unwrap().0, Lsn::MAX);
+        assert!(items[1].is_err());
+    }
 
     #[test]
     fn records_get_consecutive_lsns_and_bad_framing_names_the_lsn() {

@@ -278,6 +278,13 @@ pub async fn journal_batch(
     if encoded.is_empty() {
         return Err(ShipError::Protocol("empty log batch".into()));
     }
+    // A peer's first LSN near u64::MAX must be refused, not overflow.
+    if first_lsn == 0 || first_lsn.checked_add(encoded.len() as Lsn).is_none() {
+        return Err(ShipError::Protocol(format!(
+            "log batch of {} records at LSN {first_lsn} is out of range",
+            encoded.len()
+        )));
+    }
     let mut entries = Vec::with_capacity(encoded.len());
     for (i, bytes) in encoded.iter().enumerate() {
         let lsn = first_lsn + i as Lsn;

@@ -104,6 +104,11 @@ pub(crate) fn safe_relative(name: &str) -> Result<&Path, ManifestError> {
     }
 }
 
+/// Largest snapshot a manifest may announce (1 TiB): far above any
+/// service this moves, far below what would make a receiver's file sizing
+/// (sparse files) absurd.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
+
 impl Manifest {
     /// Describes every regular file under `dir` (except the manifest).
     pub fn build(
@@ -143,9 +148,12 @@ impl Manifest {
         })
     }
 
-    /// Bytes of all files.
+    /// Bytes of all files (saturating: `parse` refuses totals that do not
+    /// fit, but a hand-built manifest must not panic here either).
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
     }
 
     /// Checks every file under `dir` against the manifest.
@@ -185,14 +193,46 @@ impl Manifest {
 
     /// Parses a manifest's bytes (what `load` reads; a peer's manifest
     /// arrives the same way); any input gives a manifest or an error.
+    /// A manifest announcing more than [`MAX_SNAPSHOT_BYTES`] in all is
+    /// refused: the receiver sizes its files from it before any byte comes.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let total = manifest
+            .files
+            .iter()
+            .try_fold(0u64, |sum, f| sum.checked_add(f.size));
+        match total {
+            Some(total) if total <= MAX_SNAPSHOT_BYTES => Ok(manifest),
+            _ => Err(format!(
+                "the files add up to more than {MAX_SNAPSHOT_BYTES} bytes"
+            )),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_refuses_totals_that_overflow_or_exceed_the_limit() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        let mut m = Manifest::build(dir.path(), "redis", "exec", 1).unwrap();
+        let ok = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::parse(&ok).unwrap(), m);
+        let mut second = m.files[0].clone();
+        second.name = "b".into();
+        for (a, b) in [(u64::MAX, 1), (MAX_SNAPSHOT_BYTES, 1)] {
+            m.files[0].size = a;
+            second.size = b;
+            let mut two = m.clone();
+            two.files.push(second.clone());
+            let err = Manifest::parse(&serde_json::to_vec(&two).unwrap()).unwrap_err();
+            assert!(err.contains("add up to more than"), "{err}");
+            assert_eq!(two.total_bytes(), a.saturating_add(b));
+        }
+    }
 
     #[test]
     fn build_save_load_verify_and_detect_changes() {

@@ -210,7 +210,7 @@ pub async fn receive_with(
     mut aside: impl FnMut(Message) -> Result<(), TransferError>,
 ) -> Result<(Manifest, TransferStats), TransferError> {
     let manifest: Manifest = match link.recv_timeout(STEP_TIMEOUT).await? {
-        Message::SnapshotBegin { manifest } => serde_json::from_slice(&manifest)
+        Message::SnapshotBegin { manifest } => Manifest::parse(&manifest)
             .map_err(|e| TransferError::Protocol(format!("malformed manifest: {e}")))?,
         other => {
             return Err(TransferError::Protocol(format!(
