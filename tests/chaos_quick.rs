@@ -1,7 +1,8 @@
 //! The reliability campaigns' short versions, as CI runs them
 //! (`replaymig-chaos --quick`): 5 kill -9 / restart cycles of the proxy
-//! under a checking INCR load, and 5,000 concurrent connections through one
-//! proxy. The command fails on any lost write, failed check or memory
+//! under a checking INCR load, one run of each faulted migration (b killed,
+//! link cut, a corrupted byte, a divergent replay; then a retry), and 5,000
+//! concurrent connections through one proxy. The command fails on any lost write, failed check or memory
 //! growth; the test also reads the table it prints.
 
 use std::process::Command;
@@ -20,16 +21,25 @@ fn the_quick_campaigns_lose_nothing() {
     );
     let rows: Vec<Vec<&str>> = table
         .lines()
-        .filter(|l| l.starts_with("| crash loop") || l.starts_with("| connection load"))
+        .filter(|l| l.starts_with("| "))
+        .filter(|l| !l.starts_with("| campaign"))
         .map(|l| l.split('|').map(str::trim).collect())
         .collect();
-    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(rows.len(), 6, "{table}");
     for row in &rows {
         // | campaign | runs | failures | data checked | lost writes | notes |
         assert_eq!(row[3], "0", "failures: {table}");
         assert_eq!(row[5], "0", "lost writes: {table}");
     }
     assert_eq!(rows[0][2], "5", "five crash cycles: {table}");
-    assert!(rows[1][4].starts_with("5000 connections"), "{table}");
-    assert!(rows[1][6].contains("peak 5000 connected"), "{table}");
+    for row in &rows[1..5] {
+        assert!(row[1].starts_with("faulted migration"), "{table}");
+        assert!(row[6].contains("split-ownership events 0"), "{table}");
+        assert!(
+            row[6].contains("migration failed"),
+            "a clear error: {table}"
+        );
+    }
+    assert!(rows[5][4].starts_with("5000 connections"), "{table}");
+    assert!(rows[5][6].contains("peak 5000 connected"), "{table}");
 }

@@ -5,16 +5,23 @@
 
 use anyhow::Result;
 use clap::Parser;
-use replaymig_chaos::{connections, crash_loop, table, Row, Target};
+use replaymig_chaos::{connections, crash_loop, migrations, table, Row, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "replaymig-chaos", about = "Reliability campaigns with counts")]
 struct Args {
-    /// The short versions (CI): 5 crash-loop runs, 5,000 connections for 5 s.
+    /// The short versions (CI): 5 crash-loop runs, 1 run of each faulted
+    /// migration, 5,000 connections for 5 s.
     #[arg(long)]
     quick: bool,
+    /// Runs of each faulted migration (default 50; 1 with --quick).
+    #[arg(long)]
+    migration_runs: Option<u64>,
+    /// Only these campaigns (crash-loop, migrations, connections; default all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Crash-loop runs (default 100; 5 with --quick).
     #[arg(long)]
     crash_runs: Option<u64>,
@@ -63,15 +70,33 @@ fn run(args: Args) -> Result<bool> {
             .connection_seconds
             .unwrap_or(if args.quick { 5 } else { 30 }),
     };
+    let faulted = migrations::FaultedMigrations {
+        runs: args
+            .migration_runs
+            .unwrap_or(if args.quick { 1 } else { 50 }),
+        ..Default::default()
+    };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let started = std::time::Instant::now();
     let mut rows: Vec<Row> = Vec::new();
-    eprintln!("crash loop: {} runs ...", crash.runs);
-    rows.push(crash_loop::run(&target, &crash)?);
-    eprintln!(
-        "connection load: {} clients for {} s ...",
-        load.count, load.seconds
-    );
-    rows.push(connections::run(&target, &load)?);
+    if wanted("crash-loop") {
+        eprintln!("crash loop: {} runs ...", crash.runs);
+        rows.push(crash_loop::run(&target, &crash)?);
+    }
+    if wanted("migrations") {
+        eprintln!(
+            "faulted migrations: {} runs of each fault ...",
+            faulted.runs
+        );
+        rows.extend(migrations::run(&target, &faulted)?);
+    }
+    if wanted("connections") {
+        eprintln!(
+            "connection load: {} clients for {} s ...",
+            load.count, load.seconds
+        );
+        rows.push(connections::run(&target, &load)?);
+    }
     let report = format!(
         "{}\n{} campaigns in {:.0} s ({}).\n",
         table(&rows),

@@ -163,7 +163,7 @@ pub fn assert_contiguous(entries: &[Entry]) {
 }
 
 pub use replaymig_testkit::journal_view::{connections, journaled_incrs, JournaledConn};
-pub use replaymig_testkit::IncrLoad;
+pub use replaymig_testkit::{IncrLoad, StopRedisOnDrop};
 
 /// Starts `replaymig node --config CONFIG ARGS` (log in `DIR/NAME.log`)
 /// and waits for its admin port.
@@ -193,19 +193,4 @@ pub fn start_node(
     let guard = ChildGuard::new(format!("node {name}"), child);
     wait_for_listen(admin, Duration::from_secs(30)).unwrap();
     guard
-}
-
-/// Stops, when dropped, the redis-servers on these loopback ports: a node
-/// killed by its guard leaves the service it started behind (also when the
-/// test fails).
-pub struct StopRedisOnDrop(pub Vec<u16>);
-
-impl Drop for StopRedisOnDrop {
-    fn drop(&mut self) {
-        for port in &self.0 {
-            let _ = Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "SHUTDOWN", "NOSAVE"])
-                .output();
-        }
-    }
 }

@@ -8,6 +8,7 @@
 
 pub mod connections;
 pub mod crash_loop;
+pub mod migrations;
 mod rss;
 
 use std::fmt::Write;

@@ -17,6 +17,6 @@ pub use load::IncrLoad;
 pub use netns::{in_netns, is_root, Testbed};
 pub use nodecfg::{write_node_config, NodePorts};
 pub use peer::peer_link_pair;
-pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard};
+pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard, StopRedisOnDrop};
 pub use redis::RedisServer;
 pub use resp::{encode_command, Reply, RespClient};

@@ -124,3 +124,18 @@ pub fn wait_for_listen(port: u16, timeout: Duration) -> Result<()> {
     }
     bail!("nothing listens on port {port} after {timeout:?}")
 }
+
+/// Stops, when dropped, the redis-servers on these loopback ports: a node
+/// killed by its guard leaves the service it started behind (also when the
+/// test fails).
+pub struct StopRedisOnDrop(pub Vec<u16>);
+
+impl Drop for StopRedisOnDrop {
+    fn drop(&mut self) {
+        for port in &self.0 {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "SHUTDOWN", "NOSAVE"])
+                .output();
+        }
+    }
+}
