@@ -19,6 +19,10 @@ struct Args {
     /// Runs of each faulted migration (default 50; 1 with --quick).
     #[arg(long)]
     migration_runs: Option<u64>,
+    /// Only these faulted migrations (kill-destination, cut-link,
+    /// corrupt-stream, divergent-replay, restart-source; default all).
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
     /// Only these campaigns (crash-loop, migrations, connections; default all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -74,6 +78,7 @@ fn run(args: Args) -> Result<bool> {
         runs: args
             .migration_runs
             .unwrap_or(if args.quick { 1 } else { 50 }),
+        only: args.faults.clone(),
         ..Default::default()
     };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
