@@ -188,6 +188,11 @@ fn text(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Bytes as one hex string (JSON's `data_hex`).
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Offset, 16 bytes in hex, the same as text.
 fn hexdump(bytes: &[u8]) -> String {
     let mut out = String::new();
@@ -225,13 +230,7 @@ fn json(entry: &Entry) -> serde_json::Value {
             obj.insert("resp_before".into(), (*resp_before).into());
             obj.insert("resp_total_before".into(), (*resp_total_before).into());
             obj.insert("len".into(), data.len().into());
-            obj.insert(
-                "data_hex".into(),
-                data.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-                    .into(),
-            );
+            obj.insert("data_hex".into(), hex_string(data).into());
         }
         Record::Closed { resp_total, .. } => {
             obj.insert("resp_total".into(), (*resp_total).into());
@@ -248,13 +247,7 @@ fn json(entry: &Entry) -> serde_json::Value {
             obj.insert("len".into(), (*len).into());
             obj.insert("crc32".into(), format!("{crc32:08x}").into());
             if !data.is_empty() {
-                obj.insert(
-                    "data_hex".into(),
-                    data.iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                        .into(),
-                );
+                obj.insert("data_hex".into(), hex_string(data).into());
             }
         }
         Record::Marker {

@@ -72,6 +72,13 @@ pub struct ExportStats {
     pub answer_bytes: u64,
 }
 
+/// Which end of a connection sends a payload.
+#[derive(Debug, Clone, Copy)]
+enum Sender {
+    Client,
+    Service,
+}
+
 /// One exported connection's TCP state.
 #[derive(Debug)]
 struct Flow {
@@ -147,19 +154,7 @@ impl<W: Write> PcapExporter<W> {
             }
             Record::Data { data, .. } => {
                 self.ensure_open(conn, time)?;
-                for chunk in data.chunks(MSS) {
-                    let flow = &self.flows[&conn];
-                    let (seq, ack) = (flow.client_seq, flow.service_seq);
-                    let flags = Flags {
-                        ack: true,
-                        psh: true,
-                        ..Flags::default()
-                    };
-                    self.client_packet(conn, time, seq, ack, flags, chunk)?;
-                    let flow = self.flows.get_mut(&conn).expect("flow is open");
-                    flow.client_seq = flow.client_seq.wrapping_add(chunk.len() as u32);
-                    self.stats.payload_bytes += chunk.len() as u64;
-                }
+                self.payload(conn, time, data, Sender::Client)?;
                 self.service_ack(conn, time, false)?;
             }
             Record::HalfClosed { .. } => {
@@ -171,39 +166,15 @@ impl<W: Write> PcapExporter<W> {
                 self.client_fin(conn, time)?;
                 if !self.flows[&conn].service_fin {
                     self.service_ack(conn, time, true)?;
-                    let flow = &self.flows[&conn];
-                    let (seq, ack) = (flow.client_seq, flow.service_seq);
-                    let ack_only = Flags {
-                        ack: true,
-                        ..Flags::default()
-                    };
-                    self.client_packet(conn, time, seq, ack, ack_only, &[])?;
+                    self.client_ack(conn, time)?;
                 }
                 self.flows.remove(&conn);
             }
             Record::Answer { data, .. } => {
                 self.ensure_open(conn, time)?;
-                for chunk in data.chunks(MSS) {
-                    let flow = &self.flows[&conn];
-                    let (seq, ack) = (flow.service_seq, flow.client_seq);
-                    let flags = Flags {
-                        ack: true,
-                        psh: true,
-                        ..Flags::default()
-                    };
-                    self.service_packet(conn, time, seq, ack, flags, chunk)?;
-                    let flow = self.flows.get_mut(&conn).expect("flow is open");
-                    flow.service_seq = flow.service_seq.wrapping_add(chunk.len() as u32);
-                    self.stats.answer_bytes += chunk.len() as u64;
-                }
+                self.payload(conn, time, data, Sender::Service)?;
                 if !data.is_empty() {
-                    let flow = &self.flows[&conn];
-                    let (seq, ack) = (flow.client_seq, flow.service_seq);
-                    let ack_only = Flags {
-                        ack: true,
-                        ..Flags::default()
-                    };
-                    self.client_packet(conn, time, seq, ack, ack_only, &[])?;
+                    self.client_ack(conn, time)?;
                 }
             }
             Record::Marker { .. } => {}
@@ -275,6 +246,54 @@ impl<W: Write> PcapExporter<W> {
             ack,
             &[],
         )
+    }
+
+    /// `data` from `from` as segments of at most `MSS` bytes, advancing
+    /// that side's sequence number and the payload counts.
+    fn payload(
+        &mut self,
+        conn: ConnId,
+        time: u64,
+        data: &[u8],
+        from: Sender,
+    ) -> Result<(), ExportError> {
+        let flags = Flags {
+            ack: true,
+            psh: true,
+            ..Flags::default()
+        };
+        for chunk in data.chunks(MSS) {
+            let flow = self.flows.get_mut(&conn).expect("flow is open");
+            let len = chunk.len() as u32;
+            let (seq, ack) = match from {
+                Sender::Client => {
+                    flow.client_seq = flow.client_seq.wrapping_add(len);
+                    self.stats.payload_bytes += chunk.len() as u64;
+                    (flow.client_seq.wrapping_sub(len), flow.service_seq)
+                }
+                Sender::Service => {
+                    flow.service_seq = flow.service_seq.wrapping_add(len);
+                    self.stats.answer_bytes += chunk.len() as u64;
+                    (flow.service_seq.wrapping_sub(len), flow.client_seq)
+                }
+            };
+            match from {
+                Sender::Client => self.client_packet(conn, time, seq, ack, flags, chunk)?,
+                Sender::Service => self.service_packet(conn, time, seq, ack, flags, chunk)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The client acknowledges everything the service sent.
+    fn client_ack(&mut self, conn: ConnId, time: u64) -> Result<(), ExportError> {
+        let flow = &self.flows[&conn];
+        let (seq, ack) = (flow.client_seq, flow.service_seq);
+        let ack_only = Flags {
+            ack: true,
+            ..Flags::default()
+        };
+        self.client_packet(conn, time, seq, ack, ack_only, &[])
     }
 
     /// The client's FIN (once) and the service's ACK of it.

@@ -321,9 +321,7 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     let (up, down) = tokio::join!(upstream, downstream);
     let closed = if slot.journaling.load(Ordering::Acquire) {
         let (answer, delivered) = cut_answers(&slot, conn, shared);
-        shared
-            .journal
-            .append_batch(with_answer(answer, Record::closed(conn, delivered)))
+        append_after(shared, answer, Record::closed(conn, delivered))
             .await
             .map(|_| ())
     } else {
@@ -379,8 +377,7 @@ async fn client_to_service(
         if n == 0 {
             // End of input is input too.
             if journaling {
-                let records = with_answer(answer, Record::half_closed(conn));
-                shared.journal.append_batch(records).await?;
+                append_after(shared, answer, Record::half_closed(conn)).await?;
             }
             let _ = slot.backend_write.lock().await.shutdown().await;
             return Ok(());
@@ -388,10 +385,7 @@ async fn client_to_service(
         let chunk = Bytes::copy_from_slice(&buf[..n]);
         if journaling {
             let data = Record::data(conn, resp_before, resp_total_before, chunk.clone());
-            match answer {
-                None => shared.journal.append(data).await?,
-                Some(answer) => shared.journal.append_batch(vec![answer, data]).await?,
-            };
+            append_after(shared, answer, data).await?;
         }
         let mut backend = slot.backend_write.lock().await;
         // Counted before the write: an answer to it can only come after,
@@ -493,7 +487,10 @@ async fn deliver(
 /// that journals it (if answers are journaled and any came) and the answer
 /// bytes delivered so far (the client record's `resp_before`).
 fn cut_answers(slot: &ConnSlot, conn: ConnId, shared: &Shared) -> (Option<Record>, u64) {
-    if shared.journal_responses == AnswerJournaling::Off {
+    // Nothing was folded (answers not journaled, or not on this
+    // connection): no lock on the per-read path.
+    if shared.journal_responses == AnswerJournaling::Off || !slot.journaling.load(Ordering::Acquire)
+    {
         return (None, slot.delivered.load(Ordering::Acquire));
     }
     let (record, delivered) = slot
@@ -507,10 +504,15 @@ fn cut_answers(slot: &ConnSlot, conn: ConnId, shared: &Shared) -> (Option<Record
     (record, delivered)
 }
 
-/// `record`, preceded by the answer segment it ends, as one journal append.
-fn with_answer(answer: Option<Record>, record: Record) -> Vec<Record> {
+/// Journals `record`, preceded by the answer segment it ends, in one
+/// append (one group, contiguous LSNs).
+async fn append_after(
+    shared: &Shared,
+    answer: Option<Record>,
+    record: Record,
+) -> Result<replaymig_journal::Lsn, replaymig_journal::JournalError> {
     match answer {
-        None => vec![record],
-        Some(answer) => vec![answer, record],
+        None => shared.journal.append(record).await,
+        Some(answer) => shared.journal.append_batch(vec![answer, record]).await,
     }
 }
