@@ -294,27 +294,27 @@ fn status(admin: u16) -> Result<serde_json::Value> {
     Ok(v["services"][0].clone())
 }
 
-/// Waits (bounded) for a migration's stderr to name `phase`; then the
-/// rest of its stderr is drained in the background (the reason is kept).
-fn wait_phase(child: &mut Child, phase: &str) -> Result<Arc<Mutex<String>>> {
+/// Waits (bounded) for a migration's stderr to name `phase`; the rest of
+/// its stderr is read in the background: join the handle once the process
+/// exited for all of it (the reason it failed is its last line).
+fn wait_phase(child: &mut Child, phase: &str) -> Result<std::thread::JoinHandle<String>> {
     let stderr = child.stderr.take().context("stderr piped")?;
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-    let text = Arc::new(Mutex::new(String::new()));
-    let keep = text.clone();
     let phase = phase.to_string();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if line.contains(&phase) {
                 let _ = seen_tx.send(());
             }
-            let mut t = keep.lock().expect("poisoned");
-            t.push_str(&line);
-            t.push('\n');
+            text.push_str(&line);
+            text.push('\n');
         }
+        text
     });
     let _ = seen_rx.recv_timeout(Duration::from_secs(60));
-    Ok(text)
+    Ok(reader)
 }
 
 /// Waits (bounded) for `child` to exit; its success.
@@ -443,7 +443,7 @@ fn one_run(target: &Target, fault: Fault, options: &FaultedMigrations) -> Result
     if finish(&mut migrate)? {
         return out.failed("the migration succeeded despite the fault".into());
     }
-    let reason = reason.lock().expect("poisoned").clone();
+    let reason = reason.join().unwrap_or_default();
     // When the source itself dies, so does the admin connection: the CLI
     // says so instead of naming a phase.
     let clear = |l: &&str| {
@@ -497,7 +497,7 @@ fn one_run(target: &Target, fault: Fault, options: &FaultedMigrations) -> Result
     let acked2 = second.finish()?;
     out.acked += acked2;
     if !ok {
-        let why = reason.lock().expect("poisoned").trim().to_string();
+        let why = reason.join().unwrap_or_default().trim().to_string();
         return out.failed(format!("the retry failed: {why}"));
     }
     let (sa, sb) = (status(pair.pa.admin)?, status(pair.pb.admin)?);
