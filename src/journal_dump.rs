@@ -87,6 +87,7 @@ pub async fn run(args: DumpArgs) -> Result<()> {
         JournalOptions {
             durability: Durability::None,
             mode: OpenMode::MustExist,
+            ..JournalOptions::default()
         },
     );
     let journal = match opened {

@@ -60,6 +60,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         JournalOptions {
             durability: Durability::None,
             mode: OpenMode::MustExist,
+            ..JournalOptions::default()
         },
     )
     .with_context(|| format!("cannot open journal {}", args.journal.display()))?;

@@ -144,6 +144,11 @@ struct ProxyArgs {
     /// The service's name: the `service` label of every metric.
     #[arg(long, default_value = "default")]
     service: String,
+    /// Refuse client input (closing the client, forwarding nothing) while
+    /// the journal's filesystem has fewer free bytes than this, and take
+    /// it again once there are; default 5% of the filesystem, 4–64 MiB.
+    #[arg(long, value_name = "BYTES")]
+    journal_min_free: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -252,6 +257,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<()> {
         JournalOptions {
             durability: args.durability,
             mode: OpenMode::CreateIfMissing,
+            min_free_bytes: args.journal_min_free,
         },
         &args.service,
     )
@@ -311,6 +317,7 @@ async fn journal_stat(dir: PathBuf, json: bool, connections: bool) -> Result<()>
         JournalOptions {
             durability: Durability::None,
             mode: OpenMode::MustExist,
+            ..JournalOptions::default()
         },
     )
     .with_context(|| format!("cannot open journal {}", dir.display()))?;

@@ -144,6 +144,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         JournalOptions {
             durability: Durability::None,
             mode: OpenMode::MustExist,
+            ..JournalOptions::default()
         },
     )
     .with_context(|| format!("cannot open journal {}", args.journal.display()))?;

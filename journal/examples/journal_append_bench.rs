@@ -66,6 +66,7 @@ async fn journal_rate(args: &Args, durability: Durability) -> (f64, f64) {
         JournalOptions {
             durability,
             mode: OpenMode::CreateIfMissing,
+            ..JournalOptions::default()
         },
     )
     .unwrap();

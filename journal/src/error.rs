@@ -54,10 +54,20 @@ pub enum JournalError {
         dir: PathBuf,
     },
     /// The storage engine failed (I/O error, full disk, corruption it detected).
-    /// Once sled hit an I/O error it refuses further writes: the proxy then
-    /// refuses clients until it is restarted on a healthy disk.
+    /// Once sled hit an I/O error it refuses further writes: the writer
+    /// then refuses appends ([`JournalError::Refusing`]) and reopens sled
+    /// in place until that succeeds.
     #[error("journal storage error: {0}")]
     Storage(sled::Error),
+    /// The storage is being reopened after a write failure: reads fail
+    /// for that moment instead of blocking; retry.
+    #[error("journal storage is being reopened after a write failure; retry")]
+    Reopening,
+    /// Appends are refused, nothing written, until the storage recovers:
+    /// the free space under the journal is below its reserve, or sled
+    /// failed a write and is being reopened. Says which and what to do.
+    #[error("journal refuses appends: {0}")]
+    Refusing(String),
     /// Plain I/O around the storage (staging log, fsync, creating the dir).
     #[error("journal I/O error: {0}")]
     Io(std::io::Error),

@@ -208,6 +208,7 @@ mod tests {
         let options = JournalOptions {
             durability: Durability::Batch,
             mode: OpenMode::CreateIfMissing,
+            ..JournalOptions::default()
         };
         let j = Journal::open(dir.path().join("j"), options).unwrap();
         let conn = j.append(Record::opened("127.0.0.1:9")).await.unwrap();

@@ -23,6 +23,7 @@ pub mod names;
 pub mod pcap;
 pub mod record;
 mod segment;
+pub mod space;
 mod staging;
 pub mod stat;
 mod store;
@@ -56,6 +57,10 @@ pub struct JournalOptions {
     pub durability: Durability,
     /// Whether a missing journal is created.
     pub mode: OpenMode,
+    /// Appends are refused while the journal's filesystem has less free
+    /// space than this (see [`space`]); `None`: 64 MiB, at most 5% of the
+    /// filesystem.
+    pub min_free_bytes: Option<u64>,
 }
 
 impl Default for JournalOptions {
@@ -63,6 +68,7 @@ impl Default for JournalOptions {
         JournalOptions {
             durability: Durability::Batch,
             mode: OpenMode::CreateIfMissing,
+            min_free_bytes: None,
         }
     }
 }
@@ -119,6 +125,7 @@ impl Journal {
             head_tx,
             groups.clone(),
             service,
+            options.min_free_bytes,
         )?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {

@@ -17,3 +17,15 @@ pub const FIRST_LSN: &str = "replaymig_journal_first_lsn";
 pub const SIZE_BYTES: &str = "replaymig_journal_size_bytes";
 /// Errors by kind (counter, label `kind`); shared with the proxy.
 pub const ERRORS_TOTAL: &str = "replaymig_errors_total";
+/// Free bytes on the filesystem under the journal, as last measured by
+/// the writer (gauge).
+pub const FREE_BYTES: &str = "replaymig_journal_free_bytes";
+/// The free-space reserve under which appends are refused (gauge).
+pub const MIN_FREE_BYTES: &str = "replaymig_journal_min_free_bytes";
+/// 1 while the journal refuses appends, by `reason` (`low_space`,
+/// `storage_failed`); 0 otherwise (gauge).
+pub const REFUSING: &str = "replaymig_journal_refusing";
+/// Records refused (nothing written) by `reason` (counter).
+pub const REFUSED_RECORDS_TOTAL: &str = "replaymig_journal_refused_records_total";
+/// Reopens of a failed storage by `outcome` (`ok`, `failed`) (counter).
+pub const REOPENS_TOTAL: &str = "replaymig_journal_reopens_total";

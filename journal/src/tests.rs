@@ -10,6 +10,7 @@ fn open(dir: &TempDir, durability: Durability) -> Journal {
         JournalOptions {
             durability,
             mode: OpenMode::CreateIfMissing,
+            ..JournalOptions::default()
         },
     )
     .unwrap()
@@ -207,8 +208,7 @@ async fn a_corrupt_last_record_refuses_the_open() {
     }
     j.inner
         .store
-        .log
-        .insert(3u64.to_be_bytes(), &b"garbage!garbage!"[..])
+        .insert_segment(3, &b"garbage!garbage!"[..])
         .unwrap();
     j.close().await.unwrap();
     drop(j);
@@ -350,4 +350,26 @@ fn lsns_from(j: &Journal, from: Lsn) -> Vec<Lsn> {
     j.read_range(from, Lsn::MAX)
         .map(|e| e.unwrap().lsn)
         .collect()
+}
+
+#[tokio::test]
+async fn an_unfinished_sled_snapshot_left_by_a_full_disk_does_not_refuse_the_open() {
+    let dir = TempDir::new().unwrap();
+    let j = open(&dir, Durability::Batch);
+    for i in 0..3 {
+        j.append(data(1, &i.to_string())).await.unwrap();
+    }
+    j.close().await.unwrap();
+    drop(j);
+    // What sled leaves when writing a snapshot fails (ENOSPC) or the
+    // process dies mid-write; sled alone then calls the database corrupt.
+    let leftover = dir
+        .path()
+        .join("j")
+        .join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&leftover, b"").unwrap();
+    let j = open(&dir, Durability::Batch);
+    assert_eq!(lsns(&j), vec![1, 2, 3]);
+    assert!(!leftover.exists(), "the leftover is removed");
+    j.close().await.unwrap();
 }

@@ -8,12 +8,20 @@
 //! cross-thread wake-ups of a dedicated writer thread cost more than the
 //! short `write` it does inline. The slow calls (`fdatasync`, checkpoints)
 //! go to the blocking pool.
+//!
+//! A full disk is handled here, by the explicit [`Health`] state: the
+//! writer refuses appends (writing nothing, spending no LSN) while free
+//! space is under the reserve (`space`), and if sled failed a write anyway
+//! (it then refuses every later one) it refuses appends and reopens the
+//! storage in place every `REOPEN_EVERY` until that works — the process
+//! keeps running and serves again as soon as space returns.
 
 use crate::durability::Durability;
 use crate::error::{JournalError, Result};
 use crate::names;
 use crate::record::Record;
 use crate::segment;
+use crate::space::{LowSpace, SpaceGuard};
 use crate::staging::StagingLog;
 use crate::store::Store;
 use crate::Lsn;
@@ -34,6 +42,42 @@ pub(crate) const MAX_GROUP_BYTES: usize = 4 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// A staging file this large triggers a checkpoint early.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// How often a failed storage is reopened.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the writer takes appends.
+#[derive(Debug)]
+enum Health {
+    /// Appends are staged and stored.
+    Healthy,
+    /// Free space is under the reserve: appends are refused, nothing is
+    /// written, sled is untouched; each new group measures again.
+    LowSpace(LowSpace),
+    /// sled failed a write or a checkpoint (and refuses every later
+    /// write): appends are refused and the storage is reopened (staging
+    /// log replayed) every `REOPEN_EVERY` until that succeeds.
+    Faulted {
+        error: String,
+        since: Instant,
+        last_attempt: Option<Instant>,
+    },
+}
+
+impl Health {
+    /// The label value of the refusing gauge and counter.
+    fn reason(&self) -> Option<&'static str> {
+        match self {
+            Health::Healthy => None,
+            Health::LowSpace(_) => Some("low_space"),
+            Health::Faulted { .. } => Some("storage_failed"),
+        }
+    }
+}
+
+/// Whether an error means sled itself failed (and must be reopened).
+fn poisons_storage(e: &JournalError) -> bool {
+    matches!(e, JournalError::Storage(_) | JournalError::Reopening)
+}
 
 /// The records of one append call: most calls carry one, so avoid a Vec.
 pub(crate) enum Records {
@@ -139,7 +183,16 @@ struct WriterMetrics {
     first_lsn: Gauge,
     size: Gauge,
     errors: Counter,
+    free: Gauge,
+    /// Per reason: `low_space`, `storage_failed`.
+    refusing: [Gauge; 2],
+    refused: [Counter; 2],
+    reopened: Counter,
+    reopen_failed: Counter,
 }
+
+/// The `reason` label values, in the order of the per-reason handles.
+const REFUSAL_REASONS: [&str; 2] = ["low_space", "storage_failed"];
 
 impl WriterMetrics {
     /// Handles labelled with the journal's service.
@@ -154,6 +207,30 @@ impl WriterMetrics {
             first_lsn: gauge!(names::FIRST_LSN, "service" => s()),
             size: gauge!(names::SIZE_BYTES, "service" => s()),
             errors: counter!(names::ERRORS_TOTAL, "service" => s(), "kind" => "journal_write"),
+            free: gauge!(names::FREE_BYTES, "service" => s()),
+            refusing: REFUSAL_REASONS
+                .map(|r| gauge!(names::REFUSING, "service" => s(), "reason" => r)),
+            refused: REFUSAL_REASONS
+                .map(|r| counter!(names::REFUSED_RECORDS_TOTAL, "service" => s(), "reason" => r)),
+            reopened: counter!(names::REOPENS_TOTAL, "service" => s(), "outcome" => "ok"),
+            reopen_failed: counter!(names::REOPENS_TOTAL, "service" => s(), "outcome" => "failed"),
+        }
+    }
+
+    /// Sets the refusing gauges to the state (one at 1 at most).
+    fn show(&self, health: &Health) {
+        let reason = health.reason();
+        for (gauge, r) in self.refusing.iter().zip(REFUSAL_REASONS) {
+            gauge.set(if reason == Some(r) { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn count_refused(&self, health: &Health, records: u64) {
+        if let Some(i) = REFUSAL_REASONS
+            .iter()
+            .position(|r| health.reason() == Some(r))
+        {
+            self.refused[i].increment(records);
         }
     }
 }
@@ -184,6 +261,14 @@ pub(crate) struct Writer {
     /// Reused encoding buffer.
     segment: Vec<u8>,
     metrics: WriterMetrics,
+    /// Takes appends, refuses them for low space, or reopens the storage.
+    health: Health,
+    space: SpaceGuard,
+    /// Segment bytes appended since the last checkpoint started, and
+    /// those the running checkpoint is making durable: what sled still
+    /// has to write (the space guard counts it).
+    unflushed: u64,
+    checkpointing: u64,
 }
 
 impl Writer {
@@ -193,21 +278,25 @@ impl Writer {
         head: watch::Sender<Lsn>,
         groups: Arc<AtomicU64>,
         service: &str,
+        min_free_bytes: Option<u64>,
     ) -> Result<Self> {
         let next_lsn = store.next_lsn()?;
-        let staging = match durability {
-            Durability::None => None,
-            // Recovery on open emptied the staging dir; start afresh.
-            mode => Some(StagingLog::create(
-                &store.staging_dir(),
-                0,
-                mode == Durability::Sync,
-            )?),
-        };
+        // Recovery on open emptied the staging dir; start afresh.
+        let staging = new_staging(&store, durability)?;
         let metrics = WriterMetrics::new(service);
         metrics.last_lsn.set((next_lsn - 1) as f64);
         storage_gauges(&store, &metrics.first_lsn, &metrics.size);
+        let space = SpaceGuard::new(&store.dir, min_free_bytes);
+        gauge!(names::MIN_FREE_BYTES, "service" => service.to_string()).set(space.reserve as f64);
+        metrics.show(&Health::Healthy);
+        if let Some(free) = space.free() {
+            metrics.free.set(free as f64);
+        }
         Ok(Writer {
+            health: Health::Healthy,
+            space,
+            unflushed: 0,
+            checkpointing: 0,
             store,
             durability,
             staging,
@@ -230,6 +319,7 @@ impl Writer {
             let first = tokio::select! {
                 req = rx.recv() => req,
                 _ = ticker.tick() => {
+                    self.maybe_reopen().await;
                     self.maybe_checkpoint(false);
                     continue;
                 }
@@ -305,6 +395,14 @@ impl Writer {
 
     /// Encodes, stages, stores one group; answers its callers.
     async fn commit(&mut self, group: &mut Vec<Pending>) {
+        if let Err(refusal) = self.admit(group_bytes(group) as u64) {
+            let records: usize = group.iter().map(|(r, _, _)| r.len()).sum();
+            self.metrics.count_refused(&self.health, records as u64);
+            for (_, _, reply) in group.drain(..) {
+                let _ = reply.send(Err(JournalError::Refusing(refusal.clone())));
+            }
+            return;
+        }
         let first_lsn = self.next_lsn;
         let mut lsn = first_lsn;
         self.segment.clear();
@@ -328,6 +426,7 @@ impl Writer {
                 self.groups.fetch_add(1, Ordering::Relaxed);
                 self.metrics.appends.increment(records);
                 self.metrics.bytes.increment(self.segment.len() as u64);
+                self.unflushed += self.segment.len() as u64;
                 self.metrics.group.record(records as f64);
                 self.metrics.last_lsn.set(last as f64);
                 let mut next = first_lsn;
@@ -342,6 +441,9 @@ impl Writer {
             Err(Failure::BeforeStaging(e) | Failure::AfterStaging(e)) => {
                 tracing::error!(error = %e, first_lsn, records, "journal write failed");
                 self.metrics.errors.increment(1);
+                if poisons_storage(&e) {
+                    self.fault(e.to_string());
+                }
                 let msg = e.to_string();
                 for (_, _, reply) in group.drain(..) {
                     let _ = reply.send(Err(JournalError::GroupFailed(msg.clone())));
@@ -387,6 +489,7 @@ impl Writer {
             return;
         }
         if let Some(done) = self.checkpoint.take() {
+            self.checkpointing = 0;
             let failure = match futures_now(done) {
                 Some(Ok(Err(e))) => Some(e.to_string()),
                 Some(Err(e)) => Some(e.to_string()),
@@ -395,9 +498,20 @@ impl Writer {
             if let Some(e) = failure {
                 tracing::error!(error = %e, "journal checkpoint failed; staging files kept");
                 self.metrics.errors.increment(1);
+                // sled could not make what it holds durable: it will not
+                // take more either. Reopen it from the staging log.
+                self.fault(e);
             }
         }
+        if matches!(self.health, Health::Faulted { .. }) {
+            return;
+        }
         let Some(staging) = self.staging.as_mut() else {
+            // `none`: sled flushes on its own every 500 ms.
+            if self.last_checkpoint.elapsed() >= 4 * CHECKPOINT_EVERY {
+                self.unflushed = 0;
+                self.last_checkpoint = Instant::now();
+            }
             return;
         };
         let due = staging.bytes > 0
@@ -416,6 +530,7 @@ impl Writer {
             }
         };
         self.last_checkpoint = Instant::now();
+        self.checkpointing = std::mem::take(&mut self.unflushed);
         let store = self.store.clone();
         let (first_lsn, size) = (self.metrics.first_lsn.clone(), self.metrics.size.clone());
         self.checkpoint = Some(tokio::task::spawn_blocking(move || {
@@ -426,16 +541,141 @@ impl Writer {
         }));
     }
 
+    /// Whether a group of `bytes` may be written now. Moves between
+    /// `Healthy` and `LowSpace` as free space crosses the reserve; a
+    /// `Faulted` storage refuses until it has been reopened.
+    fn admit(&mut self, bytes: u64) -> Result<(), String> {
+        if let Health::Faulted { error, .. } = &self.health {
+            return Err(format!(
+                "its storage failed ({error}); reopening it every {}s, nothing from LSN {} on is written until then",
+                REOPEN_EVERY.as_secs(),
+                self.next_lsn
+            ));
+        }
+        let admitted = self.space.admit(bytes, self.unflushed + self.checkpointing);
+        if let Some(free) = self.space.free() {
+            self.metrics.free.set(free as f64);
+        }
+        match (admitted, &self.health) {
+            (Ok(()), Health::LowSpace(low)) => {
+                tracing::info!(
+                    free = self.space.free(),
+                    reserve = low.reserve,
+                    "journal has space again: taking appends"
+                );
+                self.set_health(Health::Healthy);
+                Ok(())
+            }
+            (Ok(()), _) => Ok(()),
+            (Err(low), health) => {
+                if !matches!(health, Health::LowSpace(_)) {
+                    tracing::error!(free = low.free, reserve = low.reserve, dir = %self.store.dir.display(), "journal disk under its free-space reserve: refusing appends until space is freed");
+                    self.metrics.errors.increment(1);
+                }
+                self.set_health(Health::LowSpace(low));
+                Err(low.reason(self.next_lsn))
+            }
+        }
+    }
+
+    fn set_health(&mut self, health: Health) {
+        self.metrics.show(&health);
+        self.health = health;
+    }
+
+    /// sled failed: refuse appends until the storage is reopened.
+    fn fault(&mut self, error: String) {
+        if matches!(self.health, Health::Faulted { .. }) {
+            return;
+        }
+        tracing::error!(error = %error, dir = %self.store.dir.display(), "journal storage failed: refusing appends and reopening it every {}s", REOPEN_EVERY.as_secs());
+        self.set_health(Health::Faulted {
+            error,
+            since: Instant::now(),
+            last_attempt: None,
+        });
+    }
+
+    /// While faulted and the last attempt is `REOPEN_EVERY` old: closes
+    /// the staging file, reopens the storage (which replays the staging
+    /// log into it and makes it durable) and starts a new staging file.
+    async fn maybe_reopen(&mut self) {
+        let Health::Faulted {
+            since,
+            last_attempt,
+            ..
+        } = &mut self.health
+        else {
+            return;
+        };
+        if last_attempt.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return;
+        }
+        *last_attempt = Some(Instant::now());
+        let since = *since;
+        if let Some(running) = self.checkpoint.take() {
+            let _ = running.await;
+        }
+        self.checkpointing = 0;
+        // Recovery replays and then removes every staging file, the
+        // current one included: close it first.
+        self.staging = None;
+        let store = self.store.clone();
+        let durability = self.durability;
+        let reopened =
+            tokio::task::spawn_blocking(move || -> Result<(usize, Lsn, Option<StagingLog>)> {
+                let restored = store.reopen()?;
+                Ok((
+                    restored,
+                    store.next_lsn()?,
+                    new_staging(&store, durability)?,
+                ))
+            })
+            .await
+            .map_err(|e| JournalError::Io(std::io::Error::other(e)))
+            .and_then(|r| r);
+        match reopened {
+            Ok((restored, next_lsn, staging)) => {
+                self.metrics.reopened.increment(1);
+                tracing::info!(restored, next_lsn, down_for = ?since.elapsed(), "journal storage reopened: taking appends again");
+                if next_lsn != self.next_lsn {
+                    tracing::warn!(writer = self.next_lsn, storage = next_lsn, "next LSN after reopening differs from the writer's; continuing from the storage's");
+                }
+                self.next_lsn = next_lsn;
+                self.staging = staging;
+                self.unflushed = 0;
+                self.last_checkpoint = Instant::now();
+                storage_gauges(&self.store, &self.metrics.first_lsn, &self.metrics.size);
+                self.set_health(Health::Healthy);
+            }
+            Err(e) => {
+                self.metrics.reopen_failed.increment(1);
+                tracing::warn!(error = %e, down_for = ?since.elapsed(), "journal storage still failing; retrying in {}s", REOPEN_EVERY.as_secs());
+            }
+        }
+    }
+
     /// On close: wait for a running checkpoint, make everything durable in
-    /// sled, remove the staging files.
+    /// sled, remove the staging files. A failed storage gets one more
+    /// reopen first, so a disk that has space again closes cleanly.
     async fn final_checkpoint(&mut self) -> Result<()> {
         if let Some(running) = self.checkpoint.take() {
             match running.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "journal checkpoint failed; staging files kept")
+                    tracing::error!(error = %e, "journal checkpoint failed; staging files kept");
+                    self.fault(e.to_string());
                 }
                 Err(e) => tracing::error!(error = %e, "journal checkpoint task failed"),
+            }
+        }
+        if let Health::Faulted { last_attempt, .. } = &mut self.health {
+            *last_attempt = None;
+            self.maybe_reopen().await;
+            if let Health::Faulted { error, .. } = &self.health {
+                return Err(JournalError::Refusing(format!(
+                    "its storage failed ({error}) and could not be reopened; the staging files keep what was acknowledged"
+                )));
             }
         }
         let store = self.store.clone();
@@ -449,6 +689,18 @@ impl Writer {
         })
         .await
         .map_err(|e| JournalError::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// A staging log for `durability` (none in `none` mode), first generation.
+fn new_staging(store: &Store, durability: Durability) -> Result<Option<StagingLog>> {
+    match durability {
+        Durability::None => Ok(None),
+        mode => Ok(Some(StagingLog::create(
+            &store.staging_dir(),
+            0,
+            mode == Durability::Sync,
+        )?)),
     }
 }
 

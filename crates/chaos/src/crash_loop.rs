@@ -80,6 +80,7 @@ fn read_from(journal: &Path, from: Lsn) -> Result<Vec<Entry>> {
         let options = JournalOptions {
             durability: Durability::None,
             mode: OpenMode::MustExist,
+            ..JournalOptions::default()
         };
         let j = Journal::open(journal, options).context("the journal does not open")?;
         let entries: Result<Vec<Entry>, _> = j.read_range(from, Lsn::MAX).collect();

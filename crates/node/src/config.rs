@@ -105,6 +105,11 @@ pub struct ServiceConfig {
     /// (default) or `full` (see `replaymig proxy --journal-responses`).
     #[serde(default)]
     pub journal_responses: replaymig_proxy::AnswerJournaling,
+    /// Client input is refused while the journal's filesystem has fewer
+    /// free bytes than this (see `replaymig proxy --journal-min-free`);
+    /// default 5% of the filesystem, 4–64 MiB.
+    #[serde(default)]
+    pub journal_min_free: Option<u64>,
     /// How it is snapshotted.
     pub snapshot: SnapshotConfig,
 }

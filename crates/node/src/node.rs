@@ -215,9 +215,12 @@ impl Node {
         let mut services = BTreeMap::new();
         let mut proxies = Vec::new();
         for service in &config.services {
-            let journal =
-                Journal::open_for(&service.journal, JournalOptions::default(), &service.name)
-                    .with_context(|| format!("cannot open the journal of {}", service.name))?;
+            let options = JournalOptions {
+                min_free_bytes: service.journal_min_free,
+                ..JournalOptions::default()
+            };
+            let journal = Journal::open_for(&service.journal, options, &service.name)
+                .with_context(|| format!("cannot open the journal of {}", service.name))?;
             let ownership = OwnershipFile::beside(&service.journal);
             let record = ownership.load()?.unwrap_or_else(|| OwnershipRecord {
                 owner: service.owner.clone(),
