@@ -12,46 +12,14 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use replaymig_journal::{Journal, JournalError, JournalOptions, Lsn, Record};
-use replaymig_testkit::{encode_command, RedisServer, RespClient};
+use replaymig_testkit::{encode_command, fill_up, RedisServer, RespClient, Tmpfs};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-
-/// A tmpfs mounted for the test; unmounted on drop, also on panic.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: sled's threads may hold a file a moment longer.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// A tmpfs of `size` under a new temp dir, or `None` (with the reason
 /// printed) where this process may not mount.
@@ -139,7 +107,7 @@ async fn under_the_reserve_appends_are_refused_and_taken_again_when_space_return
         matches!(refused, JournalError::Refusing(_)) && msg.contains("reserve"),
         "refused for the reserve: {msg}"
     );
-    fs.resize("64m");
+    fs.resize("64m").unwrap();
     for i in 5000..5020 {
         let lsn = j
             .append(big_record(i))
@@ -189,7 +157,7 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let filler = fs.0.join("filler");
-    let filled = fill_up(&filler);
+    let filled = fill_up(&filler).unwrap();
     let filled_at = Instant::now();
     eprintln!("filler took {filled} bytes");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -234,21 +202,6 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
     let j = open_on(&fs.0.join("journal"), None);
     assert_holds(&j, &acked);
     j.close().await.unwrap();
-}
-
-/// Writes zeros to `path` until the filesystem is full; returns how many.
-fn fill_up(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 64 << 10];
-    let mut written = 0;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => return written,
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => return written,
-            Err(e) => panic!("filling the disk: {e}"),
-        }
-    }
 }
 
 fn set_cmd(i: usize, value: &str) -> Vec<u8> {
@@ -304,7 +257,7 @@ fn a_full_disk_refuses_unjournaled_input_and_the_proxy_serves_again_when_space_r
     drop(c);
 
     // Space again: the same process serves and journals new clients.
-    fs.resize("128m");
+    fs.resize("128m").unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     let after = loop {
         let served = RespClient::connect(proxy.listen).and_then(|mut c| c.cmd(&["INCR", "after"]));

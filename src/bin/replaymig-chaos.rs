@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use replaymig_chaos::{connections, crash_loop, migrations, table, Row, Target};
+use replaymig_chaos::{connections, crash_loop, disk_full, migrations, table, Row, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 #[command(name = "replaymig-chaos", about = "Reliability campaigns with counts")]
 struct Args {
     /// The short versions (CI): 5 crash-loop runs, 1 run of each faulted
-    /// migration, 5,000 connections for 5 s.
+    /// migration, 2 disk-full cycles, 5,000 connections for 5 s.
     #[arg(long)]
     quick: bool,
     /// Runs of each faulted migration (default 50; 1 with --quick).
@@ -23,12 +23,17 @@ struct Args {
     /// corrupt-stream, divergent-replay, restart-source; default all).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
-    /// Only these campaigns (crash-loop, migrations, connections; default all).
+    /// Only these campaigns (crash-loop, migrations, disk-full,
+    /// connections; default all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Crash-loop runs (default 100; 5 with --quick).
     #[arg(long)]
     crash_runs: Option<u64>,
+    /// Disk-full fill / free cycles (default 20; 2 with --quick). Needs
+    /// root (each mounts a small tmpfs); skipped with a note otherwise.
+    #[arg(long)]
+    disk_full_runs: Option<u64>,
     /// Concurrent connections of the connection load (default 5000).
     #[arg(long, default_value_t = 5000)]
     connections: usize,
@@ -81,6 +86,12 @@ fn run(args: Args) -> Result<bool> {
         only: args.faults.clone(),
         ..Default::default()
     };
+    let disk = disk_full::DiskFull {
+        runs: args
+            .disk_full_runs
+            .unwrap_or(if args.quick { 2 } else { 20 }),
+        ..Default::default()
+    };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let started = std::time::Instant::now();
     let mut rows: Vec<Row> = Vec::new();
@@ -94,6 +105,10 @@ fn run(args: Args) -> Result<bool> {
             faulted.runs
         );
         rows.extend(migrations::run(&target, &faulted)?);
+    }
+    if wanted("disk-full") {
+        eprintln!("disk full: {} fill / free cycles ...", disk.runs);
+        rows.push(disk_full::run(&target, &disk)?);
     }
     if wanted("connections") {
         eprintln!(

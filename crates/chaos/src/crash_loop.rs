@@ -5,7 +5,7 @@
 //! journal (executed ≤ journaled) and every acknowledged one was executed
 //! (acked ≤ executed).
 
-use crate::{Row, Target};
+use crate::{check_incrs, Row, Target};
 use anyhow::{Context, Result};
 use replaymig_journal::{Durability, Entry, Journal, JournalOptions, Lsn, OpenMode};
 use replaymig_testkit::journal_view::{connections, journaled_incrs, JournaledConn};
@@ -43,12 +43,14 @@ impl Default for CrashLoop {
 /// Bounds each client's loop if a kill never lands.
 const MAX_INCRS: i64 = 50_000;
 
-/// Starts `replaymig proxy` on a free port; its guard kills it by PID.
-fn start_proxy(
+/// Starts `replaymig proxy` on a free port (with `extra` arguments); its
+/// guard kills it by PID.
+pub(crate) fn start_proxy(
     target: &Target,
     backend: SocketAddr,
     journal: &Path,
     durability: &str,
+    extra: &[String],
 ) -> Result<(ChildGuard, SocketAddr)> {
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let child = Command::new(&target.bin)
@@ -61,6 +63,7 @@ fn start_proxy(
         ])
         .arg("--journal")
         .arg(journal)
+        .args(extra)
         .env("REPLAYMIG_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -72,7 +75,7 @@ fn start_proxy(
 }
 
 /// Records from `from` on of a journal no process holds, every one verified.
-fn read_from(journal: &Path, from: Lsn) -> Result<Vec<Entry>> {
+pub(crate) fn read_from(journal: &Path, from: Lsn) -> Result<Vec<Entry>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -104,7 +107,7 @@ pub fn run(target: &Target, options: &CrashLoop) -> Result<Row> {
     for run in 0..options.runs {
         row.runs += 1;
         let durability = if run % 2 == 0 { "batch" } else { "sync" };
-        let (mut proxy, listen) = match start_proxy(target, redis.addr, &journal, durability) {
+        let (mut proxy, listen) = match start_proxy(target, redis.addr, &journal, durability, &[]) {
             Ok(p) => p,
             Err(e) => {
                 row.fail(format!("run {run}: {e:#}"));
@@ -152,22 +155,11 @@ pub fn run(target: &Target, options: &CrashLoop) -> Result<Row> {
             keys += 1;
             let executed = redis.get_int(&key)?;
             let journaled = journaled_incrs(&conns, &key) as i64;
-            if acked > executed {
-                row.lost += (acked - executed) as u64;
-                row.fail(format!(
-                    "run {run}: {key}: {acked} acked, {executed} executed"
-                ));
-            }
-            if executed > journaled {
-                row.lost += (executed - journaled) as u64;
-                row.fail(format!(
-                    "run {run}: {key}: redis executed {executed}, the journal holds {journaled}"
-                ));
-            }
+            check_incrs(&mut row, run, &key, acked, executed, journaled);
         }
     }
     // The journal still opens for appending after the last kill.
-    if let Err(e) = start_proxy(target, redis.addr, &journal, "batch") {
+    if let Err(e) = start_proxy(target, redis.addr, &journal, "batch", &[]) {
         row.fail(format!("after the last run: {e:#}"));
     }
     row.checked = format!("{records} records, {keys} keys (acked ≤ executed ≤ journaled)");

@@ -8,6 +8,7 @@
 
 pub mod connections;
 pub mod crash_loop;
+pub mod disk_full;
 pub mod migrations;
 mod rss;
 
@@ -52,6 +53,31 @@ impl Row {
     /// Whether the campaign held.
     pub fn ok(&self) -> bool {
         self.failures == 0 && self.lost == 0
+    }
+}
+
+/// The write-ahead invariant on one INCR key: every acknowledged INCR
+/// was executed and every executed one is in the journal (acked ≤
+/// executed ≤ journaled); what is missing counts as lost.
+pub(crate) fn check_incrs(
+    row: &mut Row,
+    run: u64,
+    key: &str,
+    acked: i64,
+    executed: i64,
+    journaled: i64,
+) {
+    if acked > executed {
+        row.lost += (acked - executed) as u64;
+        row.fail(format!(
+            "run {run}: {key}: {acked} acked, {executed} executed"
+        ));
+    }
+    if executed > journaled {
+        row.lost += (executed - journaled) as u64;
+        row.fail(format!(
+            "run {run}: {key}: redis executed {executed}, the journal holds {journaled}"
+        ));
     }
 }
 

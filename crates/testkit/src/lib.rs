@@ -5,18 +5,22 @@
 mod inproc;
 pub mod journal_view;
 mod load;
+mod metrics;
 mod netns;
 mod nodecfg;
 mod peer;
 mod process;
 mod redis;
 mod resp;
+mod tmpfs;
 
 pub use inproc::InProcessProxy;
 pub use load::IncrLoad;
+pub use metrics::{scrape, Metrics};
 pub use netns::{in_netns, is_root, Testbed};
 pub use nodecfg::{write_node_config, NodePorts};
 pub use peer::peer_link_pair;
 pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard, StopRedisOnDrop};
 pub use redis::RedisServer;
 pub use resp::{encode_command, Reply, RespClient};
+pub use tmpfs::{fill_up, Tmpfs};
