@@ -109,7 +109,7 @@ fn one_run(
     let load = IncrLoad::start(listen, options.clients, &prefix, 1_000_000);
     std::thread::sleep(Duration::from_millis(300));
 
-    let by_file = run % 2 == 0;
+    let by_file = run.is_multiple_of(2);
     let filler = fs.0.join("filler");
     if by_file {
         fill_up(&filler).context("filling the disk")?;
