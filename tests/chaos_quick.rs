@@ -1,6 +1,6 @@
 //! The reliability campaigns' short versions, as CI runs them
 //! (`replaymig-chaos --quick`): 5 kill -9 / restart cycles of the proxy
-//! under a checking INCR load, one run of each faulted migration (b killed,
+//! under a checking INCR load, three runs of each faulted migration (b killed,
 //! link cut, a corrupted byte, a divergent replay, a killed and restarted;
 //! then a retry), two disk-full cycles (the journal's disk filled by
 //! another process, then by the clients; space returns; the same proxy
@@ -36,6 +36,7 @@ fn the_quick_campaigns_lose_nothing() {
     assert_eq!(rows[0][2], "5", "five crash cycles: {table}");
     for row in &rows[1..6] {
         assert!(row[1].starts_with("faulted migration"), "{table}");
+        assert_eq!(row[2], "3", "three runs of each fault: {table}");
         assert!(row[6].contains("split-ownership events 0"), "{table}");
         assert!(
             row[6].contains("migrate said: \"error:"),

@@ -12,11 +12,11 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "replaymig-chaos", about = "Reliability campaigns with counts")]
 struct Args {
-    /// The short versions (CI): 5 crash-loop runs, 1 run of each faulted
+    /// The short versions (CI): 5 crash-loop runs, 3 runs of each faulted
     /// migration, 2 disk-full cycles, 5,000 connections for 5 s.
     #[arg(long)]
     quick: bool,
-    /// Runs of each faulted migration (default 50; 1 with --quick).
+    /// Runs of each faulted migration (default 50; 3 with --quick).
     #[arg(long)]
     migration_runs: Option<u64>,
     /// Only these faulted migrations (kill-destination, cut-link,
@@ -82,7 +82,7 @@ fn run(args: Args) -> Result<bool> {
     let faulted = migrations::FaultedMigrations {
         runs: args
             .migration_runs
-            .unwrap_or(if args.quick { 1 } else { 50 }),
+            .unwrap_or(if args.quick { 3 } else { 50 }),
         only: args.faults.clone(),
         ..Default::default()
     };
