@@ -80,6 +80,17 @@ fn assert_holds(j: &Journal, acked: &[(Lsn, usize)]) {
     }
 }
 
+/// `assert_holds` on the open journal, then again after it closed
+/// cleanly (space is back) and was opened anew.
+async fn assert_holds_across_reopen(j: Journal, dir: &Path, acked: &[(Lsn, usize)]) {
+    assert_holds(&j, acked);
+    j.close().await.expect("closes cleanly once space is back");
+    drop(j);
+    let j = open_on(dir, None);
+    assert_holds(&j, acked);
+    j.close().await.unwrap();
+}
+
 fn open_on(dir: &Path, min_free_bytes: Option<u64>) -> Journal {
     Journal::open(
         dir,
@@ -115,12 +126,7 @@ async fn under_the_reserve_appends_are_refused_and_taken_again_when_space_return
             .expect("space is back: taken at once");
         acked.push((lsn, i));
     }
-    assert_holds(&j, &acked);
-    j.close().await.expect("closes cleanly");
-    drop(j);
-    let j = open_on(&fs.0.join("journal"), None);
-    assert_holds(&j, &acked);
-    j.close().await.unwrap();
+    assert_holds_across_reopen(j, &fs.0.join("journal"), &acked).await;
 }
 
 /// Another process fills the disk at once: sled's next checkpoint of
@@ -196,12 +202,7 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
     for i in 30_000..30_010 {
         acked.push((j.append(big_record(i)).await.unwrap(), i));
     }
-    assert_holds(&j, &acked);
-    j.close().await.expect("closes cleanly once space is back");
-    drop(j);
-    let j = open_on(&fs.0.join("journal"), None);
-    assert_holds(&j, &acked);
-    j.close().await.unwrap();
+    assert_holds_across_reopen(j, &fs.0.join("journal"), &acked).await;
 }
 
 fn set_cmd(i: usize, value: &str) -> Vec<u8> {

@@ -58,8 +58,8 @@ pub struct JournalOptions {
     /// Whether a missing journal is created.
     pub mode: OpenMode,
     /// Appends are refused while the journal's filesystem has less free
-    /// space than this (see [`space`]); `None`: 64 MiB, at most 5% of the
-    /// filesystem.
+    /// space than this (see [`space`]); `None`: 5% of the filesystem,
+    /// 4–16 MiB.
     pub min_free_bytes: Option<u64>,
 }
 

@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 /// The reserve when none is configured: 5% of the filesystem, at least
 /// 4 MiB (a few of sled's 512 KiB segments: room for its log to roll and
-/// clean) and at most 64 MiB.
-pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+/// clean) and at most 16 MiB. What sled has still to flush is counted on
+/// top (see `SLED_AMPLIFICATION`), so the fixed part only has to cover
+/// sled's own rollover; a larger cap refused input on shared hosts whose
+/// big disks run with tens of MiB free while nothing was at risk.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 16 << 20;
 const DEFAULT_MIN_FREE_FLOOR: u64 = 4 << 20;
 const DEFAULT_MIN_FREE_SHARE: f64 = 0.05;
 
@@ -69,13 +72,23 @@ pub(crate) struct SpaceGuard {
 pub(crate) struct LowSpace {
     pub(crate) free: u64,
     pub(crate) reserve: u64,
+    /// What the group and sled's next flush would take on top of the reserve.
+    pub(crate) pending: u64,
 }
 
 impl LowSpace {
     /// What the callers are told.
     pub(crate) fn reason(&self, next_lsn: Lsn) -> String {
+        let pending = if self.pending > 0 {
+            format!(
+                " plus {} bytes for this input and what sled has still to flush",
+                self.pending
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} bytes free under the journal, below its {}-byte reserve; \
+            "{} bytes free under the journal, below its {}-byte reserve{pending}; \
              nothing from LSN {next_lsn} on is written until space is freed",
             self.free, self.reserve
         )
@@ -126,6 +139,7 @@ impl SpaceGuard {
             return Err(LowSpace {
                 free,
                 reserve: self.reserve,
+                pending: cost,
             });
         }
         self.free = Some(free - bytes);
@@ -138,8 +152,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_reserve_is_5_percent_between_4_and_64_mib() {
-        assert_eq!(default_min_free(1 << 40), 64 << 20);
+    fn the_default_reserve_is_5_percent_between_4_and_16_mib() {
+        assert_eq!(default_min_free(1 << 40), 16 << 20);
         assert_eq!(default_min_free(200 << 20), 10 << 20);
         assert_eq!(default_min_free(32 << 20), 4 << 20);
     }

@@ -107,7 +107,7 @@ pub struct ServiceConfig {
     pub journal_responses: replaymig_proxy::AnswerJournaling,
     /// Client input is refused while the journal's filesystem has fewer
     /// free bytes than this (see `replaymig proxy --journal-min-free`);
-    /// default 5% of the filesystem, 4–64 MiB.
+    /// default 5% of the filesystem, 4–16 MiB.
     #[serde(default)]
     pub journal_min_free: Option<u64>,
     /// How it is snapshotted.
