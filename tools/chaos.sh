@@ -3,7 +3,7 @@
 # the crash loop (proxy kill -9 under a checking INCR load, restarted on the
 # same journal; 100 runs), the faulted migrations (50 runs of each fault),
 # the disk-full cycles (20; needs root for the tmpfs), the connection load
-# (5,000 clients through one proxy for 30 s, RSS flat), then the fuzzers
+# (5,000 clients through one proxy for 180 s, RSS bounded), then the fuzzers
 # (tools/fuzz.sh, SECONDS each).
 # Everything on loopback, bounded in count and time, cleaned up by PID.
 #

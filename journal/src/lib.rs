@@ -33,7 +33,7 @@ mod writer;
 pub use durability::Durability;
 pub use error::{JournalError, Result};
 pub use record::{ConnId, Record};
-pub use store::{Entry, OpenMode};
+pub use store::{Entry, OpenMode, CACHE_CAPACITY_BYTES};
 pub use tail::Tail;
 
 use std::path::{Path, PathBuf};

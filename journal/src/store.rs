@@ -28,7 +28,9 @@ const TRUNCATED_BEFORE_KEY: &[u8] = b"replaymig.truncated_before";
 const LOG_TREE: &[u8] = b"log";
 
 /// sled's page cache bound; the journal is mostly written, rarely re-read.
-const CACHE_CAPACITY_BYTES: u64 = 64 << 20;
+/// Public because it is most of what a proxy's memory grows by while its
+/// journal fills (the connection-load campaign bounds RSS with it).
+pub const CACHE_CAPACITY_BYTES: u64 = 64 << 20;
 
 /// One stored record with its LSN.
 #[derive(Debug, Clone, PartialEq, Eq)]

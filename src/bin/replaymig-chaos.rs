@@ -37,7 +37,7 @@ struct Args {
     /// Concurrent connections of the connection load (default 5000).
     #[arg(long, default_value_t = 5000)]
     connections: usize,
-    /// Seconds the connection load works after its warm-up (default 30; 5 with --quick).
+    /// Seconds the connection load works after its warm-up (default 180, long enough to see sled's page cache reach its cap; 5 with --quick).
     #[arg(long)]
     connection_seconds: Option<u64>,
     /// Random seed of the crash moments.
@@ -77,7 +77,7 @@ fn run(args: Args) -> Result<bool> {
         count: args.connections,
         seconds: args
             .connection_seconds
-            .unwrap_or(if args.quick { 5 } else { 30 }),
+            .unwrap_or(if args.quick { 5 } else { 180 }),
     };
     let faulted = migrations::FaultedMigrations {
         runs: args

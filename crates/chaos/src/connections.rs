@@ -1,8 +1,16 @@
 //! Connection load: thousands of concurrent clients through one proxy, each
 //! doing a little checked work (an INCR on its own key, about once a
 //! second), for a bounded time. No connection may fail, every INCR must be
-//! in redis exactly, and the proxy's resident memory must stay flat after
-//! the warm-up.
+//! in redis exactly, and the proxy's resident memory must stay bounded
+//! after the warm-up.
+//!
+//! "Bounded", measured: once every client is connected the per-connection
+//! memory is all there; what still grows is sled's page cache as the
+//! journal fills, up to its cap ([`CACHE_CAPACITY_BYTES`]). RSS is sampled
+//! every second; its maximum may exceed the post-warm-up value by that cap
+//! plus 10% and 8 MB. The lowest sample of each third of the run is
+//! reported so a long run shows the plateau (a 170 s run here: troughs
+//! 199 → 241 → 251 MB, flat over its last 80 s).
 //!
 //! File descriptors: the campaign raises its own `RLIMIT_NOFILE` soft limit
 //! to the hard limit (children inherit it: the proxy needs two descriptors
@@ -11,6 +19,7 @@
 
 use crate::{rss, Row, Target};
 use anyhow::{bail, Context, Result};
+use replaymig_journal::CACHE_CAPACITY_BYTES;
 use replaymig_testkit::{encode_command, free_port, wait_for_listen, ChildGuard, RedisServer};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -33,14 +42,47 @@ impl Default for ConnectionLoad {
     fn default() -> Self {
         ConnectionLoad {
             count: 5000,
-            seconds: 30,
+            seconds: 180,
         }
     }
 }
 
-/// Memory may grow this much after the warm-up and still count as flat.
-const RSS_SLACK: f64 = 1.25;
+/// Memory may grow this much after the warm-up, beyond the journal's
+/// page cache filling, and still count as bounded.
+const RSS_SLACK: f64 = 0.10;
 const RSS_SLACK_BYTES: u64 = 8 << 20;
+
+/// What the proxy's memory did after the warm-up.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RssTrace {
+    warm: u64,
+    samples: Vec<u64>,
+}
+
+impl RssTrace {
+    fn max(&self) -> u64 {
+        self.samples.iter().copied().max().unwrap_or(self.warm)
+    }
+
+    fn end(&self) -> u64 {
+        self.samples.last().copied().unwrap_or(self.warm)
+    }
+
+    /// The lowest sample of each third of the run (sawtooth troughs: what
+    /// stays once buffers are given back).
+    fn troughs(&self) -> Vec<u64> {
+        let third = self.samples.len().div_ceil(3).max(1);
+        self.samples
+            .chunks(third)
+            .map(|c| c.iter().copied().min().unwrap_or(0))
+            .collect()
+    }
+
+    /// The most the maximum may be.
+    fn bound(&self) -> u64 {
+        self.warm + CACHE_CAPACITY_BYTES + (self.warm as f64 * RSS_SLACK) as u64 + RSS_SLACK_BYTES
+    }
+}
 
 /// Raises this process's soft descriptor limit to the hard one; returns it.
 fn raise_fd_limit(needed: u64) -> Result<u64> {
@@ -144,17 +186,23 @@ pub fn run(target: &Target, options: &ConnectionLoad) -> Result<Row> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss_warm = rss::rss_bytes(pid).unwrap_or(0);
+        let mut trace = RssTrace {
+            warm: rss::rss_bytes(pid).unwrap_or(0),
+            samples: Vec::new(),
+        };
         let peak = ready.load(Ordering::Acquire);
-        tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-        let rss_end = rss::rss_bytes(pid).unwrap_or(0);
+        while Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+            trace.samples.extend(rss::rss_bytes(pid));
+        }
         let mut results = Vec::new();
         for (i, t) in tasks.into_iter().enumerate() {
             results.push((i, t.await));
         }
-        (rss_warm, rss_end, peak, results)
+        (trace, peak, results)
     });
-    let (rss_warm, rss_end, peak, results) = outcome;
+    let (trace, peak, results) = outcome;
     let mut incrs = 0i64;
     for (i, result) in results {
         match result {
@@ -170,12 +218,12 @@ pub fn run(target: &Target, options: &ConnectionLoad) -> Result<Row> {
             Err(e) => row.fail(format!("client {i} panicked: {e}")),
         }
     }
-    let flat = (rss_end as f64) <= rss_warm as f64 * RSS_SLACK + RSS_SLACK_BYTES as f64;
-    if !flat {
+    if trace.max() > trace.bound() {
         row.fail(format!(
-            "proxy RSS grew from {} to {} MB after the warm-up",
-            rss_warm >> 20,
-            rss_end >> 20
+            "proxy RSS grew from {} to {} MB after the warm-up (bound {} MB)",
+            trace.warm >> 20,
+            trace.max() >> 20,
+            trace.bound() >> 20
         ));
     }
     let _ = proxy.terminate(Duration::from_secs(10));
@@ -183,12 +231,46 @@ pub fn run(target: &Target, options: &ConnectionLoad) -> Result<Row> {
         "{} connections, {incrs} INCRs (acked = in redis)",
         options.count
     );
+    let mb = |b: u64| format!("{:.1}", b as f64 / 1e6);
+    let troughs: Vec<String> = trace.troughs().into_iter().map(mb).collect();
     row.notes = format!(
-        "peak {peak} connected, {} s; proxy RSS {:.1} MB at start, {:.1} after warm-up, {:.1} at end; fd limit {limit}",
+        "peak {peak} connected, {} s; proxy RSS (MB) {} at start, {} after warm-up, \
+         lowest by third {}, max {} (bound {}: + sled cache cap + 10% + 8), {} at end; fd limit {limit}",
         options.seconds,
-        rss_start as f64 / 1e6,
-        rss_warm as f64 / 1e6,
-        rss_end as f64 / 1e6
+        mb(rss_start),
+        mb(trace.warm),
+        troughs.join(" / "),
+        mb(trace.max()),
+        mb(trace.bound()),
+        mb(trace.end())
     );
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_reports_each_thirds_trough_and_bounds_the_maximum() {
+        const MB: u64 = 1 << 20;
+        let trace = RssTrace {
+            warm: 200 * MB,
+            samples: [205, 220, 201, 230, 241, 235, 260, 251, 270]
+                .map(|m| m * MB)
+                .to_vec(),
+        };
+        assert_eq!(trace.troughs(), [201 * MB, 230 * MB, 251 * MB]);
+        assert_eq!(trace.max(), 270 * MB);
+        assert_eq!(trace.end(), 270 * MB);
+        assert_eq!(
+            trace.bound(),
+            200 * MB + CACHE_CAPACITY_BYTES + 20 * MB + RSS_SLACK_BYTES
+        );
+        let empty = RssTrace {
+            warm: 9,
+            samples: vec![],
+        };
+        assert_eq!((empty.max(), empty.end()), (9, 9));
+    }
 }
