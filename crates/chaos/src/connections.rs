@@ -9,8 +9,9 @@
 //! journal fills, up to its cap ([`CACHE_CAPACITY_BYTES`]). RSS is sampled
 //! every second; its maximum may exceed the post-warm-up value by that cap
 //! plus 10% and 8 MB. The lowest sample of each third of the run is
-//! reported so a long run shows the plateau (a 170 s run here: troughs
-//! 199 → 241 → 251 MB, flat over its last 80 s).
+//! reported, and in runs of 2 minutes or more the last third's may not
+//! exceed the middle third's by more than 8% + 8 MB: the plateau (a 170 s
+//! run here: troughs 199 → 241 → 251 MB, flat over its last 80 s).
 //!
 //! File descriptors: the campaign raises its own `RLIMIT_NOFILE` soft limit
 //! to the hard limit (children inherit it: the proxy needs two descriptors
@@ -52,6 +53,12 @@ impl Default for ConnectionLoad {
 const RSS_SLACK: f64 = 0.10;
 const RSS_SLACK_BYTES: u64 = 8 << 20;
 
+/// Runs at least this long must also be flat at the end: the last third's
+/// trough within `RSS_TREND_SLACK` (+ 8 MB) of the middle third's. Shorter
+/// runs end before sled's cache has filled (about 100 s here).
+const RSS_TREND_AFTER: Duration = Duration::from_secs(120);
+const RSS_TREND_SLACK: f64 = 0.08;
+
 /// What the proxy's memory did after the warm-up.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct RssTrace {
@@ -81,6 +88,17 @@ impl RssTrace {
     /// The most the maximum may be.
     fn bound(&self) -> u64 {
         self.warm + CACHE_CAPACITY_BYTES + (self.warm as f64 * RSS_SLACK) as u64 + RSS_SLACK_BYTES
+    }
+
+    /// Whether the last third's trough is still climbing past the middle
+    /// third's (a leak the cache-sized bound would hide in a long run).
+    fn still_growing(&self) -> Option<(u64, u64)> {
+        let troughs = self.troughs();
+        let [.., middle, last] = troughs[..] else {
+            return None;
+        };
+        let allowed = (middle as f64 * (1.0 + RSS_TREND_SLACK)) as u64 + RSS_SLACK_BYTES;
+        (last > allowed).then_some((middle, last))
     }
 }
 
@@ -226,6 +244,15 @@ pub fn run(target: &Target, options: &ConnectionLoad) -> Result<Row> {
             trace.bound() >> 20
         ));
     }
+    if Duration::from_secs(options.seconds) >= RSS_TREND_AFTER {
+        if let Some((middle, last)) = trace.still_growing() {
+            row.fail(format!(
+                "proxy RSS still growing at the end: lowest {} MB in the middle third, {} MB in the last",
+                middle >> 20,
+                last >> 20
+            ));
+        }
+    }
     let _ = proxy.terminate(Duration::from_secs(10));
     row.checked = format!(
         "{} connections, {incrs} INCRs (acked = in redis)",
@@ -272,5 +299,21 @@ mod tests {
             samples: vec![],
         };
         assert_eq!((empty.max(), empty.end()), (9, 9));
+        assert_eq!(empty.still_growing(), None);
+    }
+
+    #[test]
+    fn a_plateau_is_flat_and_a_steady_climb_is_not() {
+        const MB: u64 = 1 << 20;
+        let trace = |samples: &[u64]| RssTrace {
+            warm: 200 * MB,
+            samples: samples.iter().map(|m| m * MB).collect(),
+        };
+        // The 170 s run's troughs: the cache fills, then stays.
+        assert_eq!(trace(&[199, 210, 241, 245, 251, 250]).still_growing(), None);
+        assert_eq!(
+            trace(&[200, 230, 260, 290, 320, 350]).still_growing(),
+            Some((260 * MB, 320 * MB))
+        );
     }
 }
