@@ -89,10 +89,7 @@ async fn concurrent_appends_get_distinct_contiguous_lsns_in_order_per_task() {
 #[tokio::test]
 async fn tail_yields_stored_then_live_records_then_ends_on_close() {
     let dir = TempDir::new().unwrap();
-    let j = open(&dir, Durability::Batch);
-    for i in 0..300 {
-        j.append(data(1, &i.to_string())).await.unwrap();
-    }
+    let j = open_with_records(&dir, 300).await;
     let mut tail = j.tail(250).unwrap();
     for lsn in 250..=300 {
         assert_eq!(tail.next().await.unwrap().unwrap().lsn, lsn);
@@ -115,10 +112,7 @@ async fn tail_yields_stored_then_live_records_then_ends_on_close() {
 #[tokio::test]
 async fn truncation_never_lets_an_lsn_be_reused() {
     let dir = TempDir::new().unwrap();
-    let j = open(&dir, Durability::Batch);
-    for i in 0..10 {
-        j.append(data(1, &i.to_string())).await.unwrap();
-    }
+    let j = open_with_records(&dir, 10).await;
     assert_eq!(j.truncate_before(4).unwrap(), 3);
     assert_eq!(j.first_lsn().unwrap(), Some(4));
     assert!(j.tail(2).is_err(), "tailing a truncated LSN is refused");
@@ -202,10 +196,7 @@ async fn a_corrupt_record_does_not_hide_its_neighbours_in_one_group() {
 #[tokio::test]
 async fn a_corrupt_last_record_refuses_the_open() {
     let dir = TempDir::new().unwrap();
-    let j = open(&dir, Durability::Batch);
-    for i in 0..3 {
-        j.append(data(1, &i.to_string())).await.unwrap();
-    }
+    let j = open_with_records(&dir, 3).await;
     j.inner
         .store
         .insert_segment(3, &b"garbage!garbage!"[..])
@@ -346,6 +337,15 @@ async fn shipped_records_keep_their_lsns_and_must_continue_the_journal() {
     j.close().await.unwrap();
 }
 
+/// A batch-mode journal holding `count` data records "0", "1", … on conn 1.
+async fn open_with_records(dir: &TempDir, count: usize) -> Journal {
+    let j = open(dir, Durability::Batch);
+    for i in 0..count {
+        j.append(data(1, &i.to_string())).await.unwrap();
+    }
+    j
+}
+
 fn lsns_from(j: &Journal, from: Lsn) -> Vec<Lsn> {
     j.read_range(from, Lsn::MAX)
         .map(|e| e.unwrap().lsn)
@@ -355,10 +355,7 @@ fn lsns_from(j: &Journal, from: Lsn) -> Vec<Lsn> {
 #[tokio::test]
 async fn an_unfinished_sled_snapshot_left_by_a_full_disk_does_not_refuse_the_open() {
     let dir = TempDir::new().unwrap();
-    let j = open(&dir, Durability::Batch);
-    for i in 0..3 {
-        j.append(data(1, &i.to_string())).await.unwrap();
-    }
+    let j = open_with_records(&dir, 3).await;
     j.close().await.unwrap();
     drop(j);
     // What sled leaves when writing a snapshot fails (ENOSPC) or the
