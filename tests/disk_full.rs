@@ -37,6 +37,10 @@ fn small_disk(test: &str, size: &str) -> Option<(TempDir, Tmpfs)> {
 }
 
 /// A 64 KiB data record whose bytes say which append it was.
+/// Appends the reopen test's loop takes after the last refusal before it
+/// stops.
+const RESUMED_APPENDS: usize = 40;
+
 fn big_record(i: usize) -> Record {
     let mut bytes = format!("append {i:06} ").into_bytes();
     bytes.resize(64 << 10, b'x');
@@ -141,7 +145,9 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
         return;
     };
     let j = open_on(&fs.0.join("journal"), None);
-    // Appends every 5 ms until told to stop; returns what was acked and
+    // Appends every 5 ms (12 MiB/s) until told to stop, or until 40 have
+    // been taken since the last refusal (so its own load does not fill
+    // the 64 MiB after the recovery); returns what was acked, when, and
     // every refusal's text.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -159,6 +165,12 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
                     }
                     Err(e) => refusals.push((Instant::now(), e.to_string())),
                 }
+                let since_refusal = refusals
+                    .last()
+                    .map(|(t, _)| acked_at.iter().filter(|a| *a > t).count());
+                if since_refusal >= Some(RESUMED_APPENDS) {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             (acked, acked_at, refusals)
@@ -172,7 +184,10 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
     tokio::time::sleep(Duration::from_secs(2)).await;
     std::fs::remove_file(&filler).unwrap();
     let freed_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deadline = freed_at + Duration::from_secs(6);
+    while !writer.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let (mut acked, acked_at, refusals) = writer.await.unwrap();
     let storage_failed = refusals.iter().any(|(_, e)| e.contains("storage failed"));
