@@ -36,11 +36,11 @@ fn small_disk(test: &str, size: &str) -> Option<(TempDir, Tmpfs)> {
     Some((dir, fs))
 }
 
-/// A 64 KiB data record whose bytes say which append it was.
 /// Appends the reopen test's loop takes after the last refusal before it
 /// stops.
 const RESUMED_APPENDS: usize = 40;
 
+/// A 64 KiB data record whose bytes say which append it was.
 fn big_record(i: usize) -> Record {
     let mut bytes = format!("append {i:06} ").into_bytes();
     bytes.resize(64 << 10, b'x');
@@ -154,6 +154,7 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
         let (j, stop) = (j.clone(), stop.clone());
         tokio::spawn(async move {
             let (mut acked, mut acked_at, mut refusals) = (Vec::new(), Vec::new(), Vec::new());
+            let mut since_refusal = 0;
             for i in 0..20_000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -162,13 +163,14 @@ async fn a_disk_filled_by_someone_else_is_reopened_in_place_once_space_returns()
                     Ok(lsn) => {
                         acked.push((lsn, i));
                         acked_at.push(Instant::now());
+                        since_refusal += 1;
                     }
-                    Err(e) => refusals.push((Instant::now(), e.to_string())),
+                    Err(e) => {
+                        refusals.push((Instant::now(), e.to_string()));
+                        since_refusal = 0;
+                    }
                 }
-                let since_refusal = refusals
-                    .last()
-                    .map(|(t, _)| acked_at.iter().filter(|a| *a > t).count());
-                if since_refusal >= Some(RESUMED_APPENDS) {
+                if !refusals.is_empty() && since_refusal >= RESUMED_APPENDS {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
