@@ -36,6 +36,10 @@ pub use record::{ConnId, Record};
 pub use store::{Entry, OpenMode, CACHE_CAPACITY_BYTES};
 pub use tail::Tail;
 
+/// Most encoded bytes one multi-record append may carry (one group
+/// commit): a receiver of shipped batches splits larger ones by it.
+pub const MAX_APPEND_BYTES: usize = writer::MAX_GROUP_BYTES;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

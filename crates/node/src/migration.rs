@@ -292,6 +292,20 @@ async fn source_steps(
     phases.advance(Phase::Quiescing);
     let hold = quiesce_with_retries(host).await?;
     report.snapshot_lsn = hold.lsn;
+    // `none`: the service keeps no state of its own, so the "snapshot" is
+    // the empty service at LSN 0 and the destination replays the whole
+    // history — which the journal must still hold.
+    let stateless = matches!(driver, Driver::None);
+    if stateless {
+        report.snapshot_lsn = 0;
+        match host.journal.first_lsn()? {
+            Some(first) if first > 1 => bail!(
+                "snapshot driver none replays from LSN 1, but this journal starts at LSN {first} \
+                 (older records were truncated): use a driver that dumps state"
+            ),
+            _ => {}
+        }
+    }
     // Iterative: this hold lasts to the hand-over; its steps are timed
     // from here.
     let mut final_steps = iterative.then(|| HoldSteps::new(&hold));

@@ -7,7 +7,7 @@
 //! With `--compare`, every byte also goes through the connection's
 //! [`AnswerChecker`] before it may be dropped.
 
-use crate::compare::{AnswerChecker, ExpectedSegment};
+use crate::compare::{AnswerChecker, ExpectedSegment, Finding};
 use crate::{Divergence, DivergenceKind};
 use bytes::{Buf, Bytes, BytesMut};
 use replaymig_journal::ConnId;
@@ -61,22 +61,36 @@ struct State {
     ended: bool,
     /// Journaled answer segments to compare against (`--compare`).
     checker: AnswerChecker,
+    /// Whether answers are compared at all.
+    comparing: bool,
+    /// The latest answer record expected (where an unchecked range is
+    /// reported).
+    last_lsn: replaymig_journal::Lsn,
 }
 
 impl State {
     /// Runs `bytes` (at stream position `start`) through the checker;
     /// differences become divergences.
     fn check(&mut self, start: u64, bytes: &[u8], shared: &Shared) {
-        if self.checker.waiting() == 0 {
+        if !self.comparing {
             return;
         }
-        for m in self.checker.feed(start, bytes) {
-            let d = Divergence {
-                lsn: m.request_lsn,
-                conn: shared.conn,
-                kind: DivergenceKind::AnswerMismatch(m),
+        let found = self.checker.feed(start, bytes);
+        self.report(found, shared);
+    }
+
+    fn report(&self, found: Vec<Finding>, shared: &Shared) {
+        for f in found {
+            let (lsn, kind) = match f {
+                Finding::Mismatch(m) => (m.request_lsn, DivergenceKind::AnswerMismatch(m)),
+                Finding::Unchecked(u) => (self.last_lsn, DivergenceKind::UncheckedAnswer(u)),
             };
-            crate::log_divergence(false, &d);
+            let d = Divergence {
+                lsn,
+                conn: shared.conn,
+                kind,
+            };
+            crate::log_divergence(shared.warn, &d);
             shared.failures.lock().expect("poisoned").push(d);
         }
     }
@@ -84,6 +98,8 @@ impl State {
 
 struct Shared {
     conn: ConnId,
+    /// Divergences are warnings (the replay stops at them).
+    warn: bool,
     failures: Arc<Mutex<Vec<Divergence>>>,
     state: Mutex<State>,
     changed: Notify,
@@ -102,11 +118,18 @@ impl AnswerReader {
         total: Arc<TotalAnswers>,
         conn: ConnId,
         failures: Arc<Mutex<Vec<Divergence>>>,
+        check: Checking,
     ) -> AnswerReader {
+        let state = State {
+            checker: AnswerChecker::new(check.strict),
+            comparing: check.compare,
+            ..State::default()
+        };
         let shared = Arc::new(Shared {
             conn,
+            warn: check.warn,
             failures,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             changed: Notify::new(),
             stop: Notify::new(),
         });
@@ -130,14 +153,26 @@ impl AnswerReader {
     }
 
     /// Compares the target's answers at `segment` with the journaled ones
-    /// (bytes already read but not yet dropped are checked at once).
+    /// (the checker keeps the bytes until they are compared).
     pub(crate) fn expect(&self, segment: ExpectedSegment) {
         let mut s = self.shared.state.lock().expect("poisoned");
-        s.checker.expect(segment);
-        let kept_from = s.got - s.pending.len() as u64;
-        let pending = std::mem::take(&mut s.pending);
-        s.check(kept_from, &pending, &self.shared);
-        s.pending = pending;
+        if !s.comparing {
+            return;
+        }
+        s.last_lsn = segment.answer_lsn;
+        let found = s.checker.expect(segment);
+        s.report(found, &self.shared);
+    }
+
+    /// Strict checking: every answer byte before `upto` must have been
+    /// compared with a journaled segment; what was not is a divergence.
+    pub(crate) fn require_checked(&self, upto: u64) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        if !s.comparing {
+            return;
+        }
+        let found = s.checker.require_checked(upto);
+        s.report(found, &self.shared);
     }
 
     /// Answer bytes the original client is known to have received.
@@ -178,6 +213,17 @@ impl AnswerReader {
         let pending = std::mem::take(&mut self.shared.state.lock().expect("poisoned").pending);
         (read, pending.freeze())
     }
+}
+
+/// How a connection's answers are checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Checking {
+    /// Compare with the journaled answer segments.
+    pub compare: bool,
+    /// Every byte must be covered by a segment (migration).
+    pub strict: bool,
+    /// Divergences are warnings.
+    pub warn: bool,
 }
 
 /// Ends a lock's scope explicitly before notifying.

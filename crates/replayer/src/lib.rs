@@ -59,9 +59,13 @@ pub struct ReplayOptions {
     /// Must be finite and positive.
     pub speed: Option<f64>,
     /// Compare the target's answers with the answer segments journaled
-    /// (`answer` records) and report each difference (debugging only: off
-    /// for migration).
+    /// (`answer` records) and report each difference.
     pub compare_answers: bool,
+    /// Strict checking (migration): implies `compare_answers`, and every
+    /// answer byte the target produced up to a close or a hand-over must be
+    /// covered by a journaled segment and equal to it; answers beyond what
+    /// the original delivered at a hand-over are a divergence too.
+    pub verify_answers: bool,
 }
 
 impl ReplayOptions {
@@ -74,6 +78,7 @@ impl ReplayOptions {
             stop_on_divergence: true,
             speed: None,
             compare_answers: false,
+            verify_answers: false,
         }
     }
 }
@@ -104,6 +109,9 @@ pub enum DivergenceKind {
     /// The target's answers differ in content from the journaled ones
     /// (`compare_answers`).
     AnswerMismatch(compare::AnswerMismatch),
+    /// Answer bytes no journaled segment covers (`verify_answers`): they
+    /// cannot be proven equal to the original's.
+    UncheckedAnswer(compare::UncheckedAnswer),
 }
 
 /// A divergence, located by LSN and connection.
@@ -175,6 +183,8 @@ struct ReplayConn {
     /// The last client record sent on it: what a journaled answer segment
     /// that follows responds to.
     last_input_lsn: Option<Lsn>,
+    /// Wakes its task when its oldest record's turn comes (`InFlight`).
+    turn: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<worker::WorkerEnd>,
 }
 
@@ -212,7 +222,8 @@ pub struct Replayer {
 
 impl Replayer {
     /// A replayer with no connection open yet.
-    pub fn new(options: ReplayOptions) -> Self {
+    pub fn new(mut options: ReplayOptions) -> Self {
+        options.compare_answers |= options.verify_answers;
         Replayer {
             options,
             conns: BTreeMap::new(),
@@ -307,7 +318,7 @@ impl Replayer {
                 self.send(lsn, conn, *resp_before, *resp_total_before, data)
                     .await
             }
-            Record::HalfClosed { .. } => self.half_close(conn).await,
+            Record::HalfClosed { .. } => self.half_close(lsn, conn).await,
             Record::Closed { resp_total, .. } => self.close(lsn, conn, *resp_total).await,
             Record::Answer {
                 offset,
@@ -316,7 +327,8 @@ impl Replayer {
                 data,
                 ..
             } => {
-                self.expect_answer(lsn, conn, *offset, *len, *crc32, data);
+                self.expect_answer(lsn, conn, *offset, *len, *crc32, data)
+                    .await;
                 Ok(())
             }
             Record::Marker { .. } => Ok(()),
@@ -383,7 +395,13 @@ impl Replayer {
                 self.total.clone(),
                 conn,
                 self.failures.clone(),
+                answers::Checking {
+                    compare: self.options.compare_answers,
+                    strict: self.options.verify_answers,
+                    warn: self.options.stop_on_divergence,
+                },
             ));
+            let turn = Arc::new(tokio::sync::Notify::new());
             let (queue, work) = tokio::sync::mpsc::channel(worker::QUEUE);
             let task = tokio::spawn(worker::run(
                 write,
@@ -396,7 +414,9 @@ impl Replayer {
                     failures: self.failures.clone(),
                     hurry: self.hurry.clone(),
                     inflight: self.inflight.clone(),
+                    turn: turn.clone(),
                     warn: self.options.stop_on_divergence,
+                    strict: self.options.verify_answers,
                 },
             ));
             self.conns.insert(
@@ -406,6 +426,7 @@ impl Replayer {
                     answers,
                     base,
                     last_input_lsn: None,
+                    turn,
                     task,
                 },
             );
@@ -438,10 +459,7 @@ impl Replayer {
             total: enforce_total.then(|| resp_total_before.saturating_sub(total_base)),
             data: data.clone(),
         };
-        // A full queue waits: "applied" never runs far ahead of the target.
-        inflight.queued(lsn);
-        if c.queue.send(work).await.is_err() {
-            inflight.done(lsn);
+        if !queue_work(&inflight, c, work).await {
             return Ok(()); // the task ended on a divergence it reported
         }
         self.report.data_records += 1;
@@ -449,10 +467,12 @@ impl Replayer {
         Ok(())
     }
 
-    /// With `compare_answers`: the target's answers on `conn` at `offset`
-    /// must match this journaled segment. Segments from before the
-    /// connection's starting point cannot be compared and are skipped.
-    fn expect_answer(
+    /// A journaled answer segment: the original proxy had delivered it
+    /// before it journaled anything that follows, so no later record goes
+    /// to the target before the target produced it (faithful order across
+    /// connections); with `compare_answers` its content is checked too.
+    /// Segments from before the connection's starting point are skipped.
+    async fn expect_answer(
         &mut self,
         lsn: Lsn,
         conn: ConnId,
@@ -461,30 +481,34 @@ impl Replayer {
         crc32: u32,
         data: &bytes::Bytes,
     ) {
-        if !self.options.compare_answers {
-            return;
-        }
+        let inflight = self.inflight.clone();
+        let compare = self.options.compare_answers;
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
         let Some(relative) = offset.checked_sub(c.base) else {
             return;
         };
-        self.report.answer_segments += 1;
-        c.answers.expect(compare::ExpectedSegment {
-            request_lsn: c.last_input_lsn.unwrap_or(lsn),
-            answer_lsn: lsn,
-            offset: relative,
-            original_offset: offset,
-            len,
-            crc32,
-            data: data.clone(),
-        });
+        if compare {
+            self.report.answer_segments += 1;
+            c.answers.expect(compare::ExpectedSegment {
+                request_lsn: c.last_input_lsn.unwrap_or(lsn),
+                answer_lsn: lsn,
+                offset: relative,
+                original_offset: offset,
+                len,
+                crc32,
+                data: data.clone(),
+            });
+        }
+        let upto = relative + len;
+        queue_work(&inflight, c, worker::Work::Await { lsn, upto }).await;
     }
 
-    async fn half_close(&mut self, conn: ConnId) -> Result<(), DivergenceKind> {
+    async fn half_close(&mut self, lsn: Lsn, conn: ConnId) -> Result<(), DivergenceKind> {
+        let inflight = self.inflight.clone();
         if let Some(c) = self.conns.get(&conn) {
-            let _ = c.queue.send(worker::Work::HalfClose).await;
+            queue_work(&inflight, c, worker::Work::HalfClose { lsn }).await;
         }
         Ok(())
     }
@@ -515,7 +539,14 @@ impl Replayer {
     /// the client twice. A shortfall is recorded as a divergence.
     pub async fn finish(mut self) -> (ReplayReport, Vec<OpenConnection>) {
         self.hurry.cancel();
-        // Closed connections: their tasks end by themselves.
+        // Every queued record goes out first, in its turn: a reader stopped
+        // early would starve a later record that waits for its answers.
+        let mut ends = Vec::new();
+        for (conn, c) in std::mem::take(&mut self.conns) {
+            // Closing the queue lets the task finish what it holds.
+            drop(c.queue);
+            ends.push((conn, c.answers, c.base, c.task));
+        }
         for (answers, task) in std::mem::take(&mut self.closing) {
             let _ = task.await;
             self.report.answer_bytes += answers.got();
@@ -523,25 +554,46 @@ impl Replayer {
                 let _ = answers.stop().await;
             }
         }
-        let mut open = Vec::new();
-        for (conn, c) in std::mem::take(&mut self.conns) {
-            // Closing the queue lets the task finish what it holds.
-            drop(c.queue);
-            let end = c.task.await.unwrap_or(worker::WorkerEnd { write: None });
-            let owed = c.answers.watermark();
-            if let Err(kind) = wait_answers(&c.answers, owed, self.options.answer_timeout).await {
+        let mut waited = Vec::new();
+        for (conn, answers, base, task) in ends {
+            let end = task.await.unwrap_or(worker::WorkerEnd { write: None });
+            let owed = answers.watermark();
+            if let Err(kind) = wait_answers(&answers, owed, self.options.answer_timeout).await {
                 let lsn = self.report.last_lsn.unwrap_or_default();
                 self.failures
                     .lock()
                     .expect("poisoned")
                     .push(Divergence { lsn, conn, kind });
             }
-            let answered = c.answers.got();
+            if self.options.verify_answers {
+                answers.require_checked(owed);
+            }
+            waited.push((conn, answers, base, end));
+        }
+        if self.options.verify_answers && !waited.is_empty() {
+            // What the target says beyond the original's answers would
+            // reach the clients after a hand-over: give it a moment to show.
+            tokio::time::sleep(EXTRA_ANSWER_GRACE).await;
+        }
+        let mut open = Vec::new();
+        for (conn, answers, base, end) in waited {
+            let answered = answers.got();
             self.report.answer_bytes += answered;
-            let (read, pending) = match Arc::try_unwrap(c.answers) {
+            let owed = answers.watermark();
+            let (read, pending) = match Arc::try_unwrap(answers) {
                 Ok(answers) => answers.stop().await,
                 Err(_) => (None, bytes::Bytes::new()),
             };
+            if self.options.verify_answers && !pending.is_empty() {
+                let lsn = self.report.last_lsn.unwrap_or_default();
+                self.failures.lock().expect("poisoned").push(Divergence {
+                    lsn,
+                    conn,
+                    kind: DivergenceKind::ExtraAnswer {
+                        expected: base + owed,
+                    },
+                });
+            }
             let stream = match (read, end.write) {
                 (Some(r), Some(w)) => r.reunite(w).ok(),
                 _ => None,
@@ -551,7 +603,7 @@ impl Replayer {
                 stream,
                 answered,
                 pending,
-                base: c.base,
+                base,
             });
         }
         let failures = std::mem::take(&mut *self.failures.lock().expect("poisoned"));
@@ -559,6 +611,27 @@ impl Replayer {
         self.report.elapsed_seconds = self.started.elapsed().as_secs_f64();
         (self.report, open)
     }
+}
+
+/// How long a strict replay's finish waits for answers beyond the
+/// original's before it hands connections over.
+const EXTRA_ANSWER_GRACE: Duration = Duration::from_millis(5);
+
+/// Queues `work` for `c`'s task, holding its place in the sequencer;
+/// false if the task already ended (on a divergence it reported).
+async fn queue_work(inflight: &InFlight, c: &ReplayConn, work: worker::Work) -> bool {
+    let lsn = work.queued_lsn();
+    if let Some(lsn) = lsn {
+        inflight.queued(lsn, c.turn.clone());
+    }
+    // A full queue waits: "applied" never runs far ahead of the target.
+    if c.queue.send(work).await.is_err() {
+        if let Some(lsn) = lsn {
+            inflight.done(lsn);
+        }
+        return false;
+    }
+    true
 }
 
 /// When a record journaled at `time_us` is due at `speed`, given the first

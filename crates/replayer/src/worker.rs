@@ -1,8 +1,10 @@
 //! One task per replayed connection: it sends that connection's records in
 //! order, each once the target has produced the answers the original client
-//! had seen (on this connection and journal-wide). Connections wait only on
-//! their own causes, not on each other's round trips, so replay keeps up
-//! with a live service's many clients.
+//! had seen (on this connection and journal-wide) and once every older
+//! record of any connection has gone out (`InFlight::wait_turn`): the
+//! target receives input in LSN order. An `Await` is an answer segment the
+//! journal saw before later records: its turn ends only when the target has
+//! produced it, so nothing journaled after an answer overtakes it.
 
 use crate::answers::{AnswerReader, TotalAnswers};
 use crate::{Divergence, DivergenceKind};
@@ -28,10 +30,26 @@ pub(crate) enum Work {
         total: Option<u64>,
         data: Bytes,
     },
+    /// The target must have produced `upto` answer bytes on this
+    /// connection before any later record goes out (the original proxy had
+    /// delivered them before it journaled the next record).
+    Await { lsn: Lsn, upto: u64 },
     /// The client half-closed.
-    HalfClose,
+    HalfClose { lsn: Lsn },
     /// The original connection ended with `expected` answer bytes.
     Close { lsn: Lsn, expected: u64 },
+}
+
+impl Work {
+    /// The LSN this work holds in the sequencer (`InFlight`), if any.
+    pub(crate) fn queued_lsn(&self) -> Option<Lsn> {
+        match self {
+            Work::Send { lsn, .. } | Work::Await { lsn, .. } | Work::HalfClose { lsn } => {
+                Some(*lsn)
+            }
+            Work::Close { .. } => None,
+        }
+    }
 }
 
 /// How a worker ended.
@@ -49,11 +67,16 @@ pub(crate) struct WorkerCtx {
     /// Fired when the replay finishes: cut the grace for extra answers
     /// short (a hand-over waits for it).
     pub hurry: tokio_util::sync::CancellationToken,
-    /// Told when a queued record leaves the queue.
+    /// Told when a queued record leaves the queue; says whose turn it is.
     pub inflight: Arc<crate::inflight::InFlight>,
+    /// Wakes this task when one of its records becomes the oldest queued.
+    pub turn: Arc<tokio::sync::Notify>,
     /// Log divergences as warnings (the replay stops at them) rather than
     /// debug lines (the caller lists them all).
     pub warn: bool,
+    /// Strict answer checking (migration): at a close, every answer byte
+    /// must have been compared with the journal.
+    pub strict: bool,
 }
 
 pub(crate) async fn run(
@@ -69,12 +92,21 @@ pub(crate) async fn run(
                 total,
                 data,
             } => {
+                ctx.inflight.wait_turn(lsn, &ctx.turn).await;
                 let sent = send(&mut write, &ctx, expected, total, &data).await;
                 ctx.inflight.done(lsn);
                 sent.map_err(|k| (lsn, k))
             }
-            Work::HalfClose => {
+            Work::Await { lsn, upto } => {
+                ctx.inflight.wait_turn(lsn, &ctx.turn).await;
+                let came = crate::wait_answers(&ctx.answers, upto, ctx.timeout).await;
+                ctx.inflight.done(lsn);
+                came.map_err(|k| (lsn, k))
+            }
+            Work::HalfClose { lsn } => {
+                ctx.inflight.wait_turn(lsn, &ctx.turn).await;
                 let _ = write.shutdown().await;
+                ctx.inflight.done(lsn);
                 Ok(())
             }
             Work::Close { lsn, expected } => {
@@ -89,7 +121,7 @@ pub(crate) async fn run(
             fail(&ctx, lsn, kind);
             // Drain without sending: this connection's replay is over.
             while let Some(work) = queue.recv().await {
-                if let Work::Send { lsn, .. } = work {
+                if let Some(lsn) = work.queued_lsn() {
                     ctx.inflight.done(lsn);
                 }
             }
@@ -134,6 +166,9 @@ async fn send(
 async fn close(ctx: &WorkerCtx, expected: u64) -> Result<(), DivergenceKind> {
     ctx.answers.raise_watermark(expected);
     crate::wait_answers(&ctx.answers, expected, ctx.timeout).await?;
+    if ctx.strict {
+        ctx.answers.require_checked(expected);
+    }
     // Give the target a moment to show answers the original never had
     // (unless the replay is finishing: then what arrived so far decides).
     tokio::select! {
