@@ -76,6 +76,12 @@ enum Command {
         /// Iterative: pre-copy rounds at most.
         #[arg(long, default_value_t = 5)]
         max_iterations: u32,
+        /// Replay: migrate even though the service's answers are not
+        /// journaled (`journal_responses = "off"`), so the destination's
+        /// replay cannot be checked against them. Without it such a
+        /// migration is refused.
+        #[arg(long)]
+        unverified: bool,
     },
     /// Services, owners, epochs and journal heads of the node behind --admin.
     Status {
@@ -233,6 +239,7 @@ async fn run(cli: Cli) -> Result<()> {
             method,
             dirty_threshold,
             max_iterations,
+            unverified,
         } => {
             let method = match method {
                 MethodArg::Replay => replaymig_node::Method::Replay,
@@ -241,7 +248,7 @@ async fn run(cli: Cli) -> Result<()> {
                     max_iterations,
                 },
             };
-            migrate(service, to, admin, json, method).await
+            migrate(service, to, admin, json, method, unverified).await
         }
         Command::Status { admin, json } => status(admin, json).await,
     }
@@ -424,12 +431,13 @@ async fn migrate(
     admin: AdminArgs,
     json: bool,
     method: replaymig_node::Method,
+    unverified: bool,
 ) -> Result<()> {
     let started = std::time::Instant::now();
     let mut outcome = None;
     admin_request(
         &admin,
-        serde_json::json!({"migrate": {"service": service, "to": to, "method": method}}),
+        serde_json::json!({"migrate": {"service": service, "to": to, "method": method, "unverified": unverified}}),
         |line| {
             if let Some(phase) = line.get("phase") {
                 eprintln!(

@@ -609,33 +609,7 @@ fn per_second(amount: f64, seconds: f64) -> f64 {
 
 /// One divergence in words (answer counts are from the replay's start).
 fn describe(kind: &DivergenceKind) -> String {
-    match kind {
-        DivergenceKind::MissingAnswer { expected, got } => format!(
-            "missing_answer: the original client had {expected} answer bytes by then, the target gave {got}"
-        ),
-        DivergenceKind::ExtraAnswer { expected } => format!(
-            "extra_answer: the target answered more than the original's {expected} bytes"
-        ),
-        DivergenceKind::TargetClosed => {
-            "target_closed: the target closed the connection while input remained".to_string()
-        }
-        DivergenceKind::TargetIo { error } => format!("target_io: {error}"),
-        DivergenceKind::AnswerMismatch(m) => {
-            let at = if m.exact {
-                "first differing byte"
-            } else {
-                "segment (digest only)"
-            };
-            let mut s = format!(
-                "answer_mismatch: {at} at answer offset {} (answer record LSN {}, {}-byte segment); got \"{}\"",
-                m.offset, m.answer_lsn, m.segment_len, m.got_preview
-            );
-            if !m.expected_preview.is_empty() {
-                s += &format!(", expected \"{}\"", m.expected_preview);
-            }
-            s
-        }
-    }
+    kind.to_string()
 }
 
 /// `--dry-run`: the records that would be sent, one line (or JSON object)

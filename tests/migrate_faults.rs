@@ -350,6 +350,7 @@ fn a_corrupt_snapshot_chunk_is_refused_and_nobody_takes_ownership() {
         link.send(Message::MigrateBegin {
             service: "redis".into(),
             epoch: 2,
+            verify_answers: true,
         })
         .await
         .unwrap();
@@ -454,6 +455,7 @@ fn a_destination_left_prepared_discards_when_the_source_kept_the_service() {
         link.send(Message::MigrateBegin {
             service: "redis".into(),
             epoch: 2,
+            verify_answers: true,
         })
         .await
         .unwrap();
@@ -569,6 +571,7 @@ fn frames_at_the_wrong_phase_change_no_ownership() {
         link.send(Message::MigrateBegin {
             service: "redis".into(),
             epoch: 1,
+            verify_answers: true,
         })
         .await
         .unwrap();
@@ -582,6 +585,7 @@ fn frames_at_the_wrong_phase_change_no_ownership() {
         link.send(Message::MigrateBegin {
             service: "redis".into(),
             epoch: 2,
+            verify_answers: true,
         })
         .await
         .unwrap();

@@ -584,6 +584,7 @@ pub mod seeds {
             Message::MigrateBegin {
                 service: "redis".into(),
                 epoch: 2,
+                verify_answers: true,
             },
             Message::MigrateReady,
             Message::MigrateAbort {

@@ -67,9 +67,63 @@ impl SnapshotMark {
     }
 }
 
+/// The marker kind of the greetings at a snapshot point.
+pub const PREAMBLES: &str = "preambles";
+
+/// What the service had said on each connection open at a snapshot point
+/// before the connection's first input (a greeting): `(conn, length,
+/// CRC-32)`. A connection re-created at a new owner gets its greeting
+/// again; the replayer consumes and checks it instead of counting it as an
+/// answer. Journaled just before the snapshot mark of the same point.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Preambles(pub Vec<(ConnId, u64, u32)>);
+
+impl Preambles {
+    /// The marker record for snapshot point `lsn`.
+    pub fn to_record(&self, lsn: Lsn) -> Record {
+        let mut payload = BytesMut::with_capacity(20 * self.0.len());
+        for (conn, len, crc) in &self.0 {
+            payload.put_u64(*conn);
+            payload.put_u64(*len);
+            payload.put_u32(*crc);
+        }
+        Record::marker(PREAMBLES, lsn, payload.freeze())
+    }
+
+    /// Reads one from a record, with the snapshot point it belongs to;
+    /// `None` if it is not one.
+    pub fn from_record(record: &Record) -> Option<(Lsn, Preambles)> {
+        let Record::Marker {
+            mark,
+            lsn_ref,
+            payload,
+            ..
+        } = record
+        else {
+            return None;
+        };
+        if mark != PREAMBLES || payload.len() % 20 != 0 {
+            return None;
+        }
+        let mut p: Bytes = payload.clone();
+        let mut list = Vec::new();
+        while p.has_remaining() {
+            list.push((p.get_u64(), p.get_u64(), p.get_u32()));
+        }
+        Some((*lsn_ref, Preambles(list)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preambles_round_trip_through_a_record() {
+        let p = Preambles(vec![(3, 13, 0xdead_beef), (9, 1, 7)]);
+        assert_eq!(Preambles::from_record(&p.to_record(42)), Some((42, p)));
+        assert_eq!(Preambles::from_record(&Record::half_closed(1)), None);
+    }
 
     #[test]
     fn round_trips_through_a_record() {

@@ -74,6 +74,11 @@ impl OpenSegment {
         }
     }
 
+    /// No answer bytes since the last cut.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Adds delivered answer bytes and moves `delivered` (under the same
     /// lock as the cut, so the two always agree).
     pub(crate) fn fold(&mut self, chunk: &[u8], delivered: &AtomicU64) {

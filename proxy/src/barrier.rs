@@ -16,7 +16,7 @@
 //! migration fails safely.
 
 use crate::connection::Shared;
-use replaymig_journal::marker::SnapshotMark;
+use replaymig_journal::marker::{Preambles, SnapshotMark};
 use replaymig_journal::Lsn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -116,6 +116,27 @@ pub(crate) async fn quiesce(
             return Err(QuiesceError::NotQuiet(options.timeout));
         }
     }
+    let open: Vec<_> = shared
+        .open
+        .lock()
+        .expect("poisoned")
+        .values()
+        .cloned()
+        .collect();
+    // Journaled with the mark, after the point: every connection's answers
+    // so far as a segment (a replay from here compares what follows from
+    // the right offset, and a hand-over here checks every answer up to
+    // it), and each connection's greeting, which a connection re-created
+    // at the new owner will get again before any answer.
+    let mut records = crate::connection::cut_segments(&open, shared);
+    let preambles = Preambles(
+        open.iter()
+            .filter_map(|slot| {
+                let p = slot.preamble.lock().expect("poisoned");
+                (p.len > 0).then(|| (slot.conn, p.len, p.crc32()))
+            })
+            .collect(),
+    );
     let mark = SnapshotMark {
         lsn: shared.journal.last_lsn(),
         // Bytes read from the service: the client gets them whatever happens
@@ -129,7 +150,11 @@ pub(crate) async fn quiesce(
             .map(|(conn, slot)| (*conn, slot.received.load(Ordering::Acquire)))
             .collect(),
     };
-    let marker_lsn = shared.journal.append(mark.to_record()).await?;
+    if !preambles.0.is_empty() {
+        records.push(preambles.to_record(mark.lsn));
+    }
+    records.push(mark.to_record());
+    let marker_lsn = crate::connection::append_in_groups(shared, records).await?;
     Ok(Quiesced {
         lsn: mark.lsn,
         mark,

@@ -56,13 +56,25 @@ pub(crate) struct Shared {
     /// the handles a hand-over switches. Touched once per connection
     /// open/close, never per record.
     pub open: std::sync::Mutex<std::collections::HashMap<ConnId, Arc<ConnSlot>>>,
+    /// Connections with answer bytes not yet in a journaled segment (answer
+    /// journaling): every client record cuts them first, so each answer the
+    /// proxy delivered before it read a record is journaled before that
+    /// record — the order replay reproduces across connections.
+    pub dirty: std::sync::Mutex<Vec<Arc<ConnSlot>>>,
 }
 
 /// What the rest of the proxy can reach of one journaled connection.
 pub(crate) struct ConnSlot {
+    /// The journaled connection (0 when not journaled).
+    pub conn: ConnId,
     /// Answer bytes delivered to the client (moved under `segment`'s lock
     /// when answers are journaled).
     pub delivered: AtomicU64,
+    /// What the service said before any client input was forwarded (a
+    /// greeting): recorded at snapshot points, so a connection re-created
+    /// at a new owner can consume and check it instead of taking it for an
+    /// answer.
+    pub preamble: std::sync::Mutex<Preamble>,
     /// The answers since the last client record (answer journaling).
     pub segment: std::sync::Mutex<OpenSegment>,
     /// The client's address.
@@ -86,6 +98,21 @@ pub(crate) struct ConnSlot {
     /// Answer bytes read from the service side (≥ `delivered`: the rest is
     /// on its way to the client).
     pub received: AtomicU64,
+}
+
+/// The answer bytes of a connection before its first forwarded input.
+#[derive(Default)]
+pub(crate) struct Preamble {
+    /// Their length.
+    pub len: u64,
+    hasher: crc32fast::Hasher,
+}
+
+impl Preamble {
+    /// CRC-32 of the bytes so far.
+    pub fn crc32(&self) -> u32 {
+        self.hasher.clone().finalize()
+    }
 }
 
 impl ConnSlot {
@@ -275,7 +302,9 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     let (client_read, client_write) = client.into_split();
     let (backend_read, backend_write) = backend.into_split();
     let slot = Arc::new(ConnSlot {
+        conn,
         delivered: AtomicU64::new(delivered),
+        preamble: Default::default(),
         segment: std::sync::Mutex::new(OpenSegment::new(delivered, shared.journal_responses)),
         client: label,
         journaling: AtomicBool::new(journaling),
@@ -321,9 +350,14 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     let (up, down) = tokio::join!(upstream, downstream);
     let closed = if slot.journaling.load(Ordering::Acquire) {
         let (answer, delivered) = cut_answers(&slot, conn, shared);
-        append_after(shared, answer, Record::closed(conn, delivered))
-            .await
-            .map(|_| ())
+        // Not under the gate: other connections' segments are left to the
+        // next client record (or barrier), which is.
+        append_records(
+            shared,
+            answer.into_iter().chain([Record::closed(conn, delivered)]),
+        )
+        .await
+        .map(|_| ())
     } else {
         Ok(())
     };
@@ -331,6 +365,20 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     down?;
     closed?;
     Ok(())
+}
+
+/// Cuts the open answer segment of every connection in `slots` that has
+/// one: the records that journal them, in the order given.
+pub(crate) fn cut_segments<'a>(
+    slots: impl IntoIterator<Item = &'a Arc<ConnSlot>>,
+    shared: &Shared,
+) -> Vec<Record> {
+    let mut records = Vec::new();
+    for slot in slots {
+        let (record, _) = cut_answers(slot, slot.conn, shared);
+        records.extend(record);
+    }
+    records
 }
 
 /// Resolves when `failed` was cancelled by a direction's error rather than
@@ -347,7 +395,7 @@ async fn wait_failed(failed: &CancellationToken, stop: &CancellationToken) {
 /// records; a forward in progress is cut short only by a failure.
 async fn client_to_service(
     mut client: OwnedReadHalf,
-    slot: &ConnSlot,
+    slot: &Arc<ConnSlot>,
     conn: ConnId,
     shared: &Shared,
     stop: &CancellationToken,
@@ -366,13 +414,16 @@ async fn client_to_service(
             _ = stop.cancelled() => 0,
             read = client.read(&mut buf) => read.map_err(ConnError::ClientIo)?,
         };
-        // Causality as the client saw it when it sent these bytes (and the
-        // answers since its last record, if they are journaled).
-        let (answer, resp_before) = cut_answers(slot, conn, shared);
-        let resp_total_before = shared.resp_total.load(Ordering::Acquire);
         // Journal and forward under one gate permit: a barrier (and a
         // hand-over) sees either both or neither.
         let _permit = shared.gate.read().await;
+        // Causality (and the answers since its last record, if they are
+        // journaled), cut under the permit: a barrier that cuts every
+        // segment never leaves one in a task waiting for the gate. Taken
+        // after the read, it may count answers the client got just after
+        // sending: a stricter bound, never a looser one.
+        let (answer, resp_before) = cut_answers(slot, conn, shared);
+        let resp_total_before = shared.resp_total.load(Ordering::Acquire);
         let journaling = slot.journaling.load(Ordering::Acquire);
         if n == 0 {
             // End of input is input too.
@@ -412,7 +463,7 @@ async fn service_to_client(
     mut backend: OwnedReadHalf,
     owed: Bytes,
     mut client: OwnedWriteHalf,
-    slot: &ConnSlot,
+    slot: &Arc<ConnSlot>,
     shared: &Shared,
 ) -> Result<(), ConnError> {
     receive(owed.len(), slot, shared);
@@ -458,7 +509,7 @@ fn receive(n: usize, slot: &ConnSlot, shared: &Shared) {
 async fn deliver(
     client: &mut OwnedWriteHalf,
     bytes: &[u8],
-    slot: &ConnSlot,
+    slot: &Arc<ConnSlot>,
     shared: &Shared,
 ) -> Result<(), ConnError> {
     if bytes.is_empty() {
@@ -473,8 +524,20 @@ async fn deliver(
     if journaling {
         shared.resp_total.fetch_add(n, Ordering::AcqRel);
     }
+    if journaling && slot.forwarded.load(Ordering::Acquire) == 0 {
+        // Only while everything delivered is greeting (not on a connection
+        // continued from another owner, which starts with answers).
+        let mut preamble = slot.preamble.lock().expect("poisoned");
+        if preamble.len == slot.delivered.load(Ordering::Acquire) {
+            preamble.len += n;
+            preamble.hasher.update(bytes);
+        }
+    }
     if journaling && shared.journal_responses != AnswerJournaling::Off {
         let mut segment = slot.segment.lock().expect("poisoned");
+        if segment.is_empty() {
+            shared.dirty.lock().expect("poisoned").push(slot.clone());
+        }
         segment.fold(bytes, &slot.delivered);
     } else {
         slot.delivered.fetch_add(n, Ordering::AcqRel);
@@ -505,14 +568,51 @@ fn cut_answers(slot: &ConnSlot, conn: ConnId, shared: &Shared) -> (Option<Record
 }
 
 /// Journals `record`, preceded by the answer segment it ends, in one
-/// append (one group, contiguous LSNs).
+/// append (one group, contiguous LSNs). Every other connection's answers delivered so far are journaled before
+/// it too (see `Shared::dirty`); a batch past the journal's group limit
+/// (large kept answers) goes in several appends, in order.
 async fn append_after(
     shared: &Shared,
     answer: Option<Record>,
     record: Record,
 ) -> Result<replaymig_journal::Lsn, replaymig_journal::JournalError> {
-    match answer {
-        None => shared.journal.append(record).await,
-        Some(answer) => shared.journal.append_batch(vec![answer, record]).await,
+    let dirty = if shared.journal_responses == AnswerJournaling::Off {
+        Vec::new()
+    } else {
+        std::mem::take(&mut *shared.dirty.lock().expect("poisoned"))
+    };
+    let records = cut_segments(&dirty, shared);
+    append_records(shared, records.into_iter().chain(answer).chain([record])).await
+}
+
+/// Appends `records` (at least one), in order.
+async fn append_records(
+    shared: &Shared,
+    records: impl IntoIterator<Item = Record>,
+) -> Result<replaymig_journal::Lsn, replaymig_journal::JournalError> {
+    let mut records: Vec<Record> = records.into_iter().collect();
+    if records.len() == 1 {
+        return shared.journal.append(records.pop().expect("one")).await;
+    }
+    append_in_groups(shared, records).await
+}
+
+/// Appends `records` in order, in as few groups as the journal takes.
+pub(crate) async fn append_in_groups(
+    shared: &Shared,
+    mut records: Vec<Record>,
+) -> Result<replaymig_journal::Lsn, replaymig_journal::JournalError> {
+    let mut bytes = 0;
+    let split = records.iter().position(|r| {
+        bytes += r.encoded_len_hint();
+        bytes > replaymig_journal::MAX_APPEND_BYTES
+    });
+    match split {
+        Some(at) if at > 0 => {
+            let rest = records.split_off(at);
+            shared.journal.append_batch(records).await?;
+            Box::pin(append_in_groups(shared, rest)).await
+        }
+        _ => shared.journal.append_batch(records).await,
     }
 }

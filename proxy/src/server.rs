@@ -216,6 +216,7 @@ impl Proxy {
             metrics: ProxyMetrics::new(&config.service),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),
+            dirty: Default::default(),
         });
         let (adopt_tx, adopt_rx) = mpsc::channel(64);
         Ok(Proxy {

@@ -36,6 +36,10 @@ pub enum Request {
         /// How (default: replay).
         #[serde(default)]
         method: crate::Method,
+        /// Migrate by replay even though the service's answers are not
+        /// journaled (nothing to check the replay against).
+        #[serde(default)]
+        unverified: bool,
     },
     /// Report services, owners, epochs, journal heads.
     Status {},
@@ -119,6 +123,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, node: Arc<NodeShared>) {
             service,
             to,
             method,
+            unverified,
         } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let progress = move |event: crate::Progress| {
@@ -128,7 +133,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, node: Arc<NodeShared>) {
                 };
                 let _ = tx.send(line);
             };
-            let run = migration::migrate_out(&node, &service, &to, method, &progress);
+            let run = migration::migrate_out(&node, &service, &to, method, unverified, &progress);
             tokio::pin!(run);
             let outcome = loop {
                 tokio::select! {

@@ -23,7 +23,7 @@ use crate::telemetry;
 use anyhow::{bail, Context, Result};
 use replaymig_migrate::logship::{self, Shipper};
 use replaymig_peer::{Message, PeerLink};
-use replaymig_proxy::{QuiesceOptions, Route};
+use replaymig_proxy::{AnswerJournaling, QuiesceOptions, Route};
 use replaymig_replayer::{ReplayOptions, Replayer};
 use replaymig_snapshot::delta::BlockIndex;
 use replaymig_snapshot::transfer::{self, SnapshotChunks, TransferError};
@@ -144,6 +144,8 @@ struct Plan<'a> {
     /// The service process to snapshot (CRIU).
     pid: Option<u32>,
     method: Method,
+    /// The destination checks every replayed answer (answers journaled).
+    verify_answers: bool,
 }
 
 /// Runs a migration of `service` from this node to `to`.
@@ -152,9 +154,19 @@ pub async fn migrate_out(
     service: &str,
     to: &str,
     method: Method,
+    unverified: bool,
     progress: ProgressFn<'_>,
 ) -> Result<MigrationReport> {
     let host = host(node, service)?;
+    let answers_journaled = host.config.journal_responses != AnswerJournaling::Off;
+    let replays = matches!(method, Method::Replay);
+    if replays && !answers_journaled && !unverified {
+        bail!(
+            "{service} does not journal its answers (journal_responses = \"off\"), so the \
+             destination's replay cannot be checked against what clients were told; set \
+             journal_responses = \"digest\" (the default) or pass --unverified"
+        );
+    }
     let (epoch, pid) = {
         let mut state = host.state.lock().await;
         if state.owner != node.config.name {
@@ -174,6 +186,7 @@ pub async fn migrate_out(
         epoch,
         pid,
         method,
+        verify_answers: replays && answers_journaled,
     };
     let outcome = run_source(node, host, &plan, progress).await;
     let mut state = host.state.lock().await;
@@ -219,6 +232,7 @@ async fn run_source(
     link.send(Message::MigrateBegin {
         service: service.name.clone(),
         epoch,
+        verify_answers: plan.verify_answers,
     })
     .await?;
     expect(&mut link, "migrate_ready", |m| {
@@ -541,6 +555,7 @@ pub(crate) async fn migrate_in(
     mut link: PeerLink,
     service: String,
     epoch: u64,
+    verify_answers: bool,
 ) -> Result<()> {
     let host = host(node, &service)?;
     {
@@ -568,7 +583,7 @@ pub(crate) async fn migrate_in(
     telemetry::started(&service, "destination");
     host.set_phase("destination", Phase::Transferring);
     link.send(Message::MigrateReady).await?;
-    let outcome = destination_steps(node, host, &mut link, epoch).await;
+    let outcome = destination_steps(node, host, &mut link, epoch, verify_answers).await;
     let mut state = host.state.lock().await;
     state.migrating = false;
     telemetry::outcome(&service, "destination", outcome.is_ok());
@@ -617,6 +632,7 @@ async fn destination_steps(
     host: &ServiceHost,
     link: &mut PeerLink,
     epoch: u64,
+    verify_answers: bool,
 ) -> Result<()> {
     let service = &host.config;
     let driver = service.snapshot.driver();
@@ -680,7 +696,11 @@ async fn destination_steps(
     let restored_at = Instant::now();
     let restore = restored_at - restore_started;
 
-    let mut replayer = Replayer::new(ReplayOptions::new(service.backend));
+    let mut options = ReplayOptions::new(service.backend);
+    // Every reproduced answer is checked against the journaled digests,
+    // and the first difference aborts before any commit.
+    options.verify_answers = verify_answers;
+    let mut replayer = Replayer::new(options);
     for (first_lsn, count, packed) in early {
         let entries = logship::journal_packed(&host.journal, first_lsn, count, &packed).await?;
         for entry in &entries {
@@ -735,7 +755,7 @@ async fn destination_steps(
                 let finish_ms = handover_started.elapsed().as_secs_f64() * 1000.0;
                 if let Some(d) = report.divergences.first() {
                     bail!(
-                        "replay diverged at LSN {} (connection {}): {:?}",
+                        "replay diverged at LSN {} (connection {}): {}",
                         d.lsn,
                         d.conn,
                         d.kind

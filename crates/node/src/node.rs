@@ -320,7 +320,7 @@ impl Node {
         to: &str,
         method: crate::Method,
     ) -> Result<crate::MigrationReport> {
-        migration::migrate_out(&self.shared, service, to, method, &|_| {}).await
+        migration::migrate_out(&self.shared, service, to, method, false, &|_| {}).await
     }
 
     /// Services, owners, epochs, journal heads.
@@ -398,9 +398,11 @@ async fn serve_peers(listener: TcpListener, shared: Arc<NodeShared>, stop: Cance
                 }
             };
             let outcome = match first {
-                Message::MigrateBegin { service, epoch } => {
-                    migration::migrate_in(&shared, link, service, epoch).await
-                }
+                Message::MigrateBegin {
+                    service,
+                    epoch,
+                    verify_answers,
+                } => migration::migrate_in(&shared, link, service, epoch, verify_answers).await,
                 Message::TunnelOpen {
                     service,
                     conn,

@@ -79,6 +79,10 @@ pub enum Message {
         service: String,
         /// The ownership epoch the destination will hold after hand-over.
         epoch: u64,
+        /// The source journals answer digests: the destination must check
+        /// every replayed answer against them, strictly (see the
+        /// replayer's `verify_answers`).
+        verify_answers: bool,
     },
     /// Destination → source: ready to receive the snapshot and the log.
     MigrateReady,

@@ -66,6 +66,9 @@ struct State {
     /// The latest answer record expected (where an unchecked range is
     /// reported).
     last_lsn: replaymig_journal::Lsn,
+    /// The greeting still to consume (a connection re-created at a new
+    /// owner), not counted as answers.
+    greeting: Option<Greeting>,
 }
 
 impl State {
@@ -123,6 +126,13 @@ impl AnswerReader {
         let state = State {
             checker: AnswerChecker::new(check.strict),
             comparing: check.compare,
+            greeting: check.greeting.map(|(len, crc32)| Greeting {
+                left: len,
+                len,
+                crc32,
+                hasher: crc32fast::Hasher::new(),
+                seen: Vec::new(),
+            }),
             ..State::default()
         };
         let shared = Arc::new(Shared {
@@ -224,6 +234,37 @@ pub(crate) struct Checking {
     pub strict: bool,
     /// Divergences are warnings.
     pub warn: bool,
+    /// The greeting (length, CRC-32) a re-created connection starts with.
+    pub greeting: Option<(u64, u32)>,
+}
+
+/// A greeting being consumed before the answers.
+struct Greeting {
+    left: u64,
+    len: u64,
+    crc32: u32,
+    hasher: crc32fast::Hasher,
+    seen: Vec<u8>,
+}
+
+impl Greeting {
+    /// Takes the greeting's bytes from the front of `bytes`; returns how
+    /// many, and a divergence once it is complete and differs.
+    fn take(&mut self, bytes: &[u8]) -> (usize, Option<DivergenceKind>) {
+        let n = (self.left as usize).min(bytes.len());
+        self.hasher.update(&bytes[..n]);
+        let room = crate::compare::PREVIEW_BYTES.saturating_sub(self.seen.len());
+        self.seen.extend_from_slice(&bytes[..n.min(room)]);
+        self.left -= n as u64;
+        if self.left > 0 || self.hasher.clone().finalize() == self.crc32 {
+            return (n, None);
+        }
+        let kind = DivergenceKind::GreetingMismatch {
+            len: self.len,
+            got_preview: crate::compare::preview(&self.seen),
+        };
+        (n, Some(kind))
+    }
 }
 
 /// Ends a lock's scope explicitly before notifying.
@@ -253,8 +294,30 @@ async fn read_answers(
             _ = shared.stop.notified() => return Some(read),
         };
         let mut s = shared.state.lock().expect("poisoned");
+        let mut from = 0;
+        if let (Ok(n), Some(greeting)) = (&n, s.greeting.as_mut()) {
+            let (taken, diverged) = greeting.take(&buf[..*n]);
+            from = taken;
+            if greeting.left == 0 {
+                s.greeting = None;
+            }
+            if let Some(kind) = diverged {
+                let d = Divergence {
+                    lsn: 0,
+                    conn: shared.conn,
+                    kind,
+                };
+                crate::log_divergence(shared.warn, &d);
+                shared.failures.lock().expect("poisoned").push(d);
+            }
+            if taken == *n && *n > 0 {
+                continue; // all greeting
+            }
+        }
         match n {
             Ok(n) if n > 0 => {
+                let buf = &buf[from..n];
+                let n = buf.len();
                 let start = s.got;
                 s.check(start, &buf[..n], &shared);
                 s.got += n as u64;

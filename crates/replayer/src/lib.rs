@@ -28,7 +28,7 @@ mod worker;
 
 use answers::{AnswerReader, TotalAnswers};
 use inflight::InFlight;
-use replaymig_journal::marker::SnapshotMark;
+use replaymig_journal::marker::{Preambles, SnapshotMark};
 use replaymig_journal::{ConnId, Entry, Lsn, Record};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -109,9 +109,64 @@ pub enum DivergenceKind {
     /// The target's answers differ in content from the journaled ones
     /// (`compare_answers`).
     AnswerMismatch(compare::AnswerMismatch),
+    /// A connection re-created for one open at the snapshot did not start
+    /// with the greeting the original got.
+    GreetingMismatch {
+        /// The original greeting's length.
+        len: u64,
+        /// What the target sent instead (escaped).
+        got_preview: String,
+    },
     /// Answer bytes no journaled segment covers (`verify_answers`): they
     /// cannot be proven equal to the original's.
     UncheckedAnswer(compare::UncheckedAnswer),
+}
+
+impl std::fmt::Display for DivergenceKind {
+    /// In words, for the CLI's list and a migration's refusal (answer
+    /// counts are from the replay's starting point).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DivergenceKind::MissingAnswer { expected, got } => write!(
+                f,
+                "missing_answer: the original client had {expected} answer bytes by then, the target gave {got}"
+            ),
+            DivergenceKind::ExtraAnswer { expected } => write!(
+                f,
+                "extra_answer: the target answered more than the original's {expected} bytes"
+            ),
+            DivergenceKind::TargetClosed => write!(
+                f,
+                "target_closed: the target closed the connection while input remained"
+            ),
+            DivergenceKind::TargetIo { error } => write!(f, "target_io: {error}"),
+            DivergenceKind::AnswerMismatch(m) => {
+                let at = if m.exact {
+                    "first differing byte"
+                } else {
+                    "segment (digest only)"
+                };
+                write!(
+                    f,
+                    "answer_mismatch: {at} at answer offset {} (answer record LSN {}, {}-byte segment); got \"{}\"",
+                    m.offset, m.answer_lsn, m.segment_len, m.got_preview
+                )?;
+                if !m.expected_preview.is_empty() {
+                    write!(f, ", expected \"{}\"", m.expected_preview)?;
+                }
+                Ok(())
+            }
+            DivergenceKind::UncheckedAnswer(u) => write!(
+                f,
+                "unchecked_answer: {} answer bytes at offset {} cannot be checked against the journal ({})",
+                u.len, u.offset, u.why
+            ),
+            DivergenceKind::GreetingMismatch { len, got_preview } => write!(
+                f,
+                "greeting_mismatch: a re-created connection did not start with the original's {len}-byte greeting; got \"{got_preview}\""
+            ),
+        }
+    }
 }
 
 /// A divergence, located by LSN and connection.
@@ -153,7 +208,7 @@ pub struct ReplayReport {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The target answered differently and `stop_on_divergence` is set.
-    #[error("replay diverged at LSN {} (connection {}): {:?}", .0.lsn, .0.conn, .0.kind)]
+    #[error("replay diverged at LSN {} (connection {}): {}", .0.lsn, .0.conn, .0.kind)]
     Diverged(Divergence),
 }
 
@@ -201,6 +256,9 @@ pub struct Replayer {
     /// snapshot mark (connections not in it: their first record's
     /// `resp_before`, or 0 when opened in range).
     bases: std::collections::HashMap<ConnId, u64>,
+    /// Greetings of the connections open at the starting point (length,
+    /// CRC-32), from its `preambles` marker.
+    preambles: std::collections::HashMap<ConnId, (u64, u32)>,
     /// First LSN applied.
     first_lsn: Option<Lsn>,
     /// Divergences found by the connection tasks.
@@ -230,6 +288,7 @@ impl Replayer {
             total: Arc::new(TotalAnswers::default()),
             total_base: None,
             bases: Default::default(),
+            preambles: Default::default(),
             first_lsn: None,
             failures: Default::default(),
             closing: Vec::new(),
@@ -248,6 +307,17 @@ impl Replayer {
     pub fn start_at(&mut self, mark: &SnapshotMark) {
         self.total_base = Some(mark.resp_total);
         self.bases = mark.delivered.iter().map(|(c, d)| (*c, *d)).collect();
+    }
+
+    /// The greetings of the connections open at the starting point: a
+    /// connection re-created for one of them must start with it (checked,
+    /// and not counted as an answer).
+    pub fn set_preambles(&mut self, preambles: &Preambles) {
+        self.preambles = preambles
+            .0
+            .iter()
+            .map(|(c, l, crc)| (*c, (*l, *crc)))
+            .collect();
     }
 
     /// The original client of `conn` has received `delivered` answer bytes
@@ -293,6 +363,11 @@ impl Replayer {
             if let Some(mark) = SnapshotMark::from_record(&entry.record) {
                 if mark.lsn + 1 == first && self.report.data_records == 0 {
                     self.start_at(&mark);
+                }
+            }
+            if let Some((at, preambles)) = Preambles::from_record(&entry.record) {
+                if at + 1 == first && self.report.data_records == 0 {
+                    self.set_preambles(&preambles);
                 }
             }
             self.count(lsn);
@@ -399,6 +474,7 @@ impl Replayer {
                     compare: self.options.compare_answers,
                     strict: self.options.verify_answers,
                     warn: self.options.stop_on_divergence,
+                    greeting: self.preambles.get(&conn).copied(),
                 },
             ));
             let turn = Arc::new(tokio::sync::Notify::new());
