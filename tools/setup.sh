@@ -12,10 +12,12 @@ set -euo pipefail
 # fonts-dejavu-core: DejaVuSans.ttf, the font replaymig-bench-report draws the
 # figures' text with (crates/bench loads it at run time; no fontconfig needed).
 # prometheus: tests/observability.rs scrapes two nodes with a real one.
+# memcached: tests/fidelity.rs migrates a single-threaded one (`-t 1`) under
+# a shared-key CAS / incr / append load.
 # nodejs/npm: tools/validate-grafana.sh checks the dashboard against
 # Grafana's published schema (@grafana/schema, type-checked by tsc); the
 # machine usually has them already.
-packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core tshark prometheus)
+packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core tshark prometheus memcached)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -57,7 +59,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 
-for tool in redis-server redis-cli redis-benchmark haproxy ip prometheus node npm; do
+for tool in redis-server redis-cli redis-benchmark haproxy ip prometheus memcached node npm; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing" >&2; exit 1; }
 done
 echo "setup: ok ($(redis-server --version | awk '{print $3}'), $(haproxy -v | head -1 | awk '{print $1, $3}'))"

@@ -36,6 +36,17 @@ pub use record::{ConnId, Record};
 pub use store::{Entry, OpenMode, CACHE_CAPACITY_BYTES};
 pub use tail::Tail;
 
+/// An append the writer has queued (see [`Journal::enqueue`]).
+#[must_use = "an append is only known durable once awaited"]
+pub struct Appending(oneshot::Receiver<Result<Lsn>>);
+
+impl Appending {
+    /// The first LSN of the append, once it is durable per the mode.
+    pub async fn durable(self) -> Result<Lsn> {
+        self.0.await.map_err(|_| JournalError::Closed)?
+    }
+}
+
 /// Most encoded bytes one multi-record append may carry (one group
 /// commit): a receiver of shipped batches splits larger ones by it.
 pub const MAX_APPEND_BYTES: usize = writer::MAX_GROUP_BYTES;
@@ -159,6 +170,33 @@ impl Journal {
     pub async fn append_batch(&self, records: Vec<Record>) -> Result<Lsn> {
         check_batch(&records)?;
         self.submit(Records::Many(records)).await
+    }
+
+    /// Hands records to the writer as one unit (like `append_batch`) and
+    /// returns once they are queued, before they are durable: appends
+    /// enqueued one after another get LSNs in that order, so a caller that
+    /// enqueues under its own lock fixes the journal's order by it. The
+    /// returned [`Appending`] resolves to the first LSN once durable.
+    pub async fn enqueue(&self, mut records: Vec<Record>) -> Result<Appending> {
+        let records = if records.len() == 1 {
+            let record = records.pop().expect("one");
+            record.validate()?;
+            Records::One(record)
+        } else {
+            check_batch(&records)?;
+            Records::Many(records)
+        };
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::Append {
+                records,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        Ok(Appending(answer))
     }
 
     /// Appends records under the LSNs they already have, starting at

@@ -128,33 +128,39 @@ pub(crate) async fn quiesce(
     // the right offset, and a hand-over here checks every answer up to
     // it), and each connection's greeting, which a connection re-created
     // at the new owner will get again before any answer.
-    let mut records = crate::connection::cut_segments(&open, shared);
-    let preambles = Preambles(
-        open.iter()
-            .filter_map(|slot| {
-                let p = slot.preamble.lock().expect("poisoned");
-                (p.len > 0).then(|| (slot.conn, p.len, p.crc32()))
-            })
-            .collect(),
-    );
-    let mark = SnapshotMark {
-        lsn: shared.journal.last_lsn(),
-        // Bytes read from the service: the client gets them whatever happens
-        // next, so replay from s+1 must not expect them again.
-        resp_total: shared.received_total.load(Ordering::Acquire),
-        delivered: shared
-            .open
-            .lock()
-            .expect("poisoned")
+    let mut fixed = None;
+    let marker_lsn = crate::ordering::journal_in_order(shared, |shared| {
+        let mut records: Vec<_> = open
             .iter()
-            .map(|(conn, slot)| (*conn, slot.received.load(Ordering::Acquire)))
-            .collect(),
-    };
-    if !preambles.0.is_empty() {
-        records.push(preambles.to_record(mark.lsn));
-    }
-    records.push(mark.to_record());
-    let marker_lsn = crate::connection::append_in_groups(shared, records).await?;
+            .filter_map(|slot| crate::connection::cut_answers(slot, shared).0)
+            .collect();
+        let mark = SnapshotMark {
+            lsn: shared.journal.last_lsn(),
+            // Bytes read from the service: the client gets them whatever
+            // happens next, so replay from s+1 must not expect them again.
+            resp_total: shared.received_total.load(Ordering::Acquire),
+            delivered: open
+                .iter()
+                .map(|slot| (slot.conn, slot.received.load(Ordering::Acquire)))
+                .collect(),
+        };
+        let preambles = Preambles(
+            open.iter()
+                .filter_map(|slot| {
+                    let p = slot.preamble.lock().expect("poisoned");
+                    (p.len > 0).then(|| (slot.conn, p.len, p.crc32()))
+                })
+                .collect(),
+        );
+        if !preambles.0.is_empty() {
+            records.push(preambles.to_record(mark.lsn));
+        }
+        records.push(mark.to_record());
+        fixed = Some(mark);
+        records
+    })
+    .await?;
+    let mark = fixed.expect("built under the order lock");
     Ok(Quiesced {
         lsn: mark.lsn,
         mark,

@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     /// the handles a hand-over switches. Touched once per connection
     /// open/close, never per record.
     pub open: std::sync::Mutex<std::collections::HashMap<ConnId, Arc<ConnSlot>>>,
+    /// Held while a record's answers are cut and the record is queued for
+    /// the journal: the journal's order is the order of the cuts.
+    pub order: tokio::sync::Mutex<()>,
     /// Connections with answer bytes not yet in a journaled segment (answer
     /// journaling): every client record cuts them first, so each answer the
     /// proxy delivered before it read a record is journaled before that
@@ -267,17 +270,20 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
             (client, label, backend, owed, None, 0, journaling)
         }
         Start::Adopted(a) => {
-            let (backend, owed) = match a.backend {
-                Some(pair) => pair,
-                None => {
-                    let Route::Owner { backend } = shared.route.read().expect("poisoned").clone()
-                    else {
-                        return Err(ConnError::BackendConnect {
-                            addr: "local service".into(),
-                            source: std::io::Error::other("this node does not own the service"),
-                        });
-                    };
-                    (connect_backend(shared, backend).await?, Bytes::new())
+            let (backend, owed, journaling) = match (a.backend, a.conn) {
+                (Some((stream, owed)), _) => (stream, owed, true),
+                // A new client tunneled here: to the local service, or —
+                // when it arrived during a hand-over that gave the service
+                // away before it was set up — on to the new owner, like a
+                // client accepted now.
+                (None, None) => open_backend(shared, &a.client_label, &mut setup).await?,
+                (None, Some(_)) => {
+                    return Err(ConnError::BackendConnect {
+                        addr: "local service".into(),
+                        source: std::io::Error::other(
+                            "a handed-over connection arrived without its service side",
+                        ),
+                    })
                 }
             };
             (
@@ -287,7 +293,7 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
                 owed,
                 a.conn,
                 a.delivered,
-                true,
+                journaling,
             )
         }
     };
@@ -349,13 +355,11 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     };
     let (up, down) = tokio::join!(upstream, downstream);
     let closed = if slot.journaling.load(Ordering::Acquire) {
-        let (answer, delivered) = cut_answers(&slot, conn, shared);
         // Not under the gate: other connections' segments are left to the
         // next client record (or barrier), which is.
-        append_records(
-            shared,
-            answer.into_iter().chain([Record::closed(conn, delivered)]),
-        )
+        crate::ordering::journal_record(shared, &slot, false, |delivered, _| {
+            Record::closed(conn, delivered)
+        })
         .await
         .map(|_| ())
     } else {
@@ -365,20 +369,6 @@ async fn relay(start: Start, shared: &Shared, stop: &CancellationToken) -> Resul
     down?;
     closed?;
     Ok(())
-}
-
-/// Cuts the open answer segment of every connection in `slots` that has
-/// one: the records that journal them, in the order given.
-pub(crate) fn cut_segments<'a>(
-    slots: impl IntoIterator<Item = &'a Arc<ConnSlot>>,
-    shared: &Shared,
-) -> Vec<Record> {
-    let mut records = Vec::new();
-    for slot in slots {
-        let (record, _) = cut_answers(slot, slot.conn, shared);
-        records.extend(record);
-    }
-    records
 }
 
 /// Resolves when `failed` was cancelled by a direction's error rather than
@@ -417,26 +407,29 @@ async fn client_to_service(
         // Journal and forward under one gate permit: a barrier (and a
         // hand-over) sees either both or neither.
         let _permit = shared.gate.read().await;
-        // Causality (and the answers since its last record, if they are
-        // journaled), cut under the permit: a barrier that cuts every
+        // Causality (and the answers since the last record, if they are
+        // journaled) is cut under the permit: a barrier that cuts every
         // segment never leaves one in a task waiting for the gate. Taken
         // after the read, it may count answers the client got just after
         // sending: a stricter bound, never a looser one.
-        let (answer, resp_before) = cut_answers(slot, conn, shared);
-        let resp_total_before = shared.resp_total.load(Ordering::Acquire);
         let journaling = slot.journaling.load(Ordering::Acquire);
         if n == 0 {
             // End of input is input too.
             if journaling {
-                append_after(shared, answer, Record::half_closed(conn)).await?;
+                crate::ordering::journal_record(shared, slot, true, |_, _| {
+                    Record::half_closed(conn)
+                })
+                .await?;
             }
             let _ = slot.backend_write.lock().await.shutdown().await;
             return Ok(());
         }
         let chunk = Bytes::copy_from_slice(&buf[..n]);
         if journaling {
-            let data = Record::data(conn, resp_before, resp_total_before, chunk.clone());
-            append_after(shared, answer, data).await?;
+            crate::ordering::journal_record(shared, slot, true, |resp_before, resp_total| {
+                Record::data(conn, resp_before, resp_total, chunk.clone())
+            })
+            .await?;
         }
         let mut backend = slot.backend_write.lock().await;
         // Counted before the write: an answer to it can only come after,
@@ -515,15 +508,13 @@ async fn deliver(
     if bytes.is_empty() {
         return Ok(());
     }
-    client.write_all(bytes).await.map_err(ConnError::ClientIo)?;
     let n = bytes.len() as u64;
-    // Total first: a reader that loads `delivered` then `resp_total`
-    // always sees resp_total_before >= resp_before. Only journaled
-    // connections count: the journal-wide figure is about its own records.
+    // Counted (and folded into the journal's answer segment) as the write
+    // to the client starts: a client that reacts to these bytes on another
+    // connection must find them journaled before its next record. Only
+    // journaled connections count: the journal-wide figure is about its
+    // own records.
     let journaling = slot.journaling.load(Ordering::Acquire);
-    if journaling {
-        shared.resp_total.fetch_add(n, Ordering::AcqRel);
-    }
     if journaling && slot.forwarded.load(Ordering::Acquire) == 0 {
         // Only while everything delivered is greeting (not on a connection
         // continued from another owner, which starts with answers).
@@ -542,6 +533,12 @@ async fn deliver(
     } else {
         slot.delivered.fetch_add(n, Ordering::AcqRel);
     }
+    // After the fold: whoever counts these bytes in `resp_total_before`
+    // finds their segment among the pending ones (`ordering`).
+    if journaling {
+        shared.resp_total.fetch_add(n, Ordering::AcqRel);
+    }
+    client.write_all(bytes).await.map_err(ConnError::ClientIo)?;
     shared.metrics.service_to_client.increment(n);
     Ok(())
 }
@@ -549,7 +546,7 @@ async fn deliver(
 /// Ends the connection's answer segment at a client record: the record
 /// that journals it (if answers are journaled and any came) and the answer
 /// bytes delivered so far (the client record's `resp_before`).
-fn cut_answers(slot: &ConnSlot, conn: ConnId, shared: &Shared) -> (Option<Record>, u64) {
+pub(crate) fn cut_answers(slot: &ConnSlot, shared: &Shared) -> (Option<Record>, u64) {
     // Nothing was folded (answers not journaled, or not on this
     // connection): no lock on the per-read path.
     if shared.journal_responses == AnswerJournaling::Off || !slot.journaling.load(Ordering::Acquire)
@@ -560,59 +557,9 @@ fn cut_answers(slot: &ConnSlot, conn: ConnId, shared: &Shared) -> (Option<Record
         .segment
         .lock()
         .expect("poisoned")
-        .cut(conn, shared.journal_responses);
+        .cut(slot.conn, shared.journal_responses);
     if record.is_some() {
         shared.metrics.answer_segments.increment(1);
     }
     (record, delivered)
-}
-
-/// Journals `record`, preceded by the answer segment it ends, in one
-/// append (one group, contiguous LSNs). Every other connection's answers delivered so far are journaled before
-/// it too (see `Shared::dirty`); a batch past the journal's group limit
-/// (large kept answers) goes in several appends, in order.
-async fn append_after(
-    shared: &Shared,
-    answer: Option<Record>,
-    record: Record,
-) -> Result<replaymig_journal::Lsn, replaymig_journal::JournalError> {
-    let dirty = if shared.journal_responses == AnswerJournaling::Off {
-        Vec::new()
-    } else {
-        std::mem::take(&mut *shared.dirty.lock().expect("poisoned"))
-    };
-    let records = cut_segments(&dirty, shared);
-    append_records(shared, records.into_iter().chain(answer).chain([record])).await
-}
-
-/// Appends `records` (at least one), in order.
-async fn append_records(
-    shared: &Shared,
-    records: impl IntoIterator<Item = Record>,
-) -> Result<replaymig_journal::Lsn, replaymig_journal::JournalError> {
-    let mut records: Vec<Record> = records.into_iter().collect();
-    if records.len() == 1 {
-        return shared.journal.append(records.pop().expect("one")).await;
-    }
-    append_in_groups(shared, records).await
-}
-
-/// Appends `records` in order, in as few groups as the journal takes.
-pub(crate) async fn append_in_groups(
-    shared: &Shared,
-    mut records: Vec<Record>,
-) -> Result<replaymig_journal::Lsn, replaymig_journal::JournalError> {
-    let mut bytes = 0;
-    let split = records.iter().position(|r| {
-        bytes += r.encoded_len_hint();
-        bytes > replaymig_journal::MAX_APPEND_BYTES
-    });
-    match split {
-        Some(at) if at > 0 => {
-            let rest = records.split_off(at);
-            shared.journal.append_batch(records).await?;
-            Box::pin(append_in_groups(shared, rest)).await
-        }
-        _ => shared.journal.append_batch(records).await,
-    }
 }

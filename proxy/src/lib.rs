@@ -7,6 +7,7 @@ pub mod answers;
 pub mod barrier;
 mod connection;
 pub mod metrics;
+mod ordering;
 pub mod route;
 mod server;
 

@@ -217,6 +217,7 @@ impl Proxy {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),
             dirty: Default::default(),
+            order: Default::default(),
         });
         let (adopt_tx, adopt_rx) = mpsc::channel(64);
         Ok(Proxy {

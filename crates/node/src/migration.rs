@@ -33,6 +33,39 @@ use std::time::{Duration, Instant};
 
 /// The destination may lag this many records when the hand-over starts.
 const HANDOVER_LAG_RECORDS: u64 = 64;
+/// A lag this small starts the hand-over at once.
+const HANDOVER_SMALL_LAG: u64 = 8;
+/// Under `HANDOVER_LAG_RECORDS`, the hand-over also starts once the lag
+/// has not shrunk for this long (a load the replay only just keeps up with).
+const CATCH_UP_SETTLE: Duration = Duration::from_millis(100);
+
+/// When catch-up has gone far enough to hold the clients for the rest: the
+/// destination acknowledges a record only once the answers the original
+/// had before the next one were reproduced, so the tail left for the hold
+/// is replayed at the restored service's pace — keep it as short as the
+/// load allows.
+struct CatchUp {
+    best: u64,
+    improved: Instant,
+}
+
+impl CatchUp {
+    fn new() -> Self {
+        CatchUp {
+            best: u64::MAX,
+            improved: Instant::now(),
+        }
+    }
+
+    fn ready(&mut self, lag: u64) -> bool {
+        if lag < self.best {
+            self.best = lag;
+            self.improved = Instant::now();
+        }
+        lag <= HANDOVER_SMALL_LAG
+            || (lag <= HANDOVER_LAG_RECORDS && self.improved.elapsed() >= CATCH_UP_SETTLE)
+    }
+}
 /// Bound on catching up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the destination reports replay progress while no batch
@@ -383,12 +416,13 @@ async fn source_steps(
 
     phases.advance(Phase::CatchingUp);
     let journal = host.journal.clone();
+    let mut lag = CatchUp::new();
     tokio::time::timeout(
         CATCH_UP_TIMEOUT,
         shipper.run_until(link, |s| {
             let head = journal.last_lsn();
             ticker.tick(report.snapshot_bytes, s.records, s.acked, head);
-            s.acked + HANDOVER_LAG_RECORDS >= head
+            lag.ready(head.saturating_sub(s.acked))
         }),
     )
     .await

@@ -62,28 +62,55 @@ impl ServiceProcess {
 
     /// Stops it: SIGTERM to the snapshot PID and the process, SIGKILL after
     /// a grace period.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_within(STOP_GRACE).await
+    }
+
+    /// Stops it, SIGKILL after `grace`. Done only when both the started
+    /// process and the snapshot PID are gone: the init of a PID namespace
+    /// ignores a SIGTERM it has no handler for, and the `unshare` wrapper
+    /// exiting must not leave it serving.
+    pub async fn stop_within(mut self, grace: Duration) {
         let inner = self.snapshot_pid();
         for pid in [inner, self.pid] {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        if let Some(child) = self.child.as_mut() {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let deadline = Instant::now() + grace;
+        loop {
+            let outer_gone = match self.child.as_mut() {
+                Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+                None => !is_alive(self.pid),
+            };
+            if outer_gone && !is_alive(inner) {
+                return;
             }
-            let _ = child.kill().await;
-        } else {
-            while Instant::now() < deadline && is_alive(inner) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if Instant::now() >= deadline {
+                break;
             }
-            let _ = kill(Pid::from_raw(inner as i32), Signal::SIGKILL);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(
+            pid = inner,
+            "the service ignored SIGTERM for {grace:?}; killing it"
+        );
+        // SIGKILL to a PID namespace's init ends everything in it.
+        let _ = kill(Pid::from_raw(inner as i32), Signal::SIGKILL);
+        match self.child.as_mut() {
+            Some(child) => {
+                let _ = child.kill().await;
+            }
+            None => {
+                let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            }
+        }
+        while is_alive(inner) && Instant::now() < deadline + Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
+
+/// How long a stopped service may take to exit before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether `pid` still runs: it exists and is not a zombie (a restored
 /// process's parent is the host's init, which may reap it late).
@@ -112,6 +139,27 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unshare_wrapped_init_that_ignores_sigterm_is_stopped_too() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: unshare --pid needs root");
+            return;
+        }
+        let p = ServiceProcess::start(
+            "unshare --pid --fork sh -c 'trap \"\" TERM; while :; do sleep 1; done'",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.snapshot_pid() == p.pid {
+            assert!(Instant::now() < deadline, "unshare did not fork");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let inner = p.snapshot_pid();
+        assert!(is_alive(inner));
+        p.stop_within(Duration::from_millis(300)).await;
+        assert!(!is_alive(inner), "the namespace's init still runs");
+    }
 
     #[test]
     fn a_zombie_is_not_alive() {

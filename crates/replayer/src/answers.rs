@@ -69,6 +69,8 @@ struct State {
     /// The greeting still to consume (a connection re-created at a new
     /// owner), not counted as answers.
     greeting: Option<Greeting>,
+    /// Answer segments (their LSNs) met once `got` reaches the key.
+    awaits: std::collections::BTreeMap<u64, Vec<replaymig_journal::Lsn>>,
 }
 
 impl State {
@@ -101,6 +103,8 @@ impl State {
 
 struct Shared {
     conn: ConnId,
+    /// Told when an awaited answer segment is reproduced.
+    inflight: Arc<crate::inflight::InFlight>,
     /// Divergences are warnings (the replay stops at them).
     warn: bool,
     failures: Arc<Mutex<Vec<Divergence>>>,
@@ -121,6 +125,7 @@ impl AnswerReader {
         total: Arc<TotalAnswers>,
         conn: ConnId,
         failures: Arc<Mutex<Vec<Divergence>>>,
+        inflight: Arc<crate::inflight::InFlight>,
         check: Checking,
     ) -> AnswerReader {
         let state = State {
@@ -137,6 +142,7 @@ impl AnswerReader {
         };
         let shared = Arc::new(Shared {
             conn,
+            inflight,
             warn: check.warn,
             failures,
             state: Mutex::new(state),
@@ -172,6 +178,18 @@ impl AnswerReader {
         s.last_lsn = segment.answer_lsn;
         let found = s.checker.expect(segment);
         s.report(found, &self.shared);
+    }
+
+    /// The answer segment journaled at `lsn` ends at `upto` answer bytes:
+    /// tells the sequencer once the target produced that many.
+    pub(crate) fn await_bytes(&self, upto: u64, lsn: replaymig_journal::Lsn) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        if s.got >= upto {
+            drop_guard(s);
+            self.shared.inflight.await_done(lsn);
+            return;
+        }
+        s.awaits.entry(upto).or_default().push(lsn);
     }
 
     /// Strict checking: every answer byte before `upto` must have been
@@ -324,7 +342,13 @@ async fn read_answers(
                 // Only the part above the watermark is kept.
                 let skip = s.watermark.saturating_sub(start).min(n as u64) as usize;
                 s.pending.extend_from_slice(&buf[skip..n]);
+                let above = s.got + 1;
+                let rest = s.awaits.split_off(&above);
+                let met = std::mem::replace(&mut s.awaits, rest);
                 drop_guard(s);
+                for lsn in met.into_values().flatten() {
+                    shared.inflight.await_done(lsn);
+                }
                 total.bytes.fetch_add(n as u64, Ordering::AcqRel);
                 total.changed.notify_waiters();
                 shared.changed.notify_waiters();

@@ -1,10 +1,8 @@
 //! One task per replayed connection: it sends that connection's records in
 //! order, each once the target has produced the answers the original client
-//! had seen (on this connection and journal-wide) and once every older
-//! record of any connection has gone out (`InFlight::wait_turn`): the
-//! target receives input in LSN order. An `Await` is an answer segment the
-//! journal saw before later records: its turn ends only when the target has
-//! produced it, so nothing journaled after an answer overtakes it.
+//! had seen (on this connection and journal-wide), once every send
+//! dispatched before it has gone out, and once every answer segment
+//! journaled before it was reproduced (`InFlight::wait_ready`).
 
 use crate::answers::{AnswerReader, TotalAnswers};
 use crate::{Divergence, DivergenceKind};
@@ -26,28 +24,32 @@ pub(crate) enum Work {
     /// `total` (all connections, or `None`) arrived.
     Send {
         lsn: Lsn,
+        seq: u64,
         expected: u64,
         total: Option<u64>,
         data: Bytes,
     },
-    /// The target must have produced `upto` answer bytes on this
-    /// connection before any later record goes out (the original proxy had
-    /// delivered them before it journaled the next record).
-    Await { lsn: Lsn, upto: u64 },
     /// The client half-closed.
-    HalfClose { lsn: Lsn },
+    HalfClose { lsn: Lsn, seq: u64 },
     /// The original connection ended with `expected` answer bytes.
     Close { lsn: Lsn, expected: u64 },
 }
 
 impl Work {
-    /// The LSN this work holds in the sequencer (`InFlight`), if any.
-    pub(crate) fn queued_lsn(&self) -> Option<Lsn> {
+    /// The dispatch number and record this work holds in the sequencer
+    /// (`InFlight`), if any.
+    pub(crate) fn queued(&self) -> Option<(u64, Lsn)> {
         match self {
-            Work::Send { lsn, .. } | Work::Await { lsn, .. } | Work::HalfClose { lsn } => {
-                Some(*lsn)
-            }
+            Work::Send { lsn, seq, .. } | Work::HalfClose { lsn, seq } => Some((*seq, *lsn)),
             Work::Close { .. } => None,
+        }
+    }
+
+    /// Gives the work its dispatch number.
+    pub(crate) fn set_seq(&mut self, to: u64) {
+        match self {
+            Work::Send { seq, .. } | Work::HalfClose { seq, .. } => *seq = to,
+            Work::Close { .. } => {}
         }
     }
 }
@@ -88,26 +90,25 @@ pub(crate) async fn run(
         let outcome = match work {
             Work::Send {
                 lsn,
+                seq,
                 expected,
                 total,
                 data,
             } => {
-                ctx.inflight.wait_turn(lsn, &ctx.turn).await;
-                let sent = send(&mut write, &ctx, expected, total, &data).await;
-                ctx.inflight.done(lsn);
+                let sent = match wait_ready(&ctx, seq, lsn).await {
+                    Ok(()) => send(&mut write, &ctx, expected, total, &data).await,
+                    Err(kind) => Err(kind),
+                };
+                ctx.inflight.done(seq, lsn);
                 sent.map_err(|k| (lsn, k))
             }
-            Work::Await { lsn, upto } => {
-                ctx.inflight.wait_turn(lsn, &ctx.turn).await;
-                let came = crate::wait_answers(&ctx.answers, upto, ctx.timeout).await;
-                ctx.inflight.done(lsn);
-                came.map_err(|k| (lsn, k))
-            }
-            Work::HalfClose { lsn } => {
-                ctx.inflight.wait_turn(lsn, &ctx.turn).await;
-                let _ = write.shutdown().await;
-                ctx.inflight.done(lsn);
-                Ok(())
+            Work::HalfClose { lsn, seq } => {
+                let ready = wait_ready(&ctx, seq, lsn).await;
+                if ready.is_ok() {
+                    let _ = write.shutdown().await;
+                }
+                ctx.inflight.done(seq, lsn);
+                ready.map_err(|k| (lsn, k))
             }
             Work::Close { lsn, expected } => {
                 let result = close(&ctx, expected).await.map_err(|k| (lsn, k));
@@ -121,14 +122,25 @@ pub(crate) async fn run(
             fail(&ctx, lsn, kind);
             // Drain without sending: this connection's replay is over.
             while let Some(work) = queue.recv().await {
-                if let Some(lsn) = work.queued_lsn() {
-                    ctx.inflight.done(lsn);
+                if let Some((seq, lsn)) = work.queued() {
+                    ctx.inflight.done(seq, lsn);
                 }
             }
             return WorkerEnd { write: None };
         }
     }
     WorkerEnd { write: Some(write) }
+}
+
+/// Waits for this work's turn among the sends and for every answer the
+/// original had delivered before the record (see `InFlight`).
+async fn wait_ready(ctx: &WorkerCtx, seq: u64, lsn: Lsn) -> Result<(), DivergenceKind> {
+    ctx.inflight
+        .wait_ready(seq, lsn, &ctx.turn, ctx.timeout)
+        .await
+        .map_err(|answer_lsn| DivergenceKind::AnswerNeverCame {
+            answer_lsn: answer_lsn.unwrap_or_default(),
+        })
 }
 
 fn fail(ctx: &WorkerCtx, lsn: Lsn, kind: DivergenceKind) {

@@ -191,19 +191,17 @@ async fn a_target_with_other_data_diverges_at_the_right_lsn() {
         .await
         .unwrap_err();
     let replaymig_replayer::ReplayError::Diverged(d) = err;
-    // Found at the answer segment journaled just before the second INCR:
-    // nothing after it may go out before the target reproduced it.
-    assert_eq!(d.lsn, second_incr - 1);
+    // The second INCR waits for the answer segment journaled just before
+    // it (":1001\r\n", 7 bytes); the fresh redis said ":1\r\n".
+    assert_eq!(d.lsn, second_incr);
     assert!(matches!(
-        recorded[(d.lsn - 1) as usize].record,
+        recorded[(second_incr - 2) as usize].record,
         Record::Answer { .. }
     ));
-    // ":1001\r\n" (7 bytes) was delivered before it; the fresh redis said ":1\r\n".
     assert_eq!(
         d.kind,
-        DivergenceKind::MissingAnswer {
-            expected: 7,
-            got: 4
+        DivergenceKind::AnswerNeverCame {
+            answer_lsn: second_incr - 1
         }
     );
 
@@ -217,6 +215,6 @@ async fn a_target_with_other_data_diverges_at_the_right_lsn() {
     }
     let (report, _) = replayer.finish().await;
     assert!(!report.divergences.is_empty());
-    assert_eq!(report.divergences[0].lsn, second_incr - 1);
+    assert_eq!(report.divergences[0].lsn, second_incr);
     journal.close().await.unwrap();
 }

@@ -12,15 +12,21 @@ mod peer;
 mod process;
 mod redis;
 mod resp;
+pub mod seqsvc;
 mod tmpfs;
 
 pub use inproc::InProcessProxy;
 pub use load::IncrLoad;
 pub use metrics::{scrape, Metrics};
 pub use netns::{in_netns, is_root, Testbed};
-pub use nodecfg::{write_node_config, NodePorts};
+pub use nodecfg::{
+    toml_string, write_node_config, write_service_node_config, NodePorts, ServiceSpec,
+};
 pub use peer::peer_link_pair;
-pub use process::{free_port, wait_for_listen, wait_for_port, ChildGuard, StopRedisOnDrop};
+pub use process::{
+    free_port, listener_pids, wait_for_listen, wait_for_port, ChildGuard, StopListenersOnDrop,
+    StopRedisOnDrop,
+};
 pub use redis::RedisServer;
 pub use resp::{encode_command, Reply, RespClient};
 pub use tmpfs::{fill_up, Tmpfs};

@@ -99,3 +99,121 @@ restore = {restore}
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// Any TCP service, for [`write_service_node_config`].
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSpec<'a> {
+    /// The service's name (the same on both nodes; `replaymig migrate NAME`).
+    pub name: &'a str,
+    /// The `start` command (placeholders `{port}`, `{backend}`,
+    /// `{data_dir}`, substituted shell-quoted by the node).
+    pub start: &'a str,
+    /// The `ready` command; `None`: the backend accepting a connection.
+    pub ready: Option<&'a str>,
+    /// The body of the `[service.snapshot]` table, TOML lines, e.g.
+    /// `driver = "none"` or `driver = "exec"` with `dump` and `restore`.
+    pub snapshot: &'a str,
+    /// `journal_responses` (`off`, `digest`, `full`); `None`: the default.
+    pub journal_responses: Option<&'a str>,
+    /// `quiet_ms`; `None`: the default.
+    pub quiet_ms: Option<u64>,
+}
+
+/// A TOML basic string holding `s`.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Like [`write_node_config`], for an arbitrary service (`spec`): writes
+/// `dir/NAME.toml` for node `name` (peer `other`), its data dir
+/// `dir/NAME-data`, work dir `dir/NAME-work`, journal `dir/NAME-journal`
+/// and the secret file `dir/secret` (which the caller writes). Returns the
+/// path.
+pub fn write_service_node_config(
+    dir: &Path,
+    name: &str,
+    me: &NodePorts,
+    other: (&str, &NodePorts),
+    owner: &str,
+    spec: &ServiceSpec<'_>,
+) -> std::path::PathBuf {
+    let data = dir.join(format!("{name}-data"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mut optional = String::new();
+    if let Some(ready) = spec.ready {
+        optional.push_str(&format!("ready = {}\n", toml_string(ready)));
+    }
+    if let Some(answers) = spec.journal_responses {
+        optional.push_str(&format!("journal_responses = {}\n", toml_string(answers)));
+    }
+    if let Some(quiet) = spec.quiet_ms {
+        optional.push_str(&format!("quiet_ms = {quiet}\n"));
+    }
+    let text = format!(
+        r#"name = {node}
+peer_listen = "{ip}:{peer}"
+admin_listen = "127.0.0.1:{admin}"
+secret_file = {secret}
+work_dir = {work}
+[peers]
+{other_name} = "{other_ip}:{other_peer}"
+[[service]]
+name = {service}
+listen = "{ip}:{listen}"
+backend = "127.0.0.1:{backend}"
+journal = {journal}
+owner = {owner}
+data_dir = {data}
+start = {start}
+{optional}[service.snapshot]
+{snapshot}
+"#,
+        node = toml_string(name),
+        ip = me.ip,
+        peer = me.peer,
+        admin = me.admin,
+        secret = toml_string(&dir.join("secret").display().to_string()),
+        work = toml_string(&dir.join(format!("{name}-work")).display().to_string()),
+        other_name = other.0,
+        other_ip = other.1.ip,
+        other_peer = other.1.peer,
+        service = toml_string(spec.name),
+        listen = me.listen,
+        backend = me.backend,
+        journal = toml_string(&dir.join(format!("{name}-journal")).display().to_string()),
+        owner = toml_string(owner),
+        data = toml_string(&data.display().to_string()),
+        start = toml_string(spec.start),
+        snapshot = spec.snapshot,
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_strings_escape_what_they_must() {
+        assert_eq!(toml_string("plain"), "\"plain\"");
+        assert_eq!(
+            toml_string(r#"printf 'a\n' "b""#),
+            r#""printf 'a\\n' \"b\"""#
+        );
+        assert_eq!(toml_string("a\nb\u{1}"), "\"a\\nb\\u0001\"");
+    }
+}

@@ -139,3 +139,66 @@ impl Drop for StopRedisOnDrop {
         }
     }
 }
+
+/// The PIDs of the processes holding a socket that listens on loopback
+/// TCP `port` (IPv4) in this network namespace: the socket's inode from
+/// `/proc/net/tcp`, then every `/proc/PID/fd` entry that is that socket.
+pub fn listener_pids(port: u16) -> Vec<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local_address rem_address st ... uid timeout inode
+            let listening = f.get(3) == Some(&"0A");
+            let ours = f.get(1).is_some_and(|a| a.ends_with(&local));
+            (listening && ours).then(|| f.get(9).map(|i| format!("socket:[{i}]")))?
+        })
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let fds = std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten();
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+                .unwrap_or(false)
+        });
+        if holds {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills (SIGKILL, by PID), when dropped, whatever process listens on
+/// these loopback ports: the services a node agent started (any kind, not
+/// only redis), left behind when the node is killed or the test fails.
+pub struct StopListenersOnDrop(pub Vec<u16>);
+
+impl Drop for StopListenersOnDrop {
+    fn drop(&mut self) {
+        for port in &self.0 {
+            for pid in listener_pids(*port) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
