@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     /// Held while a record's answers are cut and the record is queued for
     /// the journal: the journal's order is the order of the cuts.
     pub order: tokio::sync::Mutex<()>,
+    /// Journaled client records are forwarded in LSN order (`ordering`).
+    pub forwards: crate::ordering::ForwardOrder,
     /// Connections with answer bytes not yet in a journaled segment (answer
     /// journaling): every client record cuts them first, so each answer the
     /// proxy delivered before it read a record is journaled before that
@@ -416,21 +418,27 @@ async fn client_to_service(
         if n == 0 {
             // End of input is input too.
             if journaling {
-                crate::ordering::journal_record(shared, slot, true, |_, _| {
-                    Record::half_closed(conn)
-                })
-                .await?;
+                let ticket =
+                    crate::ordering::journal_input(shared, slot, |_, _| Record::half_closed(conn))
+                        .await?;
+                in_order(&ticket, shared).await;
+                let _ = slot.backend_write.lock().await.shutdown().await;
+                return Ok(());
             }
             let _ = slot.backend_write.lock().await.shutdown().await;
             return Ok(());
         }
         let chunk = Bytes::copy_from_slice(&buf[..n]);
-        if journaling {
-            crate::ordering::journal_record(shared, slot, true, |resp_before, resp_total| {
+        let ticket = if journaling {
+            let ticket = crate::ordering::journal_input(shared, slot, |resp_before, resp_total| {
                 Record::data(conn, resp_before, resp_total, chunk.clone())
             })
             .await?;
-        }
+            in_order(&ticket, shared).await;
+            Some(ticket)
+        } else {
+            None
+        };
         let mut backend = slot.backend_write.lock().await;
         // Counted before the write: an answer to it can only come after,
         // so "answered since the last input" never misses a fast answer.
@@ -445,7 +453,16 @@ async fn client_to_service(
                 )))
             }
         }
+        drop(ticket);
         shared.metrics.client_to_service.increment(n as u64);
+    }
+}
+
+/// Waits for the record's turn to be forwarded (see `ordering`); counts a
+/// forward that could not wait for it.
+async fn in_order(ticket: &crate::ordering::ForwardTicket<'_>, shared: &Shared) {
+    if !ticket.turn().await {
+        shared.metrics.out_of_order_forwards.increment(1);
     }
 }
 

@@ -18,6 +18,9 @@ pub const CONNECTIONS_TOTAL: &str = "replaymig_proxy_connections_total";
 pub const BYTES_TOTAL: &str = "replaymig_proxy_bytes_total";
 /// Answer segments journaled (`--journal-responses digest|full`) (counter).
 pub const ANSWER_SEGMENTS_TOTAL: &str = "replaymig_proxy_answer_segments_total";
+/// Journaled client records forwarded before an older one could go
+/// (`ordering`: waited `FORWARD_ORDER_WAIT` in vain) (counter).
+pub const OUT_OF_ORDER_FORWARDS_TOTAL: &str = "replaymig_proxy_out_of_order_forwards_total";
 /// Errors by `kind`; the same family the journal writer uses.
 pub const ERRORS_TOTAL: &str = journal_names::ERRORS_TOTAL;
 
@@ -73,6 +76,8 @@ pub struct ProxyMetrics {
     pub service_to_client: Counter,
     /// Answer segments journaled.
     pub answer_segments: Counter,
+    /// Records forwarded out of LSN order.
+    pub out_of_order_forwards: Counter,
     errors: [Counter; ErrorKind::ALL.len()],
 }
 
@@ -87,6 +92,7 @@ impl ProxyMetrics {
             client_to_service: counter!(BYTES_TOTAL, "service" => s(), "direction" => "client_to_service"),
             service_to_client: counter!(BYTES_TOTAL, "service" => s(), "direction" => "service_to_client"),
             answer_segments: counter!(ANSWER_SEGMENTS_TOTAL, "service" => s()),
+            out_of_order_forwards: counter!(OUT_OF_ORDER_FORWARDS_TOTAL, "service" => s()),
             errors: ErrorKind::ALL
                 .map(|k| counter!(ERRORS_TOTAL, "service" => s(), "kind" => k.as_str())),
         }
@@ -160,6 +166,10 @@ fn describe() {
     describe_counter!(
         ANSWER_SEGMENTS_TOTAL,
         "Answer segments journaled (service answers between two client records)"
+    );
+    describe_counter!(
+        OUT_OF_ORDER_FORWARDS_TOTAL,
+        "Journaled client records forwarded before an older one (a replay may then be refused)"
     );
     describe_counter!(
         journal_names::APPENDS_TOTAL,

@@ -1,4 +1,14 @@
-//! The journal's order: answers against input, across connections.
+//! The journal's order: answers against input, across connections — and
+//! the service's: input forwarded in LSN order.
+//!
+//! Replay sends records in LSN order, so the original must have forwarded
+//! them in that order too: a single-threaded service then executes them in
+//! the same order both times (it reads its sockets in the order data
+//! arrived). Every client record queued for the journal takes a
+//! [`ForwardTicket`] under the same lock, and forwards only when every
+//! older ticket has forwarded — bounded: a forward that waits longer than
+//! `FORWARD_ORDER_WAIT` goes anyway and is counted, and a replay that then
+//! differs is caught by its answer check.
 //!
 //! Replay reproduces the order in which the original service received and
 //! answered input (see the replayer): it sends each client record just
@@ -15,8 +25,100 @@
 use crate::answers::AnswerJournaling;
 use crate::connection::{cut_answers, ConnSlot, Shared};
 use replaymig_journal::{Appending, JournalError, Lsn, Record, MAX_APPEND_BYTES};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Longest a forward waits for older ones before it goes out of order.
+const FORWARD_ORDER_WAIT: Duration = Duration::from_millis(50);
+
+/// Tickets of client records journaled but not forwarded yet.
+#[derive(Default)]
+pub(crate) struct ForwardOrder {
+    state: Mutex<ForwardState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct ForwardState {
+    next: u64,
+    pending: BTreeSet<u64>,
+}
+
+impl ForwardOrder {
+    /// A ticket for the next record (taken under the journal order lock).
+    fn ticket(&self) -> ForwardTicket<'_> {
+        let mut s = self.state.lock().expect("poisoned");
+        let seq = s.next;
+        s.next += 1;
+        s.pending.insert(seq);
+        ForwardTicket { order: self, seq }
+    }
+}
+
+/// A journaled client record's place in the forwarding order; dropping it
+/// (forwarded, or given up) lets the next one go.
+pub(crate) struct ForwardTicket<'a> {
+    order: &'a ForwardOrder,
+    seq: u64,
+}
+
+impl ForwardTicket<'_> {
+    /// Waits until every older record was forwarded; false if that took
+    /// longer than `FORWARD_ORDER_WAIT` (it goes out of order then).
+    pub(crate) async fn turn(&self) -> bool {
+        let wait = async {
+            loop {
+                let changed = self.order.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let first = self
+                    .order
+                    .state
+                    .lock()
+                    .expect("poisoned")
+                    .pending
+                    .first()
+                    .copied();
+                if first.is_none_or(|f| f >= self.seq) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(FORWARD_ORDER_WAIT, wait).await.is_ok()
+    }
+}
+
+impl Drop for ForwardTicket<'_> {
+    fn drop(&mut self) {
+        let mut s = self.order.state.lock().expect("poisoned");
+        let was_first = s.pending.first() == Some(&self.seq);
+        s.pending.remove(&self.seq);
+        drop(s);
+        if was_first {
+            self.order.changed.notify_waiters();
+        }
+    }
+}
+
+/// Journals a client record (data or end of input) like [`journal_record`]
+/// with every pending answer segment first, and gives it its place in the
+/// forwarding order.
+pub(crate) async fn journal_input<'a>(
+    shared: &'a Shared,
+    slot: &Arc<ConnSlot>,
+    make: impl FnOnce(u64, u64) -> Record,
+) -> Result<ForwardTicket<'a>, JournalError> {
+    let (_, ticket) = journal_built(shared, |locked| {
+        let records = cut_for_record(locked, slot, true, make);
+        (records, shared.forwards.ticket())
+    })
+    .await?;
+    Ok(ticket)
+}
 
 /// Journals the record `make` builds for `slot` from its `resp_before` and
 /// `resp_total_before`, preceded by its answer segment and (with
@@ -29,6 +131,21 @@ pub(crate) async fn journal_record(
     make: impl FnOnce(u64, u64) -> Record,
 ) -> Result<Lsn, JournalError> {
     journal_in_order(shared, |shared| {
+        cut_for_record(shared, slot, flush_others, make)
+    })
+    .await
+}
+
+/// The records for one client record: the answer segments it ends (with
+/// `flush_others`, every connection's pending one, in the order their
+/// answers began), then the record `make` builds.
+fn cut_for_record(
+    shared: &Shared,
+    slot: &Arc<ConnSlot>,
+    flush_others: bool,
+    make: impl FnOnce(u64, u64) -> Record,
+) -> Vec<Record> {
+    {
         // Loaded before the pending segments are taken: every answer byte
         // it counts was folded (and its connection marked pending) first.
         let resp_total_before = shared.resp_total.load(Ordering::Acquire);
@@ -54,8 +171,7 @@ pub(crate) async fn journal_record(
         };
         records.push(make(resp_before, resp_total_before));
         records
-    })
-    .await
+    }
 }
 
 /// Queues the records `build` makes (under the order lock, so nothing is
@@ -66,21 +182,30 @@ pub(crate) async fn journal_in_order(
     shared: &Shared,
     build: impl FnOnce(&Shared) -> Vec<Record>,
 ) -> Result<Lsn, JournalError> {
-    let appends = {
+    Ok(journal_built(shared, |shared| (build(shared), ())).await?.0)
+}
+
+/// [`journal_in_order`], also giving back what `build` made beside the
+/// records (under the same lock).
+async fn journal_built<T>(
+    shared: &Shared,
+    build: impl FnOnce(&Shared) -> (Vec<Record>, T),
+) -> Result<(Lsn, T), JournalError> {
+    let (appends, made) = {
         let _order = shared.order.lock().await;
-        let records = build(shared);
+        let (records, made) = build(shared);
         let mut appends: Vec<(Appending, usize)> = Vec::new();
         for group in groups(records) {
             let len = group.len();
             appends.push((shared.journal.enqueue(group).await?, len));
         }
-        appends
+        (appends, made)
     };
     let mut last = 0;
     for (append, len) in appends {
         last = append.durable().await? + len as Lsn - 1;
     }
-    Ok(last)
+    Ok((last, made))
 }
 
 /// Splits `records` into runs that fit one append.

@@ -218,6 +218,7 @@ impl Proxy {
             open: Default::default(),
             dirty: Default::default(),
             order: Default::default(),
+            forwards: Default::default(),
         });
         let (adopt_tx, adopt_rx) = mpsc::channel(64);
         Ok(Proxy {

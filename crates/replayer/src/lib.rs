@@ -286,19 +286,7 @@ pub struct Replayer {
     inflight: Arc<InFlight>,
     /// With `speed`: when the first record was applied, and its `time_us`.
     pace_origin: Option<(tokio::time::Instant, u64)>,
-    /// Client records waiting for the answer segment they lead to (answer
-    /// order, see `send`), per connection in LSN order.
-    deferred: BTreeMap<ConnId, std::collections::VecDeque<(Lsn, worker::Work)>>,
-    /// The deferred records by LSN: the oldest is sent anyway once
-    /// `DEFER_WINDOW` records have passed without its answer.
-    deferred_index: BTreeMap<Lsn, ConnId>,
-    /// The journal has answer segments (else nothing is deferred).
-    answers_journaled: bool,
 }
-
-/// How many records a client record may wait for the answer segment it
-/// leads to (a request without an answer is sent this late, in LSN order).
-const DEFER_WINDOW: Lsn = 1024;
 
 impl Replayer {
     /// A replayer with no connection open yet.
@@ -319,9 +307,6 @@ impl Replayer {
             hurry: tokio_util::sync::CancellationToken::new(),
             inflight: Arc::default(),
             pace_origin: None,
-            deferred: BTreeMap::new(),
-            deferred_index: BTreeMap::new(),
-            answers_journaled: false,
         }
     }
 
@@ -438,7 +423,6 @@ impl Replayer {
             log_divergence(self.options.stop_on_divergence, &d);
             self.failures.lock().expect("poisoned").push(d);
         }
-        self.send_overdue(lsn).await;
         self.first_failure()
     }
 
@@ -552,7 +536,6 @@ impl Replayer {
         // received by its first replayed record is its base.
         let base = self.bases.get(&conn).copied().unwrap_or(resp_before);
         let inflight = self.inflight.clone();
-        let defer = self.answers_journaled;
         let c = self.open(conn, base).await?;
         let expected = resp_before.saturating_sub(c.base);
         c.last_input_lsn = Some(lsn);
@@ -564,19 +547,7 @@ impl Replayer {
             total: enforce_total.then(|| resp_total_before.saturating_sub(total_base)),
             data: data.clone(),
         };
-        if defer {
-            // Answer order: the original service executed concurrent
-            // requests in the order their answers reached the proxy (which
-            // journals them in that order), not necessarily in LSN order;
-            // the record goes out just before the answer segment it leads
-            // to, so the target receives it in that order too.
-            inflight.hold(lsn);
-            self.deferred
-                .entry(conn)
-                .or_default()
-                .push_back((lsn, work));
-            self.deferred_index.insert(lsn, conn);
-        } else if !queue_work(&inflight, c, work).await {
+        if !queue_work(&inflight, c, work).await {
             return Ok(()); // the task ended on a divergence it reported
         }
         self.report.data_records += 1;
@@ -598,8 +569,6 @@ impl Replayer {
         crc32: u32,
         data: &bytes::Bytes,
     ) {
-        self.answers_journaled = true;
-        self.send_deferred(conn, Lsn::MAX).await;
         let inflight = self.inflight.clone();
         let compare = self.options.compare_answers;
         let Some(c) = self.conns.get(&conn) else {
@@ -625,55 +594,11 @@ impl Replayer {
     }
 
     async fn half_close(&mut self, lsn: Lsn, conn: ConnId) -> Result<(), DivergenceKind> {
-        self.send_deferred(conn, Lsn::MAX).await;
         let inflight = self.inflight.clone();
         if let Some(c) = self.conns.get(&conn) {
             queue_work(&inflight, c, worker::Work::HalfClose { lsn, seq: 0 }).await;
         }
         Ok(())
-    }
-
-    /// Dispatches `conn`'s deferred records up to LSN `upto`, in order.
-    async fn send_deferred(&mut self, conn: ConnId, upto: Lsn) {
-        let inflight = self.inflight.clone();
-        loop {
-            let Some(queue) = self.deferred.get_mut(&conn) else {
-                return;
-            };
-            let Some((lsn, _)) = queue.front() else {
-                self.deferred.remove(&conn);
-                return;
-            };
-            if *lsn > upto {
-                return;
-            }
-            let (lsn, work) = queue.pop_front().expect("front");
-            self.deferred_index.remove(&lsn);
-            match self.conns.get(&conn) {
-                Some(c) => {
-                    queue_work(&inflight, c, work).await;
-                }
-                None => inflight.done(u64::MAX, lsn),
-            }
-        }
-    }
-
-    /// Dispatches deferred records whose answer has not come within
-    /// `DEFER_WINDOW` records of `now` (requests without answers).
-    async fn send_overdue(&mut self, now: Lsn) {
-        while let Some((&lsn, &conn)) = self.deferred_index.first_key_value() {
-            if lsn.saturating_add(DEFER_WINDOW) >= now {
-                return;
-            }
-            self.send_deferred(conn, lsn).await;
-        }
-    }
-
-    /// Dispatches every deferred record, oldest first.
-    async fn send_all_deferred(&mut self) {
-        while let Some((&lsn, &conn)) = self.deferred_index.first_key_value() {
-            self.send_deferred(conn, lsn).await;
-        }
     }
 
     /// The original connection ended having delivered `resp_total` answer
@@ -684,7 +609,6 @@ impl Replayer {
         conn: ConnId,
         resp_total: u64,
     ) -> Result<(), DivergenceKind> {
-        self.send_deferred(conn, Lsn::MAX).await;
         let Some(c) = self.conns.remove(&conn) else {
             return Ok(());
         };
@@ -702,7 +626,6 @@ impl Replayer {
     /// original client received: those must be dropped here, never reach
     /// the client twice. A shortfall is recorded as a divergence.
     pub async fn finish(mut self) -> (ReplayReport, Vec<OpenConnection>) {
-        self.send_all_deferred().await;
         self.hurry.cancel();
         // Every queued record goes out first, in its turn: a reader stopped
         // early would starve a later record that waits for its answers.
