@@ -64,7 +64,7 @@ PY
   load_pid=$!
 else
   on a "$WORKLOAD_BIN" client --addr "$addr_a:6380" --interval-ms "$DET_INTERVAL_MS" \
-    --requests 1000000 --request-kb "$DET_REQUEST_KB" --connections 2 >"$work/load" 2>"$work/load.err" &
+    --requests 1000000 --request-kb "$DET_REQUEST_KB" --connections "${DET_CONNECTIONS:-1}" >"$work/load" 2>"$work/load.err" &
   load_pid=$!
 fi
 pids+=("$load_pid")
