@@ -491,6 +491,7 @@ fn campaign<L: Send + 'static>(
     let runs = runs();
     let (mut succeeded, mut refused, mut silent, mut bad_refusals) = (0, 0, 0, 0);
     let mut details = Vec::new();
+    let mut reasons = Vec::new();
     for run in 1..=runs {
         let cluster = Cluster::start(svc);
         let ctl = Control::new();
@@ -574,6 +575,7 @@ fn campaign<L: Send + 'static>(
             }
             (false, ok) => {
                 refused += 1;
+                reasons.push(m.reason().unwrap_or_default());
                 if !ok {
                     bad_refusals += 1;
                 }
@@ -609,6 +611,22 @@ fn campaign<L: Send + 'static>(
     println!(
         "fidelity {suite}: runs {runs}, succeeded {succeeded}, refused {refused}, silent divergences {silent}"
     );
+    if let Ok(path) = std::env::var("FIDELITY_REPORT") {
+        // One table row per suite for docs/reliability.md (tools/fidelity.sh).
+        let kinds: std::collections::BTreeSet<String> =
+            reasons.iter().map(|r| refusal_kind(r)).collect();
+        let row = format!(
+            "| {suite} | {runs} | {succeeded} | {refused} | {silent} | {bad_refusals} | {} |\n",
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(row.as_bytes()))
+            .expect("FIDELITY_REPORT is writable");
+    }
     if bad_refusals > 0 {
         println!("fidelity {suite}: {bad_refusals} of the refusals broke the contract (no reason, or the source lost or disturbed something)");
     }
@@ -626,6 +644,30 @@ fn campaign<L: Send + 'static>(
     if must_refuse {
         assert_eq!(refused, runs, "fidelity {suite}: every run must be refused");
     }
+}
+
+/// The phase and divergence kind a refusal names (`catching_up:
+/// answer_mismatch`), for the campaign table.
+fn refusal_kind(reason: &str) -> String {
+    // "migration failed: catching_up failed: the destination aborted: ..."
+    let parts: Vec<&str> = reason.split(" failed:").collect();
+    let phase = match parts.as_slice() {
+        [_, phase, _, ..] => phase.trim(),
+        _ => "?",
+    };
+    let kind = [
+        "answer_mismatch",
+        "unchecked_answer",
+        "extra_answer",
+        "answer_never_came",
+        "greeting_mismatch",
+        "missing_answer",
+        "target_closed",
+    ]
+    .into_iter()
+    .find(|k| reason.contains(k))
+    .unwrap_or("other");
+    format!("{phase} {kind}")
 }
 
 // ---------------------------------------------------------------- line client

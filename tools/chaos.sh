@@ -38,6 +38,8 @@ fi
   echo
   cat target/chaos/campaigns.md
   echo
+  # The fidelity campaign has its own script (tools/fidelity.sh).
+  [ -f docs/reliability-fidelity.md ] && { cat docs/reliability-fidelity.md; echo; }
   echo "## Fuzzing (cargo-fuzz, ${fuzz_seconds} s per target)"
   echo
   echo "$fuzz_table"
