@@ -616,7 +616,8 @@ fn campaign<L: Send + 'static>(
         let kinds: std::collections::BTreeSet<String> =
             reasons.iter().map(|r| refusal_kind(r)).collect();
         let row = format!(
-            "| {suite} | {runs} | {succeeded} | {refused} | {silent} | {bad_refusals} | {} |\n",
+            "| {suite}: {} | {runs} | {succeeded} | {refused} | {silent} | {bad_refusals} | {} |\n",
+            suite_label(suite),
             kinds.into_iter().collect::<Vec<_>>().join(", ")
         );
         use std::io::Write;
@@ -643,6 +644,17 @@ fn campaign<L: Send + 'static>(
     );
     if must_refuse {
         assert_eq!(refused, runs, "fidelity {suite}: every run must be refused");
+    }
+}
+
+/// What a suite loads, for the campaign table.
+fn suite_label(suite: &str) -> &'static str {
+    match suite {
+        "a" => "Redis, 6 clients on one shared counter and list (pipelines, churn, one tunneled)",
+        "b" => "seqsvc: greeting, global sequence, two-part answers, long-lived and churning connections",
+        "c" => "seqsvc with a STATS poller (timestamps: must be refused)",
+        "d" => "memcached -t 1, gets/cas, incr and append on shared keys (driver none)",
+        _ => "",
     }
 }
 

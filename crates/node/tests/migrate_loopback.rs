@@ -324,3 +324,65 @@ async fn iterative_migration_pre_copies_in_rounds_and_keeps_every_write() {
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+/// A client of B that opens a fresh connection for every command: some of
+/// its connections reach A's proxy (tunneled) while the hand-over holds
+/// input; each must follow the service to B, never end mid-request.
+fn churning_client(addr: SocketAddr, key: String, stop: Arc<AtomicBool>) -> Result<i64, String> {
+    let mut acked = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let mut c = RespClient::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        match c.cmd(&["INCR", &key]) {
+            Ok(Reply::Int(n)) if n == acked + 1 => acked += 1,
+            Ok(other) => return Err(format!("INCR #{} answered {other:?}", acked + 1)),
+            Err(e) => return Err(format!("INCR #{} on a fresh connection: {e}", acked + 1)),
+        }
+    }
+    Ok(acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connecting_to_b_during_the_hand_over_follow_the_service() {
+    let (_dir, pa, pb, node_a, node_b) = start_pair().await;
+    let listen_a: SocketAddr = ([127, 0, 0, 1], pa.listen).into();
+    let listen_b: SocketAddr = ([127, 0, 0, 1], pb.listen).into();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Load on A so the migration has a tail to hand over.
+    let loaders: Vec<_> = (0..2)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || client(listen_a, format!("l{i}"), false, stop))
+        })
+        .collect();
+    let churners: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || churning_client(listen_b, format!("churn{i}"), stop))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = node_a.migrate("redis", "b").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    let backend_b: SocketAddr = ([127, 0, 0, 1], pb.backend).into();
+    let mut b = RespClient::connect(backend_b).unwrap();
+    for (i, c) in churners.into_iter().enumerate() {
+        let acked = c
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("churn{i}: {e}"));
+        assert!(acked > 0, "churn{i} made progress");
+        assert_eq!(
+            b.cmd(&["GET", &format!("churn{i}")]).unwrap(),
+            Reply::Bulk(acked.to_string().into_bytes()),
+            "churn{i}: every acknowledged INCR on B"
+        );
+    }
+    assert!(report.handover_hold_seconds > 0.0);
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
