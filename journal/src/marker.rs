@@ -40,16 +40,8 @@ impl SnapshotMark {
     /// payload is malformed, which the record checksum makes a bug, not
     /// bit rot).
     pub fn from_record(record: &Record) -> Option<SnapshotMark> {
-        let Record::Marker {
-            mark,
-            lsn_ref,
-            payload,
-            ..
-        } = record
-        else {
-            return None;
-        };
-        if mark != SNAPSHOT || payload.len() < 8 || (payload.len() - 8) % 16 != 0 {
+        let (lsn_ref, payload) = payload_of(record, SNAPSHOT)?;
+        if payload.len() < 8 || (payload.len() - 8) % 16 != 0 {
             return None;
         }
         let mut p: Bytes = payload.clone();
@@ -60,10 +52,24 @@ impl SnapshotMark {
             delivered.insert(conn, p.get_u64());
         }
         Some(SnapshotMark {
-            lsn: *lsn_ref,
+            lsn: lsn_ref,
             resp_total,
             delivered,
         })
+    }
+}
+
+/// The LSN a marker of kind `kind` refers to, and its payload; `None` for
+/// any other record.
+fn payload_of<'a>(record: &'a Record, kind: &str) -> Option<(Lsn, &'a Bytes)> {
+    match record {
+        Record::Marker {
+            mark,
+            lsn_ref,
+            payload,
+            ..
+        } if mark == kind => Some((*lsn_ref, payload)),
+        _ => None,
     }
 }
 
@@ -93,16 +99,8 @@ impl Preambles {
     /// Reads one from a record, with the snapshot point it belongs to;
     /// `None` if it is not one.
     pub fn from_record(record: &Record) -> Option<(Lsn, Preambles)> {
-        let Record::Marker {
-            mark,
-            lsn_ref,
-            payload,
-            ..
-        } = record
-        else {
-            return None;
-        };
-        if mark != PREAMBLES || payload.len() % 20 != 0 {
+        let (lsn_ref, payload) = payload_of(record, PREAMBLES)?;
+        if payload.len() % 20 != 0 {
             return None;
         }
         let mut p: Bytes = payload.clone();
@@ -110,7 +108,7 @@ impl Preambles {
         while p.has_remaining() {
             list.push((p.get_u64(), p.get_u64(), p.get_u32()));
         }
-        Some((*lsn_ref, Preambles(list)))
+        Some((lsn_ref, Preambles(list)))
     }
 }
 
