@@ -112,6 +112,9 @@ enum Svc {
     Redis,
     Seqsvc,
     Memcached,
+    /// memcached with 4 worker threads: connections are spread over
+    /// threads, so concurrent commands run in no order the journal knows.
+    MemcachedThreaded,
 }
 
 impl Svc {
@@ -119,7 +122,7 @@ impl Svc {
         match self {
             Svc::Redis => "redis",
             Svc::Seqsvc => "seqsvc",
-            Svc::Memcached => "memcached",
+            Svc::Memcached | Svc::MemcachedThreaded => "memcached",
         }
     }
 
@@ -128,7 +131,7 @@ impl Svc {
         match self {
             Svc::Redis => &["redis-server", "redis-cli"],
             Svc::Seqsvc => &[],
-            Svc::Memcached => &["memcached"],
+            Svc::Memcached | Svc::MemcachedThreaded => &["memcached"],
         }
     }
 
@@ -161,12 +164,17 @@ impl Svc {
                 };
                 write_service_node_config(dir, name, me, other, "a", &spec)
             }
-            Svc::Memcached => {
+            Svc::Memcached | Svc::MemcachedThreaded => {
                 // -t 1: one worker thread, so its CAS ids follow the input
                 // order; -u: memcached refuses root without it.
+                let start = if self == Svc::Memcached {
+                    "memcached -t 1 -U 0 -l 127.0.0.1 -p {port} -u nobody"
+                } else {
+                    "memcached -t 4 -U 0 -l 127.0.0.1 -p {port} -u nobody"
+                };
                 let spec = ServiceSpec {
                     name: "memcached",
-                    start: "memcached -t 1 -U 0 -l 127.0.0.1 -p {port} -u nobody",
+                    start,
                     snapshot: "driver = \"none\"",
                     ..Default::default()
                 };
@@ -654,6 +662,7 @@ fn suite_label(suite: &str) -> &'static str {
         "b" => "seqsvc: greeting, global sequence, two-part answers, long-lived and churning connections",
         "c" => "seqsvc with a STATS poller (timestamps: must be refused)",
         "d" => "memcached -t 1, gets/cas, incr and append on shared keys (driver none)",
+        "e" => "memcached -t 4 (multi-threaded), the same load as d",
         _ => "",
     }
 }
@@ -1510,9 +1519,19 @@ fn check_mc(logs: &[McLog], cluster: &Cluster, holder: char) -> Verdict {
 
 #[test]
 fn d_memcached_cas_incr_append_on_shared_keys() {
+    memcached_campaign("d", Svc::Memcached);
+}
+
+#[test]
+fn e_multi_threaded_memcached_is_refused_or_exact() {
+    memcached_campaign("e", Svc::MemcachedThreaded);
+}
+
+/// Suites d and e: the same clients and oracle on either memcached.
+fn memcached_campaign(suite: &str, svc: Svc) {
     campaign(
-        "d",
-        Svc::Memcached,
+        suite,
+        svc,
         false,
         |c, ctl| {
             let a = c.proxy_a();
