@@ -3,7 +3,8 @@
 # tests/fidelity.rs (Redis shared counter and list with pipelines and
 # connection churn; seqsvc with greetings, global sequence numbers and
 # answers in two parts; seqsvc with a STATS poller that must be refused;
-# memcached -t 1 with gets/cas, incr and append on shared keys), RUNS
+# memcached -t 1 with gets/cas, incr and append on shared keys; the same on
+# a multi-threaded memcached -t 4), RUNS
 # migrations each between two real node agents on loopback, every reply
 # checked by a client-side oracle. Writes docs/reliability-fidelity.md,
 # which tools/chaos.sh puts into docs/reliability.md.

@@ -453,6 +453,9 @@ async fn client_to_service(
                 )))
             }
         }
+        if ticket.is_some() && shared.forwards.settled() {
+            shared.forwards.forwarded(slot);
+        }
         drop(ticket);
         shared.metrics.client_to_service.increment(n as u64);
     }
@@ -512,6 +515,9 @@ fn receive(n: usize, slot: &ConnSlot, shared: &Shared) {
         .store(slot.forwarded.load(Ordering::Acquire), Ordering::Release);
     if slot.journaling.load(Ordering::Acquire) {
         shared.received_total.fetch_add(n as u64, Ordering::AcqRel);
+        if shared.forwards.settled() {
+            shared.forwards.answered();
+        }
     }
 }
 

@@ -13,5 +13,6 @@ mod server;
 
 pub use answers::AnswerJournaling;
 pub use barrier::{QuiesceError, QuiesceOptions, Quiesced};
+pub use ordering::SETTLE_WAIT;
 pub use route::{Adopted, Dialer, Route, Tunnel, TunnelRequest};
 pub use server::{Proxy, ProxyConfig, ProxyControl, ShutdownReport};

@@ -34,20 +34,74 @@ use tokio::sync::Notify;
 /// Longest a forward waits for older ones before it goes out of order.
 const FORWARD_ORDER_WAIT: Duration = Duration::from_millis(50);
 
+/// In settled mode, how long a forward waits for the service to answer
+/// the one before before it goes anyway (a request without an answer).
+pub const SETTLE_WAIT: Duration = Duration::from_millis(2);
+
 /// Tickets of client records journaled but not forwarded yet.
 #[derive(Default)]
 pub(crate) struct ForwardOrder {
     state: Mutex<ForwardState>,
     changed: Notify,
+    /// Settled mode (a migration is catching up): one unanswered record at
+    /// a time (see [`ForwardTicket::turn`]).
+    settled: std::sync::atomic::AtomicBool,
+    /// Told when answer bytes arrive while in settled mode.
+    answered: Notify,
 }
 
 #[derive(Default)]
 struct ForwardState {
     next: u64,
     pending: BTreeSet<u64>,
+    /// The last record forwarded: its connection and the connection's
+    /// forward count after it (answered once `answered_after` reaches it).
+    last: Option<(Arc<ConnSlot>, u64)>,
 }
 
 impl ForwardOrder {
+    /// Turns settled mode on or off. In it, a record is forwarded only once
+    /// the service answered the record forwarded before it (or after
+    /// `SETTLE_WAIT`): the service then holds at most one unanswered
+    /// record, so it executes them in LSN order whatever order its poll
+    /// would pick — the order a migration's replay reproduces the same
+    /// way. Costs one service round trip per record while on.
+    pub(crate) fn set_settled(&self, on: bool) {
+        self.settled.store(on, Ordering::Release);
+        self.answered.notify_waiters();
+    }
+
+    /// Whether settled mode is on.
+    pub(crate) fn settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Answer bytes arrived (settled mode): wakes a forward waiting for
+    /// the one before it to be answered.
+    pub(crate) fn answered(&self) {
+        self.answered.notify_waiters();
+    }
+
+    /// Record the one just forwarded on `slot` (settled mode).
+    pub(crate) fn forwarded(&self, slot: &Arc<ConnSlot>) {
+        let count = slot.forwarded.load(Ordering::Acquire);
+        self.state.lock().expect("poisoned").last = Some((slot.clone(), count));
+    }
+
+    /// Whether the last record forwarded was answered (or its connection
+    /// is gone from the journal).
+    fn last_answered(&self) -> bool {
+        let s = self.state.lock().expect("poisoned");
+        match &s.last {
+            None => true,
+            Some((slot, count)) => {
+                slot.answered_after.load(Ordering::Acquire) >= *count
+                    || !slot.journaling.load(Ordering::Acquire)
+                    || Arc::strong_count(slot) == 1
+            }
+        }
+    }
+
     /// A ticket for the next record (taken under the journal order lock).
     fn ticket(&self) -> ForwardTicket<'_> {
         let mut s = self.state.lock().expect("poisoned");
@@ -69,6 +123,32 @@ impl ForwardTicket<'_> {
     /// Waits until every older record was forwarded; false if that took
     /// longer than `FORWARD_ORDER_WAIT` (it goes out of order then).
     pub(crate) async fn turn(&self) -> bool {
+        let in_order = self.turn_in_line().await;
+        if self.order.settled() {
+            self.settle().await;
+        }
+        in_order
+    }
+
+    /// Settled mode: waits (at most `SETTLE_WAIT`) until the service
+    /// answered the record forwarded before this one.
+    async fn settle(&self) {
+        let wait = async {
+            loop {
+                let answered = self.order.answered.notified();
+                tokio::pin!(answered);
+                answered.as_mut().enable();
+                if self.order.last_answered() || !self.order.settled() {
+                    return;
+                }
+                answered.await;
+            }
+        };
+        let _ = tokio::time::timeout(SETTLE_WAIT, wait).await;
+    }
+
+    /// Waits until every older record was forwarded.
+    async fn turn_in_line(&self) -> bool {
         let wait = async {
             loop {
                 let changed = self.order.changed.notified();

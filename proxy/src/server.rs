@@ -82,6 +82,17 @@ impl ProxyControl {
         crate::barrier::quiesce(&self.shared, options).await
     }
 
+    /// Settled forwarding on or off (a migration catching up turns it on
+    /// at its snapshot point): see `ordering`.
+    pub fn set_settled_forwarding(&self, on: bool) {
+        self.shared.forwards.set_settled(on);
+    }
+
+    /// Whether forwarding is settled now.
+    pub fn settled_forwarding(&self) -> bool {
+        self.shared.forwards.settled()
+    }
+
     /// Sets where new clients go.
     pub fn set_route(&self, route: Route) {
         *self.shared.route.write().expect("poisoned") = route;

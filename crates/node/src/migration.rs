@@ -170,6 +170,28 @@ fn host<'a>(node: &'a NodeShared, service: &str) -> Result<&'a Arc<ServiceHost>>
         .with_context(|| format!("no service {service:?} on this node"))
 }
 
+/// Settled forwarding on the source's proxy while a replay migration runs;
+/// off again however the source's steps end.
+/// (A service with the `none` driver forwards settled all the time.)
+struct SettledForwarding<'a> {
+    proxy: &'a replaymig_proxy::ProxyControl,
+    was: bool,
+}
+
+impl<'a> SettledForwarding<'a> {
+    fn on(proxy: &'a replaymig_proxy::ProxyControl) -> Self {
+        let was = proxy.settled_forwarding();
+        proxy.set_settled_forwarding(true);
+        SettledForwarding { proxy, was }
+    }
+}
+
+impl Drop for SettledForwarding<'_> {
+    fn drop(&mut self) {
+        self.proxy.set_settled_forwarding(self.was);
+    }
+}
+
 /// What the source runs: where to, under which epoch, how.
 struct Plan<'a> {
     to: &'a str,
@@ -339,6 +361,10 @@ async fn source_steps(
     phases.advance(Phase::Quiescing);
     let hold = quiesce_with_retries(host).await?;
     report.snapshot_lsn = hold.lsn;
+    // From the snapshot point on, the service holds one unanswered record
+    // at a time, so it executes them in LSN order — the order the
+    // destination replays them in, the same way (docs/fidelity.md).
+    let _settled = (!iterative).then(|| SettledForwarding::on(&host.proxy));
     // `none`: the service keeps no state of its own, so the "snapshot" is
     // the empty service at LSN 0 and the destination replays the whole
     // history — which the journal must still hold.
@@ -734,6 +760,8 @@ async fn destination_steps(
     // Every reproduced answer is checked against the journaled digests,
     // and the first difference aborts before any commit.
     options.verify_answers = verify_answers;
+    // As the source forwarded them since the snapshot point.
+    options.settle = Some(replaymig_proxy::SETTLE_WAIT);
     let mut replayer = Replayer::new(options);
     for (first_lsn, count, packed) in early {
         let entries = logship::journal_packed(&host.journal, first_lsn, count, &packed).await?;

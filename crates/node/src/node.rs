@@ -231,6 +231,11 @@ impl Node {
             proxy_config.journal_responses = service.journal_responses;
             proxy_config.service = service.name.clone();
             let proxy = Proxy::bind(proxy_config, journal.clone()).await?;
+            if matches!(service.snapshot.driver(), replaymig_snapshot::Driver::None) {
+                // Its whole journal is replayed by a migration, so all of
+                // it is forwarded settled (docs/fidelity.md).
+                proxy.control().set_settled_forwarding(true);
+            }
             let host = Arc::new(ServiceHost {
                 config: service.clone(),
                 journal,

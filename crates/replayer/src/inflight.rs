@@ -28,6 +28,9 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub(crate) struct InFlight {
     state: Mutex<State>,
+    /// Settled sending: the connection the last record went to, and the
+    /// answer bytes it had read before that record.
+    last_sent: Mutex<Option<(Arc<crate::answers::AnswerReader>, u64)>>,
 }
 
 #[derive(Default)]
@@ -150,6 +153,22 @@ impl InFlight {
                 None => turn.notified().await,
             }
         }
+    }
+
+    /// A record went out on the connection `answers` reads, which had read
+    /// `answered` bytes before it (settled sending).
+    pub(crate) fn sent(&self, answers: Arc<crate::answers::AnswerReader>, answered: u64) {
+        *self.last_sent.lock().expect("poisoned") = Some((answers, answered));
+    }
+
+    /// Drops the last record's connection (the replay is finishing).
+    pub(crate) fn forget_last_sent(&self) {
+        self.last_sent.lock().expect("poisoned").take();
+    }
+
+    /// The last record's connection and what it had read before it.
+    pub(crate) fn last_sent(&self) -> Option<(Arc<crate::answers::AnswerReader>, u64)> {
+        self.last_sent.lock().expect("poisoned").clone()
     }
 
     /// Every applied record up to this LSN has been handed to the target

@@ -66,6 +66,10 @@ pub struct ReplayOptions {
     /// covered by a journaled segment and equal to it; answers beyond what
     /// the original delivered at a hand-over are a divergence too.
     pub verify_answers: bool,
+    /// Settled sending (migration, matching the source proxy's settled
+    /// forwarding): a record goes out only once the target answered the
+    /// one sent before it, or after this long without an answer.
+    pub settle: Option<Duration>,
 }
 
 impl ReplayOptions {
@@ -79,6 +83,7 @@ impl ReplayOptions {
             speed: None,
             compare_answers: false,
             verify_answers: false,
+            settle: None,
         }
     }
 }
@@ -502,6 +507,7 @@ impl Replayer {
                     hurry: self.hurry.clone(),
                     inflight: self.inflight.clone(),
                     turn: turn.clone(),
+                    settle: self.options.settle,
                     warn: self.options.stop_on_divergence,
                     strict: self.options.verify_answers,
                 },
@@ -635,12 +641,10 @@ impl Replayer {
             drop(c.queue);
             ends.push((conn, c.answers, c.base, c.task));
         }
+        let mut closed = Vec::new();
         for (answers, task) in std::mem::take(&mut self.closing) {
             let _ = task.await;
-            self.report.answer_bytes += answers.got();
-            if let Ok(answers) = Arc::try_unwrap(answers) {
-                let _ = answers.stop().await;
-            }
+            closed.push(answers);
         }
         let mut waited = Vec::new();
         for (conn, answers, base, task) in ends {
@@ -657,6 +661,14 @@ impl Replayer {
                 answers.require_checked(owed);
             }
             waited.push((conn, answers, base, end));
+        }
+        // Every task is done: nothing else holds an answer reader now.
+        self.inflight.forget_last_sent();
+        for answers in closed {
+            self.report.answer_bytes += answers.got();
+            if let Ok(answers) = Arc::try_unwrap(answers) {
+                let _ = answers.stop().await;
+            }
         }
         if self.options.verify_answers && !waited.is_empty() {
             // What the target says beyond the original's answers would

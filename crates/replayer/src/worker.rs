@@ -73,6 +73,8 @@ pub(crate) struct WorkerCtx {
     pub inflight: Arc<crate::inflight::InFlight>,
     /// Wakes this task when one of its records becomes the oldest queued.
     pub turn: Arc<tokio::sync::Notify>,
+    /// Settled sending (see `ReplayOptions::settle`).
+    pub settle: Option<Duration>,
     /// Log divergences as warnings (the replay stops at them) rather than
     /// debug lines (the caller lists them all).
     pub warn: bool,
@@ -164,8 +166,20 @@ async fn send(
     if let Some(total) = total {
         crate::wait_total(&ctx.total, total, ctx.timeout).await?;
     }
+    if let Some(settle) = ctx.settle {
+        // The target holds at most one unanswered record, as the source's
+        // service did: it executes them in the order they are sent.
+        if let Some((previous, answered)) = ctx.inflight.last_sent() {
+            let _ = tokio::time::timeout(settle, previous.wait_for(answered + 1)).await;
+        }
+    }
+    let answered = ctx.answers.got();
     // A target that stops reading is a failure, not a reason to hang.
-    match tokio::time::timeout(ctx.timeout, write.write_all(data)).await {
+    let written = tokio::time::timeout(ctx.timeout, write.write_all(data)).await;
+    if ctx.settle.is_some() {
+        ctx.inflight.sent(ctx.answers.clone(), answered);
+    }
+    match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(DivergenceKind::TargetClosed),
         Err(_) => Err(DivergenceKind::TargetIo {
