@@ -155,6 +155,13 @@ struct ProxyArgs {
     /// it again once there are; default 5% of the filesystem, 4–64 MiB.
     #[arg(long, value_name = "BYTES")]
     journal_min_free: Option<u64>,
+    /// Forward a client record only once the service answered the one
+    /// before (at most 2 ms later): the service then executes input in
+    /// journal order, so `replay` reproduces it faithfully, at the cost of
+    /// one service round trip per record (what a migration turns on while
+    /// it catches up; see docs/fidelity.md).
+    #[arg(long)]
+    settled_forwarding: bool,
 }
 
 #[derive(Subcommand)]
@@ -275,6 +282,9 @@ async fn run_proxy(args: ProxyArgs) -> Result<()> {
     config.journal_responses = args.journal_responses;
     config.service = args.service.clone();
     let proxy = Proxy::bind(config, journal.clone()).await?;
+    proxy
+        .control()
+        .set_settled_forwarding(args.settled_forwarding);
     tracing::info!(
         listen = %proxy.local_addr()?,
         backend = %args.backend,

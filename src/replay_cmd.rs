@@ -19,6 +19,7 @@ use replaymig_journal::marker::SnapshotMark;
 use replaymig_journal::{
     ConnId, Durability, Entry, Journal, JournalError, JournalOptions, Lsn, OpenMode, Record,
 };
+use replaymig_proxy::SETTLE_WAIT;
 use replaymig_replayer::{Divergence, DivergenceKind, ReplayOptions, ReplayReport, Replayer};
 use std::collections::{BTreeSet, HashSet};
 use std::io::{IsTerminal, Write};
@@ -72,6 +73,12 @@ pub struct ReplayArgs {
     /// byte counts are compared.
     #[arg(long)]
     compare: bool,
+    /// Send a record only once the target answered the one before (at most
+    /// 2 ms later), as a proxy with `--settled-forwarding` (or a migration
+    /// catching up) forwarded them: the target then executes them in
+    /// journal order, as the original did.
+    #[arg(long)]
+    settled: bool,
     /// Print the summary as one JSON object (with --dry-run: one JSON
     /// object per record).
     #[arg(long)]
@@ -244,6 +251,7 @@ async fn replay(journal: &Journal, args: &ReplayArgs) -> Result<Outcome> {
     options.stop_on_divergence = false;
     options.speed = args.speed.multiplier();
     options.compare_answers = args.compare;
+    options.settle = args.settled.then_some(SETTLE_WAIT);
     let mut replayer = Replayer::new(options);
     if let Some(mark) = &mark {
         replayer.start_at(mark);
