@@ -663,6 +663,7 @@ fn suite_label(suite: &str) -> &'static str {
         "c" => "seqsvc with a STATS poller (timestamps: must be refused)",
         "d" => "memcached -t 1, gets/cas, incr and append on shared keys (driver none)",
         "e" => "memcached -t 4 (multi-threaded), the same load as d",
+        "f" => "Redis, MULTI/EXEC transactions and 96 KiB values on the shared counter and list",
         _ => "",
     }
 }
@@ -687,7 +688,11 @@ fn refusal_kind(reason: &str) -> String {
     ]
     .into_iter()
     .find(|k| reason.contains(k))
-    .unwrap_or("other");
+    .unwrap_or(if reason.contains("did not go quiet") {
+        "barrier not quiet"
+    } else {
+        "other"
+    });
     format!("{phase} {kind}")
 }
 
@@ -792,6 +797,10 @@ enum RedisRole {
     Pipelined,
     /// Sequential, on a new connection every 20 commands.
     Churn,
+    /// MULTI, INCR, RPUSH, EXEC in one write.
+    Transaction,
+    /// SET of a 96 KiB value, INCR, GET of it back, in one write.
+    Large,
 }
 
 #[derive(Debug, Default)]
@@ -879,6 +888,64 @@ fn redis_session(
                     }
                 }
                 ops += 4;
+            }
+            RedisRole::Transaction => {
+                let batch = vec![
+                    vec!["MULTI"],
+                    vec!["INCR", REDIS_COUNTER],
+                    vec!["RPUSH", REDIS_LIST, &item],
+                    vec!["EXEC"],
+                ];
+                let replies = c
+                    .pipeline(&batch)
+                    .map_err(|e| format!("transaction: {e:#} {when}"))?;
+                match replies.as_slice() {
+                    [Reply::Status(ok), Reply::Status(q1), Reply::Status(q2), Reply::Array(done)]
+                        if ok == "OK" && q1 == "QUEUED" && q2 == "QUEUED" =>
+                    {
+                        match done.as_slice() {
+                            [Reply::Int(x), Reply::Int(p)] => {
+                                log.incrs.push(*x);
+                                log.pushes.push((*p, item));
+                            }
+                            other => return Err(format!("EXEC answered {other:?} {when}")),
+                        }
+                    }
+                    other => {
+                        return Err(format!(
+                            "MULTI, INCR, RPUSH, EXEC answered {other:?} {when}"
+                        ))
+                    }
+                }
+                ops += 4;
+            }
+            RedisRole::Large => {
+                let key = format!("fidelity:large:{}", log.name);
+                let value = format!("{item}:{}", "v".repeat(96 * 1024));
+                let batch = vec![
+                    vec!["SET", key.as_str(), value.as_str()],
+                    vec!["INCR", REDIS_COUNTER],
+                    vec!["GET", key.as_str()],
+                ];
+                let replies = c
+                    .pipeline(&batch)
+                    .map_err(|e| format!("large SET: {e:#} {when}"))?;
+                match replies.as_slice() {
+                    [Reply::Status(ok), Reply::Int(x), Reply::Bulk(got)]
+                        if ok == "OK" && got == value.as_bytes() =>
+                    {
+                        log.incrs.push(*x)
+                    }
+                    other => {
+                        let short: Vec<String> = other
+                            .iter()
+                            .map(|r| format!("{r:?}").chars().take(60).collect())
+                            .collect();
+                        return Err(format!("SET, INCR, GET of {key} answered {short:?} {when}"));
+                    }
+                }
+                ops += 3;
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         if role == RedisRole::Churn && ops.is_multiple_of(20) {
@@ -971,6 +1038,26 @@ fn a_redis_shared_counter_and_list() {
                 redis_client("pipe2", RedisRole::Pipelined, a, ctl),
                 redis_client("churn", RedisRole::Churn, a, ctl),
                 redis_client("tunneled", RedisRole::Sequential, c.proxy_b(), ctl),
+            ]
+        },
+        check_redis,
+    );
+}
+
+#[test]
+fn f_redis_transactions_and_large_values_on_shared_keys() {
+    campaign(
+        "f",
+        Svc::Redis,
+        false,
+        |c, ctl| {
+            let a = c.proxy_a();
+            vec![
+                redis_client("multi1", RedisRole::Transaction, a, ctl),
+                redis_client("multi2", RedisRole::Transaction, a, ctl),
+                redis_client("large", RedisRole::Large, a, ctl),
+                redis_client("seq", RedisRole::Sequential, a, ctl),
+                redis_client("tunneled", RedisRole::Transaction, c.proxy_b(), ctl),
             ]
         },
         check_redis,

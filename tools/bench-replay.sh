@@ -2,7 +2,8 @@
 # Replay benchmark (issue #5), all in one run on loopback: record
 # `redis-benchmark -t set -n N -c 50 -P 1` through the journaling proxy
 # (answers journaled as digests, the default), then replay the journal with
-# `--speed max` onto a fresh redis, without and with `--compare`, and run
+# `--speed max` onto a fresh redis, without and with `--compare` (and
+# `--settled`, as a migration catches up), and run
 # the same redis-benchmark straight at a fresh redis. Prints a Markdown table
 # of rates and the ratio replay ÷ redis-benchmark (target ≥ 0.8).
 #
@@ -48,18 +49,20 @@ replay_run
 cp "$work/replay.json" "$work/plain.json"
 replay_run --compare
 cp "$work/replay.json" "$work/compare.json"
+replay_run --compare --settled
+cp "$work/replay.json" "$work/settled.json"
 
 echo
 echo "## replay --speed max vs redis-benchmark -t set -n $N -c 50 -P 1 ($(date -u +%F), $(nproc) cores)"
 echo
-python3 - "$work/plain.json" "$work/compare.json" "$direct_rps" <<'PY'
+python3 - "$work/plain.json" "$work/compare.json" "$work/settled.json" "$direct_rps" <<'PY'
 import json, sys
-plain, compare = (json.load(open(p)) for p in sys.argv[1:3])
-direct = float(sys.argv[3])
+plain, compare, settled = (json.load(open(p)) for p in sys.argv[1:4])
+direct = float(sys.argv[4])
 print("| run | records | data records | records/s | requests/s | MB/s | requests/s ÷ redis-benchmark | divergences |")
 print("|---|---|---|---|---|---|---|---|")
 print(f"| redis-benchmark direct | - | {int(plain['data_records'])} | - | {direct:,.0f} | - | 1.00 | - |")
-for name, r in (("replay", plain), ("replay --compare", compare)):
+for name, r in (("replay", plain), ("replay --compare", compare), ("replay --compare --settled (a migration's catch-up)", settled)):
     req = r["data_records"] / r["elapsed_seconds"]
     print(f"| {name} | {r['records']} | {r['data_records']} | {r['records_per_second']:,.0f} | {req:,.0f} "
           f"| {r['megabytes_per_second']:.2f} | {req / direct:.2f} | {r['divergence_count']} |")
