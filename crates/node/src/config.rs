@@ -20,7 +20,10 @@
 //! ready = "redis-cli -p {port} PING | grep -q PONG"
 //! data_dir = "/var/lib/redis"
 //! [service.snapshot]
-//! driver = "exec"                            # exec | criu | none
+//! driver = "exec"                            # exec | criu | none (none: the service
+//!                                            # starts empty and a migration replays its
+//!                                            # whole journal, so its proxy always forwards
+//!                                            # settled: docs/fidelity.md)
 //! dump = ["redis-cli -p 6379 SAVE", "cp {data_dir}/dump.rdb {snapshot_dir}/"]
 //! restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/"]
 //! ```

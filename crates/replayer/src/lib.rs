@@ -2,24 +2,23 @@
 //! point into the restored service, then hand the connections over) and the
 //! debugging tool (`replaymig replay`).
 //!
-//! Records are applied in LSN order. Each journaled connection gets a fresh
-//! connection to the target. Before a data record is sent, the target must
-//! have produced, on that connection, as many answer bytes as the original
-//! client had received when it sent it (`resp_before`), and, across all
-//! connections, as many as were delivered journal-wide (`resp_total_before`)
-//! — both counted from the replay's starting point. Answers are read as
-//! they come and counted; those the original client had received are
-//! dropped, the rest kept for a connection take-over (see `answers`);
-//! missing or extra answer bytes are divergences.
-//!
-//! Limits, by design: per-connection order is kept, and order across
-//! connections wherever it was causal (a client acted on an answer), but two
-//! connections writing the same key concurrently are not ordered the way the
-//! original service happened to order them (an L4 proxy cannot see that);
-//! a fresh connection has no per-connection state of the
-//! original (e.g. a Redis `SELECT` or `MULTI` issued before the starting
-//! point); a service that answers non-deterministically (timestamps, random
-//! ids) diverges in content but not in counts unless answer lengths change.
+//! Records go to the target in LSN order, through one sequencer
+//! (`inflight`). Each journaled connection gets a fresh connection to the
+//! target. Before a data record is sent, the target must have produced, on
+//! that connection, as many answer bytes as the original client had
+//! received when it sent it (`resp_before`), across all connections as
+//! many as were delivered journal-wide (`resp_total_before`) — both counted
+//! from the replay's starting point — and every answer segment journaled
+//! before the record (the proxy journals every answer it delivered before
+//! reading a record ahead of it). With `settle`, a record also waits until
+//! the target answered the one sent before it, as the source's proxy did
+//! while a migration caught up, so the target executes input in LSN order.
+//! Answers are read as they come and counted; with `compare_answers` they
+//! are checked against the journaled segments, and with `verify_answers`
+//! (migration) every byte up to a close or hand-over must be covered and
+//! equal. Those the original client had received are dropped, the rest kept
+//! for a connection take-over (see `answers`); any difference is a
+//! divergence (see docs/fidelity.md for what can still differ).
 
 mod answers;
 pub mod compare;
