@@ -66,7 +66,7 @@ fn dead_backend_closes_the_client_counts_the_error_and_keeps_serving() {
 #[test]
 fn taken_ports_and_bad_addresses_exit_non_zero_with_a_reason() {
     let dir = TempDir::new().unwrap();
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
     let journal = dir.path().join("j");
     let j = journal.to_str().unwrap();

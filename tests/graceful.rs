@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use replaymig_journal::Record;
-use replaymig_testkit::RedisServer;
+use replaymig_testkit::{free_port, RedisServer};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +67,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_slow_client_slows_the_service_instead_of_growing_proxy_memory() {
     const TOTAL: u64 = 128 << 20;
-    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let backend_addr = backend.local_addr().unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let sent_by_backend = sent.clone();

@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use replaymig_journal::Record;
+use replaymig_testkit::free_port;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -23,7 +24,7 @@ fn pattern(len: usize) -> Vec<u8> {
 #[test]
 fn client_half_close_still_receives_the_full_answer() {
     // Backend: read to EOF, then answer with 1 MiB and close.
-    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let backend_addr = backend.local_addr().unwrap();
     let (got_tx, got_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -79,7 +80,7 @@ fn client_half_close_still_receives_the_full_answer() {
 #[test]
 fn service_half_close_still_receives_the_client_input() {
     // Backend: greet, shut its write side, then read the client to EOF.
-    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let backend_addr = backend.local_addr().unwrap();
     let (got_tx, got_rx) = mpsc::channel();
     std::thread::spawn(move || {
