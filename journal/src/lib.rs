@@ -48,8 +48,32 @@ impl Appending {
 }
 
 /// Most encoded bytes one multi-record append may carry (one group
-/// commit): a receiver of shipped batches splits larger ones by it.
+/// commit): see [`split_for_append`].
 pub const MAX_APPEND_BYTES: usize = writer::MAX_GROUP_BYTES;
+
+/// Splits `items` (records, or entries holding them) into consecutive runs
+/// whose encoded size stays within one append ([`MAX_APPEND_BYTES`]), in
+/// order; `record` reaches each item's record. A record larger than the
+/// limit on its own is a run by itself (the journal refuses it, with its
+/// reason).
+pub fn split_for_append<T>(items: Vec<T>, record: impl Fn(&T) -> &Record) -> Vec<Vec<T>> {
+    let mut runs = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let len = record(&item).encoded_len_hint();
+        if !current.is_empty() && bytes + len > MAX_APPEND_BYTES {
+            runs.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += len;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs
+}
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -186,16 +210,13 @@ impl Journal {
             check_batch(&records)?;
             Records::Many(records)
         };
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .requests
-            .send(Request::Append {
+        let answer = self
+            .send(|enqueued, reply| Request::Append {
                 records,
-                enqueued: Instant::now(),
+                enqueued,
                 reply,
             })
-            .await
-            .map_err(|_| JournalError::Closed)?;
+            .await?;
         Ok(Appending(answer))
     }
 
@@ -228,13 +249,22 @@ impl Journal {
         &self,
         make: impl FnOnce(Instant, oneshot::Sender<Result<Lsn>>) -> Request,
     ) -> Result<Lsn> {
+        Appending(self.send(make).await?).durable().await
+    }
+
+    /// Hands one append request to the writer; its answer comes on the
+    /// returned channel.
+    async fn send(
+        &self,
+        make: impl FnOnce(Instant, oneshot::Sender<Result<Lsn>>) -> Request,
+    ) -> Result<oneshot::Receiver<Result<Lsn>>> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .requests
             .send(make(Instant::now(), reply))
             .await
             .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        Ok(answer)
     }
 
     /// The last durable LSN, 0 if nothing was ever appended.

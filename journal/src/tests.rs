@@ -370,3 +370,32 @@ async fn an_unfinished_sled_snapshot_left_by_a_full_disk_does_not_refuse_the_ope
     assert!(!leftover.exists(), "the leftover is removed");
     j.close().await.unwrap();
 }
+
+#[test]
+fn records_past_one_append_are_split_in_order() {
+    let big = |n| Record::data(1, 0, 0, Bytes::from(vec![0u8; n]));
+    let records: Vec<Record> = (0..9).map(|_| big(1 << 20)).collect();
+    let runs = split_for_append(records, |r| r);
+    assert!(runs.len() >= 3, "{} runs", runs.len());
+    assert_eq!(runs.iter().map(Vec::len).sum::<usize>(), 9);
+    for run in &runs {
+        let bytes: usize = run.iter().map(Record::encoded_len_hint).sum();
+        assert!(bytes <= MAX_APPEND_BYTES);
+    }
+    assert_eq!(
+        split_for_append(vec![Record::half_closed(1)], |r| r).len(),
+        1
+    );
+    // Entries keep their order across runs; an oversized one stands alone.
+    let entries: Vec<Entry> = [MAX_APPEND_BYTES, 10, 10]
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| Entry {
+            lsn: i as Lsn + 1,
+            record: big(n),
+        })
+        .collect();
+    let runs = split_for_append(entries.iter().collect(), |e: &&Entry| &e.record);
+    let firsts: Vec<_> = runs.iter().map(|r| (r[0].lsn, r.len())).collect();
+    assert_eq!(firsts, [(1, 1), (2, 2)]);
+}

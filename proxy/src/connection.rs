@@ -416,15 +416,16 @@ async fn client_to_service(
         // sending: a stricter bound, never a looser one.
         let journaling = slot.journaling.load(Ordering::Acquire);
         if n == 0 {
-            // End of input is input too.
-            if journaling {
+            // End of input is input too (and forwarded in its turn).
+            let _ticket = if journaling {
                 let ticket =
                     crate::ordering::journal_input(shared, slot, |_, _| Record::half_closed(conn))
                         .await?;
                 in_order(&ticket, shared).await;
-                let _ = slot.backend_write.lock().await.shutdown().await;
-                return Ok(());
-            }
+                Some(ticket)
+            } else {
+                None
+            };
             let _ = slot.backend_write.lock().await.shutdown().await;
             return Ok(());
         }

@@ -296,33 +296,14 @@ pub async fn journal_batch(
     // A batch may pass the journal's group limit (it closes once past its
     // own byte limit, and answers kept in `full` mode are large): append
     // it in as many groups as it takes, in order.
-    for group in groups_within(&entries, replaymig_journal::MAX_APPEND_BYTES) {
-        let first = group[0].lsn;
+    for run in replaymig_journal::split_for_append(entries.iter().collect(), |e: &&Entry| &e.record)
+    {
+        let first = run[0].lsn;
         journal
-            .append_at(first, group.iter().map(|e| e.record.clone()).collect())
+            .append_at(first, run.iter().map(|e| e.record.clone()).collect())
             .await?;
     }
     Ok(entries)
-}
-
-/// Splits `entries` into consecutive runs whose encoded size stays within
-/// `limit` (a record larger than the limit on its own is a run by itself;
-/// the journal refuses it with its reason).
-fn groups_within(entries: &[Entry], limit: usize) -> Vec<&[Entry]> {
-    let mut groups = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, e) in entries.iter().enumerate() {
-        let len = e.record.encoded_len_hint();
-        if i > start && bytes + len > limit {
-            groups.push(&entries[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += len;
-    }
-    if start < entries.len() {
-        groups.push(&entries[start..]);
-    }
-    groups
 }
 
 /// Tells the sender everything up to `lsn` is journaled and applied.
@@ -334,25 +315,6 @@ pub async fn ack(link: &mut PeerLink, lsn: Lsn) -> Result<(), ShipError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_batch_past_the_group_limit_is_split_in_order() {
-        let entry = |lsn, n| Entry {
-            lsn,
-            record: Record::data(1, 0, 0, bytes::Bytes::from(vec![b'x'; n])),
-        };
-        let entries: Vec<Entry> = (1..=5).map(|lsn| entry(lsn, 1000)).collect();
-        let groups = groups_within(&entries, 2100);
-        let firsts: Vec<_> = groups.iter().map(|g| (g[0].lsn, g.len())).collect();
-        assert_eq!(firsts, [(1, 2), (3, 2), (5, 1)]);
-        let big = vec![entry(1, 5000), entry(2, 10)];
-        assert_eq!(
-            groups_within(&big, 2100).len(),
-            2,
-            "an oversized record alone"
-        );
-        assert_eq!(groups_within(&entries, usize::MAX).len(), 1);
-    }
 
     #[test]
     fn batches_pack_and_unpack_and_bad_ones_are_refused() {

@@ -374,13 +374,16 @@ impl Replayer {
         self.inflight.applied(lsn);
         let first = *self.first_lsn.get_or_insert(lsn);
         let Some(conn) = entry.record.conn(lsn) else {
+            // Marks of the point this replay starts right after.
+            let no_data_yet = self.report.data_records == 0;
+            let starts_here = |at: Lsn| at + 1 == first && no_data_yet;
             if let Some(mark) = SnapshotMark::from_record(&entry.record) {
-                if mark.lsn + 1 == first && self.report.data_records == 0 {
+                if starts_here(mark.lsn) {
                     self.start_at(&mark);
                 }
             }
             if let Some((at, preambles)) = Preambles::from_record(&entry.record) {
-                if at + 1 == first && self.report.data_records == 0 {
+                if starts_here(at) {
                     self.set_preambles(&preambles);
                 }
             }
@@ -508,7 +511,6 @@ impl Replayer {
                     turn: turn.clone(),
                     settle: self.options.settle,
                     warn: self.options.stop_on_divergence,
-                    strict: self.options.verify_answers,
                 },
             ));
             self.conns.insert(
@@ -656,9 +658,8 @@ impl Replayer {
                     .expect("poisoned")
                     .push(Divergence { lsn, conn, kind });
             }
-            if self.options.verify_answers {
-                answers.require_checked(owed);
-            }
+            // Strict checking (migration): every answer byte compared.
+            answers.require_checked(owed);
             waited.push((conn, answers, base, end));
         }
         // Every task is done: nothing else holds an answer reader now.

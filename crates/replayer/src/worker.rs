@@ -78,9 +78,6 @@ pub(crate) struct WorkerCtx {
     /// Log divergences as warnings (the replay stops at them) rather than
     /// debug lines (the caller lists them all).
     pub warn: bool,
-    /// Strict answer checking (migration): at a close, every answer byte
-    /// must have been compared with the journal.
-    pub strict: bool,
 }
 
 pub(crate) async fn run(
@@ -192,9 +189,8 @@ async fn send(
 async fn close(ctx: &WorkerCtx, expected: u64) -> Result<(), DivergenceKind> {
     ctx.answers.raise_watermark(expected);
     crate::wait_answers(&ctx.answers, expected, ctx.timeout).await?;
-    if ctx.strict {
-        ctx.answers.require_checked(expected);
-    }
+    // Strict checking (migration): every answer byte compared.
+    ctx.answers.require_checked(expected);
     // Give the target a moment to show answers the original never had
     // (unless the replay is finishing: then what arrived so far decides).
     tokio::select! {
