@@ -27,22 +27,29 @@
 //! * d: memcached (`-t 1`): gets/cas read-modify-write of one key, incr of
 //!   one counter, append to one key; snapshot driver `none` (replay from
 //!   LSN 1).
+//! * e: memcached -t 4: refused or exact.
+//! * f: Redis MULTI/EXEC and 96 KiB values on the shared keys.
+//! * g, h: suites a and b with the criu driver; a restored process keeps
+//!   its address, so these nodes run in a testbed's two network
+//!   namespaces (root; skipped with the reason otherwise).
 //!
 //! Suites run one at a time (a lock): a 2-core machine loaded by two of
 //! them at once measures the machine, not the migration.
 
 mod common;
 
-use common::{replaymig, start_node};
+use common::{replaymig, start_node_in};
 use replaymig_testkit::seqsvc::{Answer, GREETING};
 use replaymig_testkit::{
-    listener_pids, toml_string, wait_for_listen, write_node_config, write_service_node_config,
-    ChildGuard, NodePorts, Reply, RespClient, ServiceSpec, StopListenersOnDrop,
+    is_root, listener_pids, toml_string, wait_for_listen, write_node_config,
+    write_service_node_config, ChildGuard, NodePorts, Reply, RespClient, ServiceSpec,
+    StopListenersOnDrop, StopNetnsListenersOnDrop, Testbed,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::Command;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +59,8 @@ use tempfile::TempDir;
 
 /// The test service's binary, built by cargo for this test run.
 const SEQSVC: &str = env!("CARGO_BIN_EXE_replaymig-seqsvc");
+/// Where tools/install-criu.sh puts CRIU (the criu driver's default).
+const CRIU: &str = "/opt/replaymig/criu/bin/criu";
 /// Every load loop ends by then, whatever happens.
 const LOAD_BOUND: Duration = Duration::from_secs(20);
 /// ... or after this many commands per client.
@@ -99,6 +108,13 @@ fn have(program: &str) -> bool {
     })
 }
 
+/// Moves the calling thread into network namespace `ns` (a testbed
+/// node's): sockets it opens from then on are there.
+fn enter_netns(ns: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the namespace");
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
 /// `s` as one shell word.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -115,13 +131,19 @@ enum Svc {
     /// memcached with 4 worker threads: connections are spread over
     /// threads, so concurrent commands run in no order the journal knows.
     MemcachedThreaded,
+    /// Redis checkpointed and restored by CRIU (its own PID namespace, so
+    /// the restore gets its PIDs back). A restored process keeps its
+    /// address, so the nodes run in a testbed's two network namespaces.
+    RedisCriu,
+    /// seqsvc checkpointed and restored by CRIU, in a testbed.
+    SeqsvcCriu,
 }
 
 impl Svc {
     fn name(self) -> &'static str {
         match self {
-            Svc::Redis => "redis",
-            Svc::Seqsvc => "seqsvc",
+            Svc::Redis | Svc::RedisCriu => "redis",
+            Svc::Seqsvc | Svc::SeqsvcCriu => "seqsvc",
             Svc::Memcached | Svc::MemcachedThreaded => "memcached",
         }
     }
@@ -132,7 +154,35 @@ impl Svc {
             Svc::Redis => &["redis-server", "redis-cli"],
             Svc::Seqsvc => &[],
             Svc::Memcached | Svc::MemcachedThreaded => &["memcached"],
+            Svc::RedisCriu => &[
+                "redis-server",
+                "redis-cli",
+                "unshare",
+                "setsid",
+                "nsenter",
+                "ip",
+            ],
+            Svc::SeqsvcCriu => &["unshare", "setsid", "nsenter", "ip"],
         }
+    }
+
+    /// Whether its nodes run in a testbed (two network namespaces).
+    fn in_testbed(self) -> bool {
+        matches!(self, Svc::RedisCriu | Svc::SeqsvcCriu)
+    }
+
+    /// Why this machine cannot run it (a skip reason), if it cannot.
+    fn unavailable(self) -> Option<String> {
+        if let Some(p) = self.programs().iter().find(|p| !have(p)) {
+            return Some(format!("{p} is not installed (tools/setup.sh installs it)"));
+        }
+        if self.in_testbed() && !is_root() {
+            return Some("CRIU and network namespaces need root".into());
+        }
+        if self.in_testbed() && !Path::new(CRIU).exists() {
+            return Some(format!("{CRIU} is missing (tools/install-criu.sh)"));
+        }
+        None
     }
 
     /// Writes node `name`'s configuration (both nodes name a as owner).
@@ -145,6 +195,31 @@ impl Svc {
     ) -> std::path::PathBuf {
         match self {
             Svc::Redis => write_node_config(dir, name, me, other, "a", None, None),
+            Svc::RedisCriu => {
+                let spec = ServiceSpec {
+                    name: "redis",
+                    start:
+                        "unshare --pid --fork setsid redis-server --port {port} --bind 127.0.0.1 \
+                            --dir {data_dir} --save '' --appendonly no",
+                    ready: Some("redis-cli -p {port} PING | grep -q PONG"),
+                    snapshot: "driver = \"criu\"",
+                    ..Default::default()
+                };
+                write_service_node_config(dir, name, me, other, "a", &spec)
+            }
+            Svc::SeqsvcCriu => {
+                let start = format!(
+                    "unshare --pid --fork setsid {} --listen 127.0.0.1:{{port}} --state {{data_dir}}/state",
+                    shell_quote(SEQSVC)
+                );
+                let spec = ServiceSpec {
+                    name: "seqsvc",
+                    start: &start,
+                    snapshot: "driver = \"criu\"",
+                    ..Default::default()
+                };
+                write_service_node_config(dir, name, me, other, "a", &spec)
+            }
             Svc::Seqsvc => {
                 let bin = shell_quote(SEQSVC);
                 let start = format!(
@@ -184,7 +259,7 @@ impl Svc {
     }
 }
 
-/// Two node agents on loopback; a owns the service.
+/// Two node agents, on loopback or in a testbed; a owns the service.
 struct Cluster {
     svc: Svc,
     pa: NodePorts,
@@ -193,7 +268,9 @@ struct Cluster {
     b: ChildGuard,
     /// After the nodes: a service a killed node left behind is stopped
     /// by its port (its PID found from the listening socket).
-    _services: StopListenersOnDrop,
+    _services: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// After the services: the namespaces, if the nodes run in a testbed.
+    testbed: Option<Testbed>,
     /// Last: removed when everything in it has stopped.
     dir: TempDir,
 }
@@ -231,12 +308,34 @@ impl Cluster {
             "fidelity-test-secret-0123456789abcdef",
         )
         .unwrap();
-        let (pa, pb) = (NodePorts::loopback(), NodePorts::loopback());
+        let testbed = svc.in_testbed().then(|| {
+            let name = format!("rmfid{}", std::process::id() % 100_000);
+            Testbed::up(&name, None).expect("testbed up")
+        });
+        let (mut pa, mut pb) = (NodePorts::loopback(), NodePorts::loopback());
+        let mut services: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+        match &testbed {
+            Some(tb) => {
+                // A restored process keeps its address: the service
+                // listens on the same port on both nodes (each node has
+                // its own port space).
+                (pa.ip, pb.ip) = (tb.addr('a'), tb.addr('b'));
+                pb.backend = pa.backend;
+                for (node, p) in [('a', &pa), ('b', &pb)] {
+                    services.push(Box::new(StopNetnsListenersOnDrop {
+                        netns: tb.netns(node),
+                        ports: vec![p.backend],
+                    }));
+                }
+            }
+            None => services.push(Box::new(StopListenersOnDrop(vec![pa.backend, pb.backend]))),
+        }
+        let netns = |node| testbed.as_ref().map(|tb| tb.netns(node));
         let ca = svc.config(dir.path(), "a", &pa, ("b", &pb));
         let cb = svc.config(dir.path(), "b", &pb, ("a", &pa));
-        let services = StopListenersOnDrop(vec![pa.backend, pb.backend]);
-        let a = start_node(dir.path(), "a", &ca, pa.admin, &[], &[]);
-        let b = start_node(dir.path(), "b", &cb, pb.admin, &[], &[]);
+        let (na, nb) = (netns('a'), netns('b'));
+        let a = start_node_in(na.as_deref(), dir.path(), "a", &ca, pa.admin, &[], &[]);
+        let b = start_node_in(nb.as_deref(), dir.path(), "b", &cb, pb.admin, &[], &[]);
         let cluster = Cluster {
             svc,
             pa,
@@ -244,18 +343,55 @@ impl Cluster {
             a,
             b,
             _services: services,
+            testbed,
             dir,
         };
-        for (port, what) in [
-            (pa.backend, "a's service"),
-            (pa.listen, "a's proxy"),
-            (pb.listen, "b's proxy"),
+        for (node, port, what) in [
+            ('a', pa.backend, "a's service"),
+            ('a', pa.listen, "a's proxy"),
+            ('b', pb.listen, "b's proxy"),
         ] {
-            if let Err(e) = wait_for_listen(port, Duration::from_secs(30)) {
+            if let Err(e) = cluster.on(node, || wait_for_listen(port, Duration::from_secs(30))) {
                 panic!("{what} did not come up: {e}\n{}", cluster.logs());
             }
         }
         cluster
+    }
+
+    /// The network namespace of `node`'s testbed host, if in a testbed.
+    fn netns(&self, node: char) -> Option<String> {
+        self.testbed.as_ref().map(|tb| tb.netns(node))
+    }
+
+    /// Runs `f` on `node`: in its network namespace (on a scoped thread
+    /// that entered it) if in a testbed, else right here.
+    fn on<T: Send>(&self, node: char, f: impl FnOnce() -> T + Send) -> T {
+        let Some(ns) = self.netns(node) else {
+            return f();
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    enter_netns(&ns);
+                    f()
+                })
+                .join()
+                .expect("a thread on a testbed node panicked")
+        })
+    }
+
+    /// `replaymig ARGS` run on `node` (its admin endpoint listens on the
+    /// node's loopback).
+    fn replaymig_on(&self, node: char) -> Command {
+        match self.netns(node) {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg(env!("CARGO_BIN_EXE_replaymig"));
+                c
+            }
+            None => replaymig(),
+        }
     }
 
     fn proxy_a(&self) -> SocketAddr {
@@ -282,7 +418,8 @@ impl Cluster {
 
     /// The service's entry of node `node`'s `status --json`.
     fn status(&self, node: char) -> Result<serde_json::Value, String> {
-        let out = replaymig()
+        let out = self
+            .replaymig_on(node)
             .args(["status", "--json", "--admin"])
             .arg(format!("127.0.0.1:{}", self.admin(node)))
             .output()
@@ -324,11 +461,12 @@ impl Cluster {
     fn service_stopped(&self, node: char) -> Result<(), String> {
         let port = self.backend(node).port();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !listener_pids(port).is_empty() {
+        let listeners = || self.on(node, || listener_pids(port));
+        while !listeners().is_empty() {
             if Instant::now() > deadline {
                 return Err(format!(
                     "node {node}'s copy of the service still runs (port {port}, pids {:?})",
-                    listener_pids(port)
+                    listeners()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -339,7 +477,8 @@ impl Cluster {
     /// `replaymig migrate SERVICE --to b`, to its end (bounded).
     fn migrate(&self) -> Migration {
         let started = Instant::now();
-        let mut child = replaymig()
+        let mut child = self
+            .replaymig_on('a')
             .args(["migrate", self.svc.name(), "--to", "b", "--admin"])
             .arg(format!("127.0.0.1:{}", self.pa.admin))
             .stdout(Stdio::piped())
@@ -407,14 +546,26 @@ struct Control {
     stop: Arc<AtomicBool>,
     migrated: Arc<AtomicBool>,
     deadline: Instant,
+    /// In a testbed: the namespace clients run in (node a's; b's proxy is
+    /// reached over the testbed's link).
+    netns: Option<String>,
 }
 
 impl Control {
-    fn new() -> Control {
+    fn new(cluster: &Cluster) -> Control {
         Control {
             stop: Arc::new(AtomicBool::new(false)),
             migrated: Arc::new(AtomicBool::new(false)),
             deadline: Instant::now() + LOAD_BOUND,
+            netns: cluster.netns('a'),
+        }
+    }
+
+    /// Called first on every client thread: enters the clients' network
+    /// namespace, if any, so the sockets it opens are there.
+    fn enter(&self) {
+        if let Some(ns) = &self.netns {
+            enter_netns(ns);
         }
     }
 
@@ -484,16 +635,16 @@ fn exactly_one_to_n(values: &[i64], what: &str) -> Vec<String> {
 /// Runs one suite: `runs()` migrations, each on fresh nodes under the load
 /// `clients` starts; `check` is the oracle against the node holding the
 /// service. `must_refuse`: an exit 0 is itself a failure.
-fn campaign<L: Send + 'static>(
+fn campaign<L: Send + Sync + 'static>(
     suite: &str,
     svc: Svc,
     must_refuse: bool,
     clients: impl Fn(&Cluster, &Control) -> Vec<JoinHandle<L>>,
-    check: impl Fn(&[L], &Cluster, char) -> Verdict,
+    check: impl Fn(&[L], &Cluster, char) -> Verdict + Sync,
 ) {
     let _one_at_a_time = serial();
-    if let Some(p) = svc.programs().iter().find(|p| !have(p)) {
-        eprintln!("SKIP fidelity {suite}: {p} is not installed (tools/setup.sh installs it)");
+    if let Some(why) = svc.unavailable() {
+        eprintln!("SKIP fidelity {suite}: {why}");
         return;
     }
     let runs = runs();
@@ -502,7 +653,7 @@ fn campaign<L: Send + 'static>(
     let mut reasons = Vec::new();
     for run in 1..=runs {
         let cluster = Cluster::start(svc);
-        let ctl = Control::new();
+        let ctl = Control::new(&cluster);
         let handles = clients(&cluster, &ctl);
         std::thread::sleep(WARM_UP);
         let m = cluster.migrate();
@@ -569,7 +720,7 @@ fn campaign<L: Send + 'static>(
             }
             'a'
         };
-        let verdict = check(&logs, &cluster, holder);
+        let verdict = cluster.on(holder, || check(&logs, &cluster, holder));
         failures.extend(verdict.failures);
 
         let outcome = match (m.succeeded(), failures.is_empty()) {
@@ -605,6 +756,9 @@ fn campaign<L: Send + 'static>(
                 format!("{} failures", failures.len())
             }
         );
+        if std::env::var_os("FIDELITY_VERBOSE").is_some() {
+            eprintln!("--- migrate stdout\n{}", m.stdout.trim_end());
+        }
         if !failures.is_empty() {
             details.push(format!(
                 "=== fidelity {suite} run {run}: {outcome}\n- {}\n--- migrate stdout\n{}\n--- migrate stderr\n{}\n{}",
@@ -664,6 +818,8 @@ fn suite_label(suite: &str) -> &'static str {
         "d" => "memcached -t 1, gets/cas, incr and append on shared keys (driver none)",
         "e" => "memcached -t 4 (multi-threaded), the same load as d",
         "f" => "Redis, MULTI/EXEC transactions and 96 KiB values on the shared counter and list",
+        "g" => "suite a with the criu driver (nodes in two network namespaces)",
+        "h" => "suite b with the criu driver (nodes in two network namespaces)",
         _ => "",
     }
 }
@@ -822,6 +978,7 @@ fn redis_client(
 ) -> JoinHandle<RedisLog> {
     let (name, ctl) = (name.to_string(), ctl.clone());
     std::thread::spawn(move || {
+        ctl.enter();
         let mut log = RedisLog {
             name,
             ..Default::default()
@@ -1023,23 +1180,32 @@ fn check_redis(logs: &[RedisLog], cluster: &Cluster, holder: char) -> Verdict {
     }
 }
 
+/// Suites a and g: 6 clients on one shared counter and list.
+fn redis_shared_clients(c: &Cluster, ctl: &Control) -> Vec<JoinHandle<RedisLog>> {
+    let a = c.proxy_a();
+    vec![
+        redis_client("seq1", RedisRole::Sequential, a, ctl),
+        redis_client("seq2", RedisRole::Sequential, a, ctl),
+        redis_client("pipe1", RedisRole::Pipelined, a, ctl),
+        redis_client("pipe2", RedisRole::Pipelined, a, ctl),
+        redis_client("churn", RedisRole::Churn, a, ctl),
+        redis_client("tunneled", RedisRole::Sequential, c.proxy_b(), ctl),
+    ]
+}
+
 #[test]
 fn a_redis_shared_counter_and_list() {
+    campaign("a", Svc::Redis, false, redis_shared_clients, check_redis);
+}
+
+/// Suite a with the criu driver: the frozen process is the snapshot.
+#[test]
+fn g_redis_shared_counter_and_list_with_criu() {
     campaign(
-        "a",
-        Svc::Redis,
+        "g",
+        Svc::RedisCriu,
         false,
-        |c, ctl| {
-            let a = c.proxy_a();
-            vec![
-                redis_client("seq1", RedisRole::Sequential, a, ctl),
-                redis_client("seq2", RedisRole::Sequential, a, ctl),
-                redis_client("pipe1", RedisRole::Pipelined, a, ctl),
-                redis_client("pipe2", RedisRole::Pipelined, a, ctl),
-                redis_client("churn", RedisRole::Churn, a, ctl),
-                redis_client("tunneled", RedisRole::Sequential, c.proxy_b(), ctl),
-            ]
-        },
+        redis_shared_clients,
         check_redis,
     );
 }
@@ -1118,6 +1284,7 @@ struct SeqLog {
 fn seq_client(name: &str, role: SeqRole, addr: SocketAddr, ctl: &Control) -> JoinHandle<SeqLog> {
     let (name, ctl) = (name.to_string(), ctl.clone());
     std::thread::spawn(move || {
+        ctl.enter();
         let mut log = SeqLog {
             name,
             ..Default::default()
@@ -1303,26 +1470,29 @@ fn check_seq(logs: &[SeqLog], cluster: &Cluster, holder: char) -> Verdict {
     }
 }
 
+/// Suites b and h: steady, pipelined, churning and idle connections.
+fn seq_sequence_clients(c: &Cluster, ctl: &Control) -> Vec<JoinHandle<SeqLog>> {
+    let a = c.proxy_a();
+    vec![
+        seq_client("steady1", SeqRole::Steady, a, ctl),
+        seq_client("steady2", SeqRole::Steady, a, ctl),
+        seq_client("pipe", SeqRole::Pipelined, a, ctl),
+        seq_client("churn", SeqRole::Churn, a, ctl),
+        seq_client("idle1", SeqRole::Idle, a, ctl),
+        seq_client("idle2", SeqRole::Idle, a, ctl),
+        seq_client("tunneled", SeqRole::Steady, c.proxy_b(), ctl),
+    ]
+}
+
 #[test]
 fn b_seqsvc_global_sequence_with_greetings_and_split_answers() {
-    campaign(
-        "b",
-        Svc::Seqsvc,
-        false,
-        |c, ctl| {
-            let a = c.proxy_a();
-            vec![
-                seq_client("steady1", SeqRole::Steady, a, ctl),
-                seq_client("steady2", SeqRole::Steady, a, ctl),
-                seq_client("pipe", SeqRole::Pipelined, a, ctl),
-                seq_client("churn", SeqRole::Churn, a, ctl),
-                seq_client("idle1", SeqRole::Idle, a, ctl),
-                seq_client("idle2", SeqRole::Idle, a, ctl),
-                seq_client("tunneled", SeqRole::Steady, c.proxy_b(), ctl),
-            ]
-        },
-        check_seq,
-    );
+    campaign("b", Svc::Seqsvc, false, seq_sequence_clients, check_seq);
+}
+
+/// Suite b with the criu driver.
+#[test]
+fn h_seqsvc_global_sequence_with_criu() {
+    campaign("h", Svc::SeqsvcCriu, false, seq_sequence_clients, check_seq);
 }
 
 /// Must be refused every time. Until replay compares answer content with
@@ -1381,6 +1551,7 @@ struct McLog {
 fn mc_client(name: &str, role: McRole, addr: SocketAddr, ctl: &Control) -> JoinHandle<McLog> {
     let (name, ctl) = (name.to_string(), ctl.clone());
     std::thread::spawn(move || {
+        ctl.enter();
         let mut log = McLog {
             name,
             ..Default::default()

@@ -128,12 +128,39 @@ pub fn start_node(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> ChildGuard {
+    start_node_in(None, dir, name, config, admin, env, args)
+}
+
+/// [`start_node`] inside network namespace `netns` (a testbed node's,
+/// through `nsenter`, which execs the agent: the guard holds its PID),
+/// waiting for the admin port in that namespace.
+pub fn start_node_in(
+    netns: Option<&str>,
+    dir: &Path,
+    name: &str,
+    config: &Path,
+    admin: u16,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> ChildGuard {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("{name}.log")))
         .unwrap();
-    let child = replaymig()
+    let mut cmd = match netns {
+        Some(ns) => {
+            // nsenter, not `ip netns exec`: that one also makes a mount
+            // namespace, and CRIU cannot dump a service whose files are
+            // open in a mount namespace other than its own.
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg(env!("CARGO_BIN_EXE_replaymig"));
+            c
+        }
+        None => replaymig(),
+    };
+    let child = cmd
         .args(["node", "--config"])
         .arg(config)
         .args(args)
@@ -144,6 +171,10 @@ pub fn start_node(
         .spawn()
         .unwrap();
     let guard = ChildGuard::new(format!("node {name}"), child);
-    wait_for_listen(admin, Duration::from_secs(30)).unwrap();
+    let up = move || wait_for_listen(admin, Duration::from_secs(30));
+    match netns {
+        Some(ns) => replaymig_testkit::in_netns(ns, up).unwrap().unwrap(),
+        None => up().unwrap(),
+    }
     guard
 }

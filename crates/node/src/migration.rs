@@ -38,6 +38,11 @@ const HANDOVER_SMALL_LAG: u64 = 8;
 /// Under `HANDOVER_LAG_RECORDS`, the hand-over also starts once the lag
 /// has not shrunk for this long (a load the replay only just keeps up with).
 const CATCH_UP_SETTLE: Duration = Duration::from_millis(100);
+/// A lag that has stopped shrinking is also handed over when the replay,
+/// at the rate it has shown, applies it within this long: a service whose
+/// own pace bounds the replay (answers that take milliseconds to write)
+/// never catches up further, and waiting longer only shifts the same tail.
+const TAIL_BUDGET: Duration = Duration::from_millis(50);
 
 /// When catch-up has gone far enough to hold the clients for the rest: the
 /// destination acknowledges a record only once the answers the original
@@ -47,6 +52,10 @@ const CATCH_UP_SETTLE: Duration = Duration::from_millis(100);
 struct CatchUp {
     best: u64,
     improved: Instant,
+    /// When catch-up began and how many records were acknowledged then:
+    /// the replay's rate since.
+    started: Instant,
+    first_acked: Option<u64>,
 }
 
 impl CatchUp {
@@ -54,16 +63,32 @@ impl CatchUp {
         CatchUp {
             best: u64::MAX,
             improved: Instant::now(),
+            started: Instant::now(),
+            first_acked: None,
         }
     }
 
-    fn ready(&mut self, lag: u64) -> bool {
+    /// Whether to hand over, the destination being `lag` records behind
+    /// with `acked` acknowledged in all.
+    fn ready(&mut self, lag: u64, acked: u64) -> bool {
+        self.ready_at(lag, acked, Instant::now())
+    }
+
+    fn ready_at(&mut self, lag: u64, acked: u64, now: Instant) -> bool {
+        let first = *self.first_acked.get_or_insert(acked);
         if lag < self.best {
             self.best = lag;
-            self.improved = Instant::now();
+            self.improved = now;
         }
-        lag <= HANDOVER_SMALL_LAG
-            || (lag <= HANDOVER_LAG_RECORDS && self.improved.elapsed() >= CATCH_UP_SETTLE)
+        let elapsed = now.duration_since(self.started).as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            acked.saturating_sub(first) as f64 / elapsed
+        } else {
+            0.0
+        };
+        let tail_fits = lag as f64 <= rate * TAIL_BUDGET.as_secs_f64();
+        let stalled = now.duration_since(self.improved) >= CATCH_UP_SETTLE;
+        lag <= HANDOVER_SMALL_LAG || (stalled && (lag <= HANDOVER_LAG_RECORDS || tail_fits))
     }
 }
 /// Bound on catching up.
@@ -448,7 +473,7 @@ async fn source_steps(
         shipper.run_until(link, |s| {
             let head = journal.last_lsn();
             ticker.tick(report.snapshot_bytes, s.records, s.acked, head);
-            lag.ready(head.saturating_sub(s.acked))
+            lag.ready(head.saturating_sub(s.acked), s.acked)
         }),
     )
     .await
@@ -904,4 +929,39 @@ async fn ack_progress(link: &mut PeerLink, replayer: &Replayer, acked: u64) -> R
         return Ok(replayed);
     }
     Ok(acked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_lag_hands_over_at_once() {
+        let mut c = CatchUp::new();
+        assert!(c.ready_at(HANDOVER_SMALL_LAG, 0, c.started));
+        assert!(!c.ready_at(HANDOVER_SMALL_LAG + 1, 0, c.started));
+    }
+
+    #[test]
+    fn a_lag_that_stopped_shrinking_hands_over_if_short_or_quick_to_replay() {
+        let mut c = CatchUp::new();
+        let t0 = c.started;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // 300 behind, replaying 3,000 records/s: the tail takes 100 ms,
+        // over the budget, so catch-up goes on while the lag shrinks...
+        assert!(!c.ready_at(400, 0, t0));
+        assert!(!c.ready_at(300, 300, at(100)));
+        // ...and still, once stalled, while the tail is too long.
+        assert!(!c.ready_at(300, 600, at(250)));
+        // At 10,000 records/s the same tail fits in 50 ms: go.
+        assert!(c.ready_at(300, 2_500, at(250)));
+
+        let mut c = CatchUp::new();
+        let t0 = c.started;
+        // A lag within HANDOVER_LAG_RECORDS goes once it stalls, however
+        // slow the replay.
+        assert!(!c.ready_at(HANDOVER_LAG_RECORDS, 0, t0));
+        assert!(!c.ready_at(HANDOVER_LAG_RECORDS, 1, t0 + Duration::from_millis(50)));
+        assert!(c.ready_at(HANDOVER_LAG_RECORDS, 2, t0 + CATCH_UP_SETTLE));
+    }
 }

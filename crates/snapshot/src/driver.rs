@@ -246,7 +246,8 @@ impl CriuDriver {
         vars.insert("criu".into(), self.criu.clone());
         vars.insert("snapshot_dir".into(), snapshot_dir.display().to_string());
         let command = substitute(&template, &vars)?;
-        run(&command, Duration::from_secs(self.timeout_secs)).await
+        let result = run(&command, Duration::from_secs(self.timeout_secs)).await;
+        with_criu_log(result, &snapshot_dir.join("dump.log"))
     }
 
     async fn restore(
@@ -263,15 +264,46 @@ impl CriuDriver {
             "{}{{criu}} restore -D {{snapshot_dir}} --tcp-close -d --pidfile {{pidfile}} -o restore.log",
             Self::in_netns(netns)
         );
-        run(
+        let result = run(
             &substitute(&template, &vars)?,
             Duration::from_secs(self.timeout_secs),
         )
-        .await?;
+        .await;
+        with_criu_log(result, &snapshot_dir.join("restore.log"))?;
         let pid = std::fs::read_to_string(&pidfile)
             .ok()
             .and_then(|p| p.trim().parse().ok());
         Ok(Restored { pid })
+    }
+}
+
+/// CRIU says why it failed in its log file (`-o`), not on stderr: a failed
+/// run's error carries the log's error lines (at most the last 3), so the
+/// operator reads the reason in `migrate`'s output.
+fn with_criu_log(result: Result<(), DriverError>, log: &Path) -> Result<(), DriverError> {
+    match result {
+        Err(DriverError::Failed {
+            command,
+            status,
+            stderr,
+        }) => {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
+            let last = &errors[errors.len().saturating_sub(3)..];
+            let stderr = if last.is_empty() {
+                stderr
+            } else {
+                format!("{stderr} {}: {}", log.display(), last.join(" | "))
+                    .trim()
+                    .to_string()
+            };
+            Err(DriverError::Failed {
+                command,
+                status,
+                stderr,
+            })
+        }
+        other => other,
     }
 }
 

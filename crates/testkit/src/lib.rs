@@ -18,7 +18,7 @@ mod tmpfs;
 pub use inproc::InProcessProxy;
 pub use load::IncrLoad;
 pub use metrics::{scrape, Metrics};
-pub use netns::{in_netns, is_root, Testbed};
+pub use netns::{in_netns, is_root, StopNetnsListenersOnDrop, Testbed};
 pub use nodecfg::{
     toml_string, write_node_config, write_service_node_config, NodePorts, ServiceSpec,
 };

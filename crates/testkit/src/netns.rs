@@ -85,3 +85,21 @@ pub fn in_netns<T: Send + 'static>(
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Kills, when dropped, whatever listens on these ports inside network
+/// namespace `netns` ([`crate::StopListenersOnDrop`] run in it): the
+/// services a node agent in a testbed started, left behind when the node
+/// is killed or the test fails. Drop it before the testbed.
+pub struct StopNetnsListenersOnDrop {
+    /// The namespace (`Testbed::netns`).
+    pub netns: String,
+    /// The ports its services listen on.
+    pub ports: Vec<u16>,
+}
+
+impl Drop for StopNetnsListenersOnDrop {
+    fn drop(&mut self) {
+        let ports = std::mem::take(&mut self.ports);
+        let _ = in_netns(&self.netns, move || drop(crate::StopListenersOnDrop(ports)));
+    }
+}

@@ -116,7 +116,9 @@ pub fn wait_for_listen(port: u16, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let needle = format!(":{port:04X} 00000000:0000 0A");
     while Instant::now() < deadline {
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        // thread-self: the calling thread's network namespace (a thread that
+        // entered a testbed node's namespace sees that node's sockets).
+        let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
         if table.lines().any(|l| l.contains(&needle)) {
             return Ok(());
         }
@@ -144,7 +146,9 @@ impl Drop for StopRedisOnDrop {
 /// TCP `port` (IPv4) in this network namespace: the socket's inode from
 /// `/proc/net/tcp`, then every `/proc/PID/fd` entry that is that socket.
 pub fn listener_pids(port: u16) -> Vec<u32> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // thread-self: the calling thread's network namespace (a thread that
+    // entered a testbed node's namespace sees that node's sockets).
+    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
     let local = format!(":{port:04X}");
     let inodes: Vec<String> = table
         .lines()

@@ -302,12 +302,30 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> Result<()> {
             if exit_with_parent {
                 watch_parent();
             }
+            exit_on_sigterm()?;
             let listener = std::net::TcpListener::bind(listen)
                 .with_context(|| format!("cannot listen on {listen}"))?;
             serve(listener, initial)
         }
         Mode::Save { port, to } => save_client(port, &to),
     }
+}
+
+/// Exits the process on SIGTERM, as a service is expected to: as the init
+/// of a PID namespace (the criu suites run it so) it would otherwise
+/// ignore the signal, having no handler.
+fn exit_on_sigterm() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut term = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    })?;
+    std::thread::spawn(move || {
+        runtime.block_on(term.recv());
+        std::process::exit(0);
+    });
+    Ok(())
 }
 
 /// Exits the process as soon as its parent is gone (re-parented).
