@@ -535,6 +535,11 @@ impl Cluster {
     fn stop(mut self) {
         let _ = self.a.terminate(Duration::from_secs(15));
         let _ = self.b.terminate(Duration::from_secs(15));
+        if std::env::var_os("FIDELITY_KEEP").is_some() {
+            // Logs, work dirs (CRIU's dump.log) and journals, to look into.
+            let kept = std::mem::replace(&mut self.dir, TempDir::new().unwrap()).keep();
+            eprintln!("fidelity: kept {}", kept.display());
+        }
     }
 }
 

@@ -778,3 +778,52 @@ fn compare_finds_same_length_answers_that_differ_by_lsn_offset_and_preview() {
         "{sum}"
     );
 }
+
+/// Issue #13, item 9: `--compare` once reported `missing_answer` at the
+/// last records of a clean journal (its answer readers stopped before the
+/// last connections' records were sent). Eight clients end together; the
+/// replay to the journal's end compares every answer segment of every
+/// connection, finds nothing, and leaves every counter where the clients
+/// left it — causal and settled alike.
+#[test]
+fn compare_checks_every_connection_to_the_journals_last_record() {
+    let dir = TempDir::new().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let journal = dir.path().join("journal");
+    let mut proxy =
+        ProxyProcess::start_with(redis.addr, &journal, "batch", &["--journal-responses", "full"])
+            .unwrap();
+    const ROUNDS: usize = 120;
+    phase(proxy.listen, 0..8, ROUNDS);
+    wait_active(&proxy, 0.0);
+    proxy.stop();
+    let entries = read_journal(&journal);
+    assert_contiguous(&entries);
+    let segments = entries
+        .iter()
+        .filter(|e| matches!(e.record, Record::Answer { .. }))
+        .count();
+    assert!(segments >= 8 * ROUNDS, "{segments} answer segments");
+    for settled in [false, true] {
+        let fresh = RedisServer::start().unwrap();
+        let mut args = vec!["--compare"];
+        if settled {
+            args.push("--settled");
+        }
+        let (out, sum) = replay_json(&journal, fresh.addr, &args);
+        assert!(out.status.success(), "settled {settled}: {}", stderr(&out));
+        assert_eq!(sum["divergence_count"], 0, "settled {settled}: {sum}");
+        assert_eq!(
+            sum["answer_segments_compared"], segments,
+            "settled {settled}: every segment, the last ones included: {sum}"
+        );
+        let mut c = fresh.client().unwrap();
+        for i in 0..8 {
+            assert_eq!(
+                c.cmd(&["GET", &format!("ctr:{i}")]).unwrap(),
+                Reply::Bulk(ROUNDS.to_string().into_bytes()),
+                "settled {settled}: client {i}'s counter"
+            );
+        }
+    }
+}

@@ -26,6 +26,9 @@
 //!                                            # settled: docs/fidelity.md)
 //! dump = ["redis-cli -p 6379 SAVE", "cp {data_dir}/dump.rdb {snapshot_dir}/"]
 //! restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/"]
+//! # criu: timeout_secs (whole dump or restore, default 60) and
+//! # freeze_timeout_secs (freezing the tree at a dump, default 2: clients
+//! # wait while it is frozen; a tree that will not freeze fails the dump)
 //! ```
 
 use anyhow::{bail, Context, Result};

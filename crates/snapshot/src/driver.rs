@@ -100,7 +100,21 @@ pub struct CriuDriver {
     /// Bound on a dump or restore, seconds.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Bound on freezing the process tree at a dump (criu `--timeout`),
+    /// seconds: the tree stays frozen — every client waits — while criu
+    /// collects it, so a tree that will not freeze fails the dump (and the
+    /// migration, the source serving on) instead of stalling clients.
+    #[serde(default = "default_freeze_timeout_secs")]
+    pub freeze_timeout_secs: u64,
 }
+
+fn default_freeze_timeout_secs() -> u64 {
+    2
+}
+
+/// A dump slower than this keeps a copy of CRIU's log (see
+/// `CriuDriver::dump`).
+const SLOW_DUMP: Duration = Duration::from_secs(1);
 
 fn default_criu() -> String {
     "/opt/replaymig/criu/bin/criu".into()
@@ -239,15 +253,34 @@ impl CriuDriver {
 
     async fn dump(&self, snapshot_dir: &Path, vars: &Placeholders) -> Result<(), DriverError> {
         let template = format!(
-            "{}{{criu}} dump -t {{pid}} -D {{snapshot_dir}} --leave-running --tcp-close -o dump.log",
-            Self::in_netns(self.netns.as_deref())
+            "{}{{criu}} dump -t {{pid}} -D {{snapshot_dir}} --leave-running --tcp-close \
+             --timeout {} -v3 -o dump.log",
+            Self::in_netns(self.netns.as_deref()),
+            self.freeze_timeout_secs.max(1)
         );
         let mut vars = vars.clone();
         vars.insert("criu".into(), self.criu.clone());
         vars.insert("snapshot_dir".into(), snapshot_dir.display().to_string());
         let command = substitute(&template, &vars)?;
+        let started = std::time::Instant::now();
         let result = run(&command, Duration::from_secs(self.timeout_secs)).await;
-        with_criu_log(result, &snapshot_dir.join("dump.log"))
+        let took = started.elapsed();
+        let log = snapshot_dir.join("dump.log");
+        if took > SLOW_DUMP {
+            // The snapshot directory goes with the migration; the log of a
+            // dump that froze the service this long stays for the operator.
+            let kept = snapshot_dir
+                .parent()
+                .unwrap_or(snapshot_dir)
+                .join("criu-last-slow-dump.log");
+            let _ = std::fs::copy(&log, &kept);
+            tracing::warn!(
+                seconds = took.as_secs_f64(),
+                log = %kept.display(),
+                "the criu dump froze the service for over {SLOW_DUMP:?}"
+            );
+        }
+        with_criu_log(result, &log)
     }
 
     async fn restore(

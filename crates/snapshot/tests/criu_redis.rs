@@ -114,6 +114,7 @@ async fn criu_moves_a_running_redis_to_the_other_node_with_its_data() {
         criu: CRIU.into(),
         netns: Some(ns_a.clone()),
         timeout_secs: 60,
+        freeze_timeout_secs: 2,
     });
     let images = TempDir::new().unwrap();
     let mut vars = Placeholders::new();
