@@ -1,13 +1,13 @@
 //! `replaymig journal dump`: see [`DumpArgs`] (the logic is in
-//! `replaymig_journal::dump`).
+//! `replaymig_journal_inspect::dump`).
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use replaymig_journal::dump::{self, Filter, Format};
-use replaymig_journal::follow::Follower;
 use replaymig_journal::{
     ConnId, Durability, Entry, Journal, JournalError, JournalOptions, Lsn, OpenMode,
 };
+use replaymig_journal_inspect::dump::{self, Filter, Format};
+use replaymig_journal_inspect::follow::Follower;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,11 +1,11 @@
 //! `replaymig journal export`: see [`ExportArgs`] (the logic is in
-//! `replaymig_journal::pcap`).
+//! `replaymig_journal_inspect::pcap`).
 
 use anyhow::{Context, Result};
 use clap::Args;
-use replaymig_journal::dump;
-use replaymig_journal::pcap::{ExportOptions, PcapExporter};
 use replaymig_journal::{Durability, Journal, JournalOptions, Lsn, OpenMode, Record};
+use replaymig_journal_inspect::dump;
+use replaymig_journal_inspect::pcap::{ExportOptions, PcapExporter};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
@@ -81,7 +81,7 @@ fn export(
     journal: &Journal,
     args: &ExportArgs,
     service: SocketAddrV4,
-) -> Result<replaymig_journal::pcap::ExportStats> {
+) -> Result<replaymig_journal_inspect::pcap::ExportStats> {
     let last = journal.last_lsn();
     let to = args.to.unwrap_or(last).min(last);
     dump::check_range(args.from, to, last).map_err(anyhow::Error::msg)?;
@@ -100,7 +100,7 @@ fn write_capture(
     service: SocketAddrV4,
     to: Lsn,
     out: std::io::BufWriter<std::fs::File>,
-) -> Result<replaymig_journal::pcap::ExportStats> {
+) -> Result<replaymig_journal_inspect::pcap::ExportStats> {
     let options = ExportOptions {
         service,
         conns: args.conns.iter().copied().collect(),

@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use replaymig_journal::stat::JournalStats;
 use replaymig_journal::{Durability, Journal, JournalOptions, OpenMode};
+use replaymig_journal_inspect::stat::JournalStats;
 use replaymig_proxy::{metrics::install_prometheus_exporter, Proxy, ProxyConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;

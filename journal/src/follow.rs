@@ -1,4 +1,5 @@
-//! Following a live journal from another process (`journal dump --follow`).
+//! The journal's live feed for readers in other processes (what
+//! `journal dump --follow` reads through).
 //!
 //! sled lets one process open a journal, so the process that holds it (a
 //! proxy or a node) serves a Unix socket, [`SOCKET_NAME`] in the journal
@@ -7,15 +8,16 @@
 //! committed. Read-only: nothing a follower sends can append. The socket is
 //! owner-only (0600), like the journal's files.
 //!
-//! Frames (length-delimited, big-endian length): `u64 LSN` then the record
-//! as stored (checksummed over its LSN, verified by the follower). LSN 0
-//! carries an error text instead: the server could not go on.
+//! Frames ([`codec`]: length-delimited, big-endian length): `u64 LSN` then
+//! the record as stored (checksummed over its LSN, verified by the
+//! follower). LSN 0 carries an error text instead: the server could not go
+//! on. The reading end is `Follower` in the `replaymig-journal-inspect`
+//! crate; this module owns the server and the wire format it speaks.
 
-use crate::error::{JournalError, Result};
-use crate::record::{Record, MAX_DATA_LEN};
-use crate::store::Entry;
-use crate::{Journal, Lsn};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use crate::error::JournalError;
+use crate::record::MAX_DATA_LEN;
+use crate::Journal;
+use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +36,9 @@ const MAX_FOLLOWERS: usize = 16;
 /// Largest frame: one record (its payload limit plus headers).
 const MAX_FRAME: usize = MAX_DATA_LEN + 4096;
 
-fn codec() -> LengthDelimitedCodec {
+/// The framing both ends of the follow socket use (public so the follower,
+/// which lives outside this crate, reads exactly what the server writes).
+pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME)
         .new_codec()
@@ -138,101 +142,4 @@ async fn send_error(
     frame.put_u64(0);
     frame.extend_from_slice(e.to_string().as_bytes());
     framed.send(frame.freeze()).await
-}
-
-/// The reading end: records of a journal another process holds.
-pub struct Follower {
-    framed: Framed<UnixStream, LengthDelimitedCodec>,
-    next: Lsn,
-}
-
-impl Follower {
-    /// Connects to the process holding the journal in `dir`, from `from`.
-    pub async fn connect(dir: &Path, from: Lsn) -> std::io::Result<Follower> {
-        let stream = UnixStream::connect(dir.join(SOCKET_NAME)).await?;
-        let mut framed = Framed::new(stream, codec());
-        framed
-            .send(Bytes::copy_from_slice(&from.max(1).to_be_bytes()))
-            .await?;
-        Ok(Follower {
-            framed,
-            next: from.max(1),
-        })
-    }
-
-    /// Whether a live process serves followers of the journal in `dir`.
-    pub fn is_served(dir: &Path) -> bool {
-        dir.join(SOCKET_NAME).exists()
-    }
-
-    /// The next record (verified: checksum and contiguous LSN), waiting for
-    /// it; `None` when the serving process closed the journal or exited.
-    pub async fn next(&mut self) -> Result<Option<Entry>> {
-        let Some(frame) = self.framed.next().await else {
-            return Ok(None);
-        };
-        let mut frame = frame.map_err(JournalError::Io)?;
-        if frame.len() < 8 {
-            return Err(JournalError::Malformed {
-                lsn: self.next,
-                reason: "follow frame shorter than its LSN".into(),
-            });
-        }
-        let lsn = frame.get_u64();
-        if lsn == 0 {
-            return Err(JournalError::Invalid(format!(
-                "the journal's owner stopped the follow: {}",
-                String::from_utf8_lossy(&frame)
-            )));
-        }
-        if lsn != self.next {
-            return Err(JournalError::Malformed {
-                lsn: self.next,
-                reason: format!("follow stream skipped to LSN {lsn}"),
-            });
-        }
-        let record = Record::decode(lsn, &frame)?;
-        self.next = lsn + 1;
-        Ok(Some(Entry { lsn, record }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{Durability, JournalOptions, OpenMode};
-
-    #[tokio::test]
-    async fn a_follower_gets_old_and_new_records_in_order_and_the_end() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let options = JournalOptions {
-            durability: Durability::Batch,
-            mode: OpenMode::CreateIfMissing,
-            ..JournalOptions::default()
-        };
-        let j = Journal::open(dir.path().join("j"), options).unwrap();
-        let conn = j.append(Record::opened("127.0.0.1:9")).await.unwrap();
-        for i in 0..3u8 {
-            j.append(Record::data(conn, 0, 0, Bytes::from(vec![i])))
-                .await
-                .unwrap();
-        }
-        let server = FollowServer::start(&j).unwrap();
-        assert!(Follower::is_served(&dir.path().join("j")));
-        let mut f = Follower::connect(&dir.path().join("j"), 2).await.unwrap();
-        for lsn in 2..=4 {
-            assert_eq!(f.next().await.unwrap().unwrap().lsn, lsn);
-        }
-        // A record appended later arrives too.
-        let wait = tokio::spawn(async move { (f.next().await.unwrap().unwrap(), f) });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        j.append(Record::closed(conn, 0)).await.unwrap();
-        let (entry, mut f) = wait.await.unwrap();
-        assert_eq!(entry.lsn, 5);
-        assert_eq!(entry.record.kind_name(), "closed");
-        j.close().await.unwrap();
-        assert!(f.next().await.unwrap().is_none(), "closed journal: the end");
-        drop(server);
-        assert!(!Follower::is_served(&dir.path().join("j")));
-    }
 }

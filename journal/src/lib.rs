@@ -9,23 +9,25 @@
 //! Appends go through one writer task that groups concurrent appends into
 //! one flush (group commit) and answers only once the group is as durable as
 //! the [`Durability`] mode promises. Readers get verified ranges, a live
-//! [`Tail`] (what log shipping uses) and [`stat::JournalStats`].
+//! [`Tail`] (what log shipping uses) and, in other processes, the same
+//! live feed over a socket ([`follow`]).
+//!
+//! This crate is storage only: the inspection tools (dump rendering,
+//! statistics, pcap export, the follow client) live in
+//! `replaymig-journal-inspect`, on this crate's public read API.
 //!
 //! The public API has no sled types: the storage can change underneath.
 
-pub mod dump;
 pub mod durability;
 pub mod error;
 pub mod fault;
 pub mod follow;
 pub mod marker;
 pub mod names;
-pub mod pcap;
 pub mod record;
 mod segment;
 pub mod space;
 mod staging;
-pub mod stat;
 mod store;
 mod tail;
 mod writer;

@@ -343,6 +343,13 @@ impl Store {
         }
     }
 
+    /// The stored bytes of the segment holding `lsn`, with its first LSN,
+    /// unverified (fault injection rewrites them; readers use `range`).
+    pub(crate) fn raw_segment(&self, lsn: Lsn) -> Result<Option<(Lsn, Vec<u8>)>> {
+        let found = Self::segment_holding(&self.engine()?.log, lsn)?;
+        Ok(found.map(|(first, bytes)| (first, bytes.to_vec())))
+    }
+
     /// Reads and verifies the record at `lsn`.
     pub(crate) fn get(&self, lsn: Lsn) -> Result<Option<Entry>> {
         self.range(lsn, lsn).next().transpose()

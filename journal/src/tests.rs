@@ -164,8 +164,6 @@ async fn a_corrupt_record_is_reported_with_its_lsn() {
         "{err}"
     );
     assert!(err.to_string().contains("LSN 3"));
-    let err = stat::JournalStats::compute(&j).unwrap_err();
-    assert!(err.to_string().contains("LSN 3"), "{err}");
     j.close().await.unwrap();
 }
 

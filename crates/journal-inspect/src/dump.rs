@@ -3,9 +3,7 @@
 //! client address and record kind; a one-line human form with a hex+text
 //! preview, a full hexdump, or JSON lines for scripts.
 
-use crate::record::{ConnId, Record};
-use crate::store::Entry;
-use crate::Lsn;
+use replaymig_journal::{ConnId, Entry, Lsn, Record};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 

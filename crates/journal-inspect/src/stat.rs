@@ -1,8 +1,6 @@
 //! Whole-journal statistics for `replaymig journal stat`.
 
-use crate::error::Result;
-use crate::record::{ConnId, Record};
-use crate::{Journal, Lsn};
+use replaymig_journal::{ConnId, Journal, Lsn, Record, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 
@@ -130,5 +128,34 @@ impl JournalStats {
         }
         stats.open_connections = open.len() as u64;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use replaymig_journal::{fault, JournalOptions, OpenMode};
+
+    #[tokio::test]
+    async fn a_corrupt_record_stops_the_stats_with_its_lsn() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("j");
+        let j = Journal::open(&path, JournalOptions::default()).unwrap();
+        for i in 0..5 {
+            let payload = Bytes::from(format!("payload-{i}"));
+            j.append(Record::data(1, 0, 0, payload)).await.unwrap();
+        }
+        j.close().await.unwrap();
+        drop(j);
+        fault::corrupt_record(&path, 3).unwrap();
+        let options = JournalOptions {
+            mode: OpenMode::MustExist,
+            ..JournalOptions::default()
+        };
+        let j = Journal::open(&path, options).unwrap();
+        let err = JournalStats::compute(&j).unwrap_err();
+        assert!(err.to_string().contains("LSN 3"), "{err}");
+        j.close().await.unwrap();
     }
 }

@@ -15,11 +15,10 @@
 //! connection id) but consistent, and the IPv4 and TCP checksums are real
 //! (computed by `etherparse`; [`checksum`] checks them independently).
 
-use crate::record::{ConnId, Record};
-use crate::store::Entry;
 use etherparse::PacketBuilder;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::DataLink;
+use replaymig_journal::{ConnId, Entry, Record};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
