@@ -237,6 +237,125 @@ impl DestinationState {
 /// A transition's result.
 pub type Step = Result<(Destination, Vec<DestinationAction>), ProtocolError>;
 
+impl DestinationState {
+    /// Every state (one `Aborted`), for tables and tests.
+    pub fn all() -> Vec<DestinationState> {
+        use DestinationState::*;
+        vec![
+            Idle,
+            ReceivingSnapshot,
+            Restoring,
+            CatchingUp,
+            Finishing,
+            Preparing,
+            AwaitingCommit,
+            Asking,
+            Owning,
+            Discarding,
+            Done,
+            Aborted {
+                reason: String::new(),
+            },
+        ]
+    }
+}
+
+impl DestinationEvent {
+    /// One of each event (an acceptable and a stale offer; messages from
+    /// [`Incoming::samples`]), for tables and tests.
+    pub fn samples(epoch: u64) -> Vec<DestinationEvent> {
+        use DestinationEvent::*;
+        let here = Here {
+            owns: false,
+            migrating: false,
+            epoch: epoch - 1,
+        };
+        let mut all = vec![
+            Offered {
+                epoch,
+                here: here.clone(),
+            },
+            Offered {
+                epoch,
+                here: Here { epoch, ..here },
+            },
+        ];
+        all.extend(Incoming::samples(epoch).into_iter().map(Received));
+        all.extend([
+            SnapshotReceived { precopy: true },
+            SnapshotReceived { precopy: false },
+            Restored,
+            ReplayFinished,
+            Prepared,
+            NoWord,
+            Decided(Decision::Commit),
+            Decided(Decision::Keep),
+            Decided(Decision::Settled),
+            Owned,
+            Discarded,
+            Failed {
+                reason: "…".into()
+            },
+        ]);
+        all
+    }
+
+    /// Its name in tables: the variant, with the field that decides.
+    fn label(&self) -> String {
+        use DestinationEvent::*;
+        match self {
+            Received(m) => format!("message {}", m.name()),
+            Offered { epoch, here } if *epoch <= here.epoch => "event Offered (stale)".into(),
+            Offered { .. } => "event Offered".into(),
+            SnapshotReceived { precopy } => format!("event SnapshotReceived (precopy: {precopy})"),
+            Decided(d) => format!("event Decided ({d:?})"),
+            other => {
+                let debug = format!("{other:?}");
+                format!(
+                    "event {}",
+                    debug.split([' ', '{', '(']).next().unwrap_or("")
+                )
+            }
+        }
+    }
+}
+
+/// Every legal transition as a Markdown table — docs/protocol.md holds
+/// it, and a test keeps the two equal.
+pub fn transition_table() -> String {
+    let mut out = String::from("| state | event | next state | actions |\n|---|---|---|---|\n");
+    for state in DestinationState::all() {
+        for event in DestinationEvent::samples(2) {
+            let m = Destination {
+                epoch: 2,
+                state: state.clone(),
+            };
+            let Ok((next, actions)) = m.on(event.clone()) else {
+                continue;
+            };
+            let actions: Vec<String> = actions
+                .iter()
+                .map(|a| {
+                    let debug = format!("{a:?}");
+                    debug
+                        .split([' ', '{', '('])
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect();
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                state.name(),
+                event.label(),
+                next.state.name(),
+                actions.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 impl Destination {
     fn to(self, state: DestinationState, actions: Vec<DestinationAction>) -> Step {
         Ok((Destination { state, ..self }, actions))
@@ -380,21 +499,8 @@ mod tests {
         }
     }
 
-    pub(crate) fn all_states() -> Vec<DestinationState> {
-        vec![
-            S::Idle,
-            S::ReceivingSnapshot,
-            S::Restoring,
-            S::CatchingUp,
-            S::Finishing,
-            S::Preparing,
-            S::AwaitingCommit,
-            S::Asking,
-            S::Owning,
-            S::Discarding,
-            S::Done,
-            S::Aborted { reason: "x".into() },
-        ]
+    fn all_states() -> Vec<DestinationState> {
+        DestinationState::all()
     }
 
     fn at(state: DestinationState) -> Destination {

@@ -364,6 +364,103 @@ impl Source {
 /// A transition's result.
 pub type Step = Result<(Source, Vec<SourceAction>), ProtocolError>;
 
+impl SourceState {
+    /// Every state (one `Aborted`), for tables and tests.
+    pub fn all() -> Vec<SourceState> {
+        use SourceState::*;
+        vec![
+            Connecting,
+            AwaitingReady,
+            PreCopying,
+            Quiescing,
+            FixingPoint,
+            FinishingDump,
+            Transferring,
+            CatchingUp,
+            Holding,
+            ShippingTail,
+            AwaitingDone,
+            Committing,
+            Switching,
+            Stopping,
+            Done,
+            Aborted {
+                reason: String::new(),
+            },
+        ]
+    }
+}
+
+impl SourceEvent {
+    /// One of each event (messages from [`Incoming::samples`]), for tables
+    /// and tests.
+    pub fn samples(epoch: u64) -> Vec<SourceEvent> {
+        use SourceEvent::*;
+        let mut all = vec![Linked];
+        all.extend(Incoming::samples(epoch).into_iter().map(Received));
+        all.extend([
+            PreCopied,
+            Quiesced,
+            PointFixed,
+            Dumped,
+            Transferred,
+            CaughtUp,
+            TailApplied,
+            CommitRecorded,
+            Switched,
+            Stopped,
+            Failed {
+                reason: "…".into()
+            },
+        ]);
+        all
+    }
+}
+
+/// Every legal transition of both approaches as a Markdown table —
+/// docs/protocol.md holds it, and a test keeps the two equal.
+pub fn transition_table() -> String {
+    let mut out = String::from(
+        "| approach | state | event | next state | actions |\n|---|---|---|---|---|\n",
+    );
+    for approach in [Approach::Replay, Approach::Iterative] {
+        for state in SourceState::all() {
+            for event in SourceEvent::samples(1) {
+                let m = Source {
+                    approach,
+                    epoch: 1,
+                    state: state.clone(),
+                };
+                let Ok((next, actions)) = m.on(event.clone()) else {
+                    continue;
+                };
+                let actions: Vec<String> = actions.iter().map(action_name).collect();
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    match approach {
+                        Approach::Replay => "replay",
+                        Approach::Iterative => "iterative",
+                    },
+                    state.name(),
+                    event.name(),
+                    next.state.name(),
+                    actions.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn action_name(a: &SourceAction) -> String {
+    let debug = format!("{a:?}");
+    debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 impl SourceEvent {
     /// Its name, in errors.
     pub fn name(&self) -> String {
@@ -387,26 +484,8 @@ mod tests {
 
     const EPOCH: u64 = 7;
 
-    /// Every state, for the tables below.
-    pub(crate) fn all_states() -> Vec<SourceState> {
-        vec![
-            S::Connecting,
-            S::AwaitingReady,
-            S::PreCopying,
-            S::Quiescing,
-            S::FixingPoint,
-            S::FinishingDump,
-            S::Transferring,
-            S::CatchingUp,
-            S::Holding,
-            S::ShippingTail,
-            S::AwaitingDone,
-            S::Committing,
-            S::Switching,
-            S::Stopping,
-            S::Done,
-            S::Aborted { reason: "x".into() },
-        ]
+    fn all_states() -> Vec<SourceState> {
+        SourceState::all()
     }
 
     /// Feeds `events`, checking each step's actions; the phases visited

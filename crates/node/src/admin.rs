@@ -11,7 +11,6 @@
 //! in constant time). Refusals are logged and counted
 //! (`replaymig_admin_refused_total{reason}`).
 
-use crate::migration;
 use crate::node::{status, NodeShared};
 use metrics::counter;
 use serde::Deserialize;
@@ -133,7 +132,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, node: Arc<NodeShared>) {
                 };
                 let _ = tx.send(line);
             };
-            let run = migration::migrate_out(&node, &service, &to, method, unverified, &progress);
+            let run =
+                crate::source::migrate_out(&node, &service, &to, method, unverified, &progress);
             tokio::pin!(run);
             let outcome = loop {
                 tokio::select! {

@@ -21,24 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The destination's own phases, reported to the source with
-/// `HandOverDone` (its report covers both sides).
-pub(crate) struct DestinationTimings {
-    /// Restoring the snapshot and starting the service.
-    pub restore: Duration,
-    /// Replaying the log, from the restored service to the hand-over.
-    pub replay: Duration,
-}
-
-/// How long the destination waits for the commit before asking.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two questions to an unreachable or undecided source.
 const ASK_INTERVAL: Duration = Duration::from_millis(500);
 /// Bound on one question.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Records `prepared` durably, with the replayed connections parked; from
-/// here on only [`settle`] (or [`recover_after_restart`]) ends it.
+/// here on only the source's decision (the destination driver, a tunnel
+/// under the new epoch, or [`recover_after_restart`]) ends it.
 pub(crate) async fn prepare(host: &ServiceHost, prepared: Prepared) -> Result<()> {
     let mut state = host.state.lock().await;
     state.prepared = Some(prepared);
@@ -48,60 +38,6 @@ pub(crate) async fn prepare(host: &ServiceHost, prepared: Prepared) -> Result<()
         return Err(e.context("cannot record the prepared hand-over"));
     }
     Ok(())
-}
-
-/// After [`prepare`]: tells the source, then commits or discards on its
-/// word; when the word does not come, asks the source until it decides.
-pub(crate) async fn settle(
-    node: &NodeShared,
-    host: &ServiceHost,
-    link: &mut PeerLink,
-    timings: DestinationTimings,
-) -> Result<()> {
-    let Some(prepared) = host.state.lock().await.prepared.clone() else {
-        bail!("no prepared hand-over to settle");
-    };
-    let epoch = prepared.epoch;
-    let done = Message::HandOverDone {
-        epoch,
-        restore_micros: timings.restore.as_micros() as u64,
-        replay_micros: timings.replay.as_micros() as u64,
-    };
-    let word = match link.send(done).await {
-        Ok(()) => link.recv_timeout(COMMIT_TIMEOUT).await.ok(),
-        Err(e) => {
-            tracing::warn!(error = %e, "hand-over done not sent");
-            None
-        }
-    };
-    match word {
-        Some(Message::HandOverCommit { epoch: e }) if e == epoch => {
-            commit_ownership(node, host, epoch).await;
-            Ok(())
-        }
-        Some(Message::MigrateAbort { reason }) => {
-            discard_prepared(host).await;
-            bail!("the source aborted the hand-over: {reason}")
-        }
-        other => {
-            tracing::warn!(
-                got = other.as_ref().map(Message::name),
-                "no hand-over commit; asking the source"
-            );
-            match ask_until_decided(node, host, &prepared, &CancellationToken::new()).await {
-                Some(Resolution::Commit) => {
-                    commit_ownership(node, host, epoch).await;
-                    Ok(())
-                }
-                Some(_) => {
-                    discard_prepared(host).await;
-                    bail!("the source kept the service")
-                }
-                // Settled meanwhile by a tunnel under the new epoch.
-                None => Ok(()),
-            }
-        }
-    }
 }
 
 /// Makes this node the owner under `epoch` (after the source's commit);
@@ -163,7 +99,7 @@ fn remove_kept_snapshot(prepared: &Prepared) {
 
 /// Asks the source until it decides (or the hand-over was settled some
 /// other way, e.g. by a tunnel: then `None`), or `stop` fires.
-async fn ask_until_decided(
+pub(crate) async fn ask_until_decided(
     node: &NodeShared,
     host: &ServiceHost,
     prepared: &Prepared,

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod config;
+mod destination;
 mod handover;
 mod migration;
 mod node;
@@ -11,6 +12,7 @@ pub mod ownership;
 mod precopy;
 mod process;
 mod report;
+mod source;
 pub mod telemetry;
 mod tunnel;
 

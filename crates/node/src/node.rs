@@ -6,7 +6,7 @@
 use crate::config::{NodeConfig, ServiceConfig};
 use crate::ownership::{OwnershipFile, OwnershipRecord, Prepared};
 use crate::process::{wait_ready, ServiceProcess};
-use crate::{admin, handover, migration, tunnel};
+use crate::{admin, handover, tunnel};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use replaymig_journal::{ConnId, Journal, JournalOptions};
@@ -325,7 +325,7 @@ impl Node {
         to: &str,
         method: crate::Method,
     ) -> Result<crate::MigrationReport> {
-        migration::migrate_out(&self.shared, service, to, method, false, &|_| {}).await
+        crate::source::migrate_out(&self.shared, service, to, method, false, &|_| {}).await
     }
 
     /// Services, owners, epochs, journal heads.
@@ -407,7 +407,10 @@ async fn serve_peers(listener: TcpListener, shared: Arc<NodeShared>, stop: Cance
                     service,
                     epoch,
                     verify_answers,
-                } => migration::migrate_in(&shared, link, service, epoch, verify_answers).await,
+                } => {
+                    crate::destination::migrate_in(&shared, link, service, epoch, verify_answers)
+                        .await
+                }
                 Message::TunnelOpen {
                     service,
                     conn,
