@@ -6,7 +6,6 @@
 use futures_util::FutureExt;
 use replaymig_journal::{Entry, Journal, JournalError, Lsn, Record, Tail};
 use replaymig_peer::{LinkError, Message, PeerLink};
-use std::time::Duration;
 
 /// Most records per batch (a batch also stays under the frame limit: the
 /// journal caps a record at 1 MiB and the proxy reads 16 KiB at a time).
@@ -125,19 +124,6 @@ impl Shipper {
     }
 }
 
-/// Ships records from `from` through `until` (inclusive) and returns once
-/// the receiver acknowledged `until`.
-pub async fn send(
-    journal: &Journal,
-    from: Lsn,
-    until: Lsn,
-    link: &mut PeerLink,
-) -> Result<ShipStats, ShipError> {
-    let mut shipper = Shipper::new(journal, from)?;
-    shipper.run_until(link, |s| s.acked >= until).await?;
-    Ok(shipper.stats)
-}
-
 impl Shipper {
     async fn send_batch(&mut self, link: &mut PeerLink, batch: Batch) -> Result<(), ShipError> {
         let packed = pack(&batch.records);
@@ -235,25 +221,6 @@ fn fill_batch(first: Entry, tail: &mut Tail) -> Result<Batch, ShipError> {
         }
     }
     Ok(batch)
-}
-
-/// Receives one batch: verifies and journals it under its LSNs (which must
-/// continue `journal`) and returns its entries for the caller to apply
-/// (and then [`ack`]). `Ok(Err(message))` when the peer sent something
-/// else (returned for the caller's protocol to handle).
-pub async fn receive_batch(
-    journal: &Journal,
-    link: &mut PeerLink,
-    timeout: Duration,
-) -> Result<Result<Vec<Entry>, Message>, ShipError> {
-    match link.recv_timeout(timeout).await? {
-        Message::LogBatch {
-            first_lsn,
-            count,
-            packed,
-        } => Ok(Ok(journal_packed(journal, first_lsn, count, &packed).await?)),
-        other => Ok(Err(other)),
-    }
 }
 
 /// Unpacks a received [`Message::LogBatch`] and journals it (see

@@ -5,10 +5,10 @@
 //! [`SourceEvent`]; `on` answers with the next state and actions, or
 //! refuses an event that is illegal where the migration stands.
 //!
-//! Replay (paper Algorithm 2) and iterative (Algorithm 1) share one table;
-//! they differ in three places, each visible in [`Source::on`]: iterative
-//! pre-copies first, keeps the first barrier's hold up to the hand-over,
-//! and forwards unsettled (its destination does not replay).
+//! Replay (paper Algorithm 2) and iterative (Algorithm 1) each have their
+//! own rows (`replay_row`, `iterative_row`) on top of the rows they share:
+//! iterative pre-copies first, keeps the first barrier's hold up to the
+//! hand-over, and forwards unsettled (its destination does not replay).
 
 use crate::incoming::Incoming;
 use crate::phase::Phase;
@@ -281,7 +281,6 @@ impl Source {
         use SourceAction as A;
         use SourceEvent as E;
         use SourceState as S;
-        let replay = self.approach == Approach::Replay;
         if let E::Failed { reason } = &event {
             if self.state.committed() || self.state.finished() {
                 return Err(ProtocolError::AfterCommit {
@@ -313,43 +312,14 @@ impl Source {
                 return self.to(S::Aborted { reason }, vec![]);
             }
         }
-        match (&self.state, &event) {
-            (S::Connecting, E::Linked) => self.to(S::AwaitingReady, vec![A::SendBegin]),
-            (S::AwaitingReady, E::Received(Incoming::Ready)) if replay => {
-                self.to(S::Quiescing, vec![A::Quiesce])
-            }
-            (S::AwaitingReady, E::Received(Incoming::Ready)) => {
-                self.to(S::PreCopying, vec![A::PreCopy])
-            }
-            (S::PreCopying, E::PreCopied) => self.to(S::Quiescing, vec![A::Quiesce]),
-            (S::Quiescing, E::Quiesced) if replay => {
-                self.to(S::FixingPoint, vec![A::ForwardSettled, A::FixPoint])
-            }
-            (S::Quiescing, E::Quiesced) => self.to(S::FixingPoint, vec![A::FixPoint]),
-            (S::FixingPoint, E::PointFixed) if replay => {
-                self.to(S::FinishingDump, vec![A::ReleaseInput, A::FinishDump])
-            }
-            // Iterative: the hold lasts to the hand-over.
-            (S::FixingPoint, E::PointFixed) => self.to(S::FinishingDump, vec![A::FinishDump]),
-            (S::FinishingDump, E::Dumped) => self.to(S::Transferring, vec![A::Transfer]),
-            (S::Transferring, E::Transferred) => self.to(S::CatchingUp, vec![A::CatchUp]),
-            (S::CatchingUp, E::CaughtUp) if replay => self.to(S::Holding, vec![A::Quiesce]),
-            (S::CatchingUp, E::CaughtUp) => self.to(S::ShippingTail, vec![A::ShipTail]),
-            (S::Holding, E::Quiesced) => self.to(S::ShippingTail, vec![A::ShipTail]),
-            (S::ShippingTail, E::TailApplied) => self.to(S::AwaitingDone, vec![A::SendHandOver]),
-            (S::AwaitingDone, E::Received(Incoming::HandOverDone { epoch }))
-                if *epoch == self.epoch =>
-            {
-                self.to(S::Committing, vec![A::RecordCommit])
-            }
-            (S::Committing, E::CommitRecorded) => {
-                self.to(S::Switching, vec![A::SendCommit, A::SwitchConnections])
-            }
-            (S::Switching, E::Switched) => {
-                self.to(S::Stopping, vec![A::ReleaseInput, A::StopService])
-            }
-            (S::Stopping, E::Stopped) => self.to(S::Done, vec![]),
-            _ => Err(self.unexpected(&event)),
+        let row = match self.approach {
+            Approach::Replay => replay_row(&self.state, &event),
+            Approach::Iterative => iterative_row(&self.state, &event),
+        }
+        .or_else(|| shared_row(&self.state, &event, self.epoch));
+        match row {
+            Some((state, actions)) => self.to(state, actions),
+            None => Err(self.unexpected(&event)),
         }
     }
 
@@ -359,6 +329,64 @@ impl Source {
             event: event.name(),
         }
     }
+}
+
+/// A row of a transition table: the next state and the actions.
+type Row = Option<(SourceState, Vec<SourceAction>)>;
+
+/// The rows only replay has: settled forwarding from the snapshot point,
+/// the input released once the point is fixed, a second barrier for the
+/// hand-over.
+fn replay_row(state: &SourceState, event: &SourceEvent) -> Row {
+    use SourceAction as A;
+    use SourceEvent as E;
+    use SourceState as S;
+    Some(match (state, event) {
+        (S::AwaitingReady, E::Received(Incoming::Ready)) => (S::Quiescing, vec![A::Quiesce]),
+        (S::Quiescing, E::Quiesced) => (S::FixingPoint, vec![A::ForwardSettled, A::FixPoint]),
+        (S::FixingPoint, E::PointFixed) => (S::FinishingDump, vec![A::ReleaseInput, A::FinishDump]),
+        (S::CatchingUp, E::CaughtUp) => (S::Holding, vec![A::Quiesce]),
+        (S::Holding, E::Quiesced) => (S::ShippingTail, vec![A::ShipTail]),
+        _ => return None,
+    })
+}
+
+/// The rows only iterative has: pre-copy rounds first, and one hold from
+/// its only barrier to the switch.
+fn iterative_row(state: &SourceState, event: &SourceEvent) -> Row {
+    use SourceAction as A;
+    use SourceEvent as E;
+    use SourceState as S;
+    Some(match (state, event) {
+        (S::AwaitingReady, E::Received(Incoming::Ready)) => (S::PreCopying, vec![A::PreCopy]),
+        (S::PreCopying, E::PreCopied) => (S::Quiescing, vec![A::Quiesce]),
+        (S::Quiescing, E::Quiesced) => (S::FixingPoint, vec![A::FixPoint]),
+        (S::FixingPoint, E::PointFixed) => (S::FinishingDump, vec![A::FinishDump]),
+        (S::CatchingUp, E::CaughtUp) => (S::ShippingTail, vec![A::ShipTail]),
+        _ => return None,
+    })
+}
+
+/// The rows both approaches share.
+fn shared_row(state: &SourceState, event: &SourceEvent, epoch: u64) -> Row {
+    use SourceAction as A;
+    use SourceEvent as E;
+    use SourceState as S;
+    Some(match (state, event) {
+        (S::Connecting, E::Linked) => (S::AwaitingReady, vec![A::SendBegin]),
+        (S::FinishingDump, E::Dumped) => (S::Transferring, vec![A::Transfer]),
+        (S::Transferring, E::Transferred) => (S::CatchingUp, vec![A::CatchUp]),
+        (S::ShippingTail, E::TailApplied) => (S::AwaitingDone, vec![A::SendHandOver]),
+        (S::AwaitingDone, E::Received(Incoming::HandOverDone { epoch: e })) if *e == epoch => {
+            (S::Committing, vec![A::RecordCommit])
+        }
+        (S::Committing, E::CommitRecorded) => {
+            (S::Switching, vec![A::SendCommit, A::SwitchConnections])
+        }
+        (S::Switching, E::Switched) => (S::Stopping, vec![A::ReleaseInput, A::StopService]),
+        (S::Stopping, E::Stopped) => (S::Done, vec![]),
+        _ => return None,
+    })
 }
 
 /// A transition's result.
@@ -658,36 +686,42 @@ mod tests {
             E::Switched,
             E::Stopped,
         ];
-        // The one state each local event is legal in (Quiesced: two).
-        let legal = |s: &SourceState, e: &SourceEvent| {
-            matches!(
-                (s, e),
-                (S::Connecting, E::Linked)
-                    | (S::PreCopying, E::PreCopied)
-                    | (S::Quiescing | S::Holding, E::Quiesced)
-                    | (S::FixingPoint, E::PointFixed)
-                    | (S::FinishingDump, E::Dumped)
-                    | (S::Transferring, E::Transferred)
-                    | (S::CatchingUp, E::CaughtUp)
-                    | (S::ShippingTail, E::TailApplied)
-                    | (S::Committing, E::CommitRecorded)
-                    | (S::Switching, E::Switched)
-                    | (S::Stopping, E::Stopped)
-            )
+        // Where each local event is legal, per approach.
+        let legal = |approach: Approach, s: &SourceState, e: &SourceEvent| {
+            let replay = approach == Approach::Replay;
+            match (s, e) {
+                (S::PreCopying, E::PreCopied) => !replay,
+                (S::Holding, E::Quiesced) => replay,
+                _ => matches!(
+                    (s, e),
+                    (S::Connecting, E::Linked)
+                        | (S::Quiescing, E::Quiesced)
+                        | (S::FixingPoint, E::PointFixed)
+                        | (S::FinishingDump, E::Dumped)
+                        | (S::Transferring, E::Transferred)
+                        | (S::CatchingUp, E::CaughtUp)
+                        | (S::ShippingTail, E::TailApplied)
+                        | (S::Committing, E::CommitRecorded)
+                        | (S::Switching, E::Switched)
+                        | (S::Stopping, E::Stopped)
+                ),
+            }
         };
-        for state in all_states() {
-            for event in &local {
-                let m = Source {
-                    approach: Approach::Replay,
-                    epoch: EPOCH,
-                    state: state.clone(),
-                };
-                let result = m.on(event.clone());
-                assert_eq!(
-                    result.is_ok(),
-                    legal(&state, event),
-                    "{event:?} in {state:?}: {result:?}"
-                );
+        for approach in [Approach::Replay, Approach::Iterative] {
+            for state in all_states() {
+                for event in &local {
+                    let m = Source {
+                        approach,
+                        epoch: EPOCH,
+                        state: state.clone(),
+                    };
+                    let result = m.on(event.clone());
+                    assert_eq!(
+                        result.is_ok(),
+                        legal(approach, &state, event),
+                        "{approach:?}: {event:?} in {state:?}: {result:?}"
+                    );
+                }
             }
         }
     }

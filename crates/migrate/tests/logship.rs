@@ -4,8 +4,9 @@
 //! record damaged in flight is refused with its LSN.
 
 use bytes::Bytes;
+use replaymig_journal::Entry;
 use replaymig_journal::{Journal, JournalError, JournalOptions, Lsn, Record};
-use replaymig_migrate::logship::{self, ShipError};
+use replaymig_migrate::logship::{self, ShipError, Shipper};
 use replaymig_peer::{Message, PeerLink};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -14,6 +15,19 @@ const SECRET: &str = "logship-test-secret-0123456789";
 
 async fn link_pair() -> (PeerLink, PeerLink) {
     replaymig_testkit::peer_link_pair(SECRET).await
+}
+
+/// The destination's side of one batch, as the node's driver does it: the
+/// next message must be a batch, which is verified and journaled.
+async fn receive_batch(dest: &Journal, link: &mut PeerLink) -> Result<Vec<Entry>, ShipError> {
+    match link.recv_timeout(Duration::from_secs(10)).await? {
+        Message::LogBatch {
+            first_lsn,
+            count,
+            packed,
+        } => logship::journal_packed(dest, first_lsn, count, &packed).await,
+        other => panic!("expected a log batch, got {}", other.name()),
+    }
 }
 
 fn data(conn: u64, n: u64) -> Record {
@@ -45,21 +59,17 @@ async fn the_destination_gets_every_record_after_s_under_the_same_lsn_while_the_
     let shipping = {
         let source = source.clone();
         tokio::spawn(async move {
-            logship::send(&source, s + 1, final_lsn, &mut a)
+            let mut shipper = Shipper::new(&source, s + 1).unwrap();
+            shipper
+                .run_until(&mut a, |st| st.acked >= final_lsn)
                 .await
-                .unwrap()
+                .unwrap();
+            shipper.stats
         })
     };
     let mut received = Vec::new();
-    while received
-        .last()
-        .map_or(0, |e: &replaymig_journal::Entry| e.lsn)
-        < final_lsn
-    {
-        let batch = logship::receive_batch(&dest, &mut b, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .unwrap();
+    while received.last().map_or(0, |e: &Entry| e.lsn) < final_lsn {
+        let batch = receive_batch(&dest, &mut b).await.unwrap();
         logship::ack(&mut b, batch.last().unwrap().lsn)
             .await
             .unwrap();
@@ -101,9 +111,7 @@ async fn a_record_damaged_in_flight_is_refused_with_its_lsn_and_not_journaled() 
     })
     .await
     .unwrap();
-    let err = logship::receive_batch(&dest, &mut b, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = receive_batch(&dest, &mut b).await.unwrap_err();
     assert!(
         matches!(
             err,
