@@ -690,3 +690,53 @@ fn the_admin_api_wants_its_token_when_one_is_configured() {
         assert!(!log.contains(secret), "a secret in the log:\n{log}");
     }
 }
+
+/// Issue #15, bounded holds: a client leaves a request half-sent, so the
+/// service can never answer it and no barrier goes quiet. Each of the 5
+/// attempts gives the input back after `max_hold_ms` (100 ms), the
+/// migration is refused naming the attempts and what they held, A keeps
+/// every write — and another client never waits anywhere near the 5 s one
+/// attempt used to hold everybody (every reply is checked; the bound
+/// asserted, 1 s, is ten attempts' worth).
+#[test]
+fn a_half_sent_request_makes_each_barrier_give_up_within_its_bound() {
+    let pair = Pair::start(None, None);
+    let mut half = std::net::TcpStream::connect(pair.listen_a()).unwrap();
+    std::io::Write::write_all(&mut half, b"*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (addr, stop) = (pair.listen_a(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = RespClient::connect(addr).unwrap();
+            let (mut acked, mut worst) = (0i64, Duration::ZERO);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let asked = Instant::now();
+                let r = c
+                    .cmd(&["INCR", "n"])
+                    .unwrap_or_else(|e| panic!("client error after {acked} acks: {e}"));
+                worst = worst.max(asked.elapsed());
+                assert_eq!(r, Reply::Int(acked + 1));
+                acked += 1;
+            }
+            (acked, worst)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let err = failed_migration(pair.migrate());
+    assert!(
+        err.contains("did not go quiet in 5 attempts of at most 100 ms"),
+        "{err}\n{}",
+        pair.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, worst) = client.join().unwrap();
+    assert!(
+        worst < Duration::from_secs(1),
+        "a client waited {worst:?} for one INCR"
+    );
+    pair.assert_a_kept_everything(acked);
+    assert_eq!(pair.owner(pair.pb.admin), "a");
+    drop(half);
+}

@@ -19,6 +19,9 @@
 //! start = "redis-server --port 6379 --dir {data_dir} --save ''"
 //! ready = "redis-cli -p {port} PING | grep -q PONG"
 //! data_dir = "/var/lib/redis"
+//! # quiet_ms = 20        barrier: silent this long = quiet
+//! # max_hold_ms = 100    barrier: give the input back after this long
+//! # hold_attempts = 5    barrier: tries (back-off 100 ms, doubling)
 //! [service.snapshot]
 //! driver = "exec"                            # exec | criu | none (none: the service
 //!                                            # starts empty and a migration replays its
@@ -107,6 +110,18 @@ pub struct ServiceConfig {
     /// mid-way through a large answer) for quiet. Default 20 ms.
     #[serde(default = "default_quiet_ms")]
     pub quiet_ms: u64,
+    /// Bound on one barrier attempt: if the service is not quiet within
+    /// this long, client input is released (the attempt counts as a
+    /// failed hold) and the barrier is tried again after a back-off.
+    /// Clients are never held longer than this waiting for quiet.
+    /// Default 100 ms.
+    #[serde(default = "default_max_hold_ms")]
+    pub max_hold_ms: u64,
+    /// Barrier attempts before the migration is refused ("did not go
+    /// quiet"); between attempts the service serves for 100 ms, doubling
+    /// each time. Default 5.
+    #[serde(default = "default_hold_attempts")]
+    pub hold_attempts: u32,
     /// What the journal keeps of the service's answers: `off`, `digest`
     /// (default) or `full` (see `replaymig proxy --journal-responses`).
     #[serde(default)]
@@ -122,6 +137,14 @@ pub struct ServiceConfig {
 
 fn default_quiet_ms() -> u64 {
     20
+}
+
+fn default_max_hold_ms() -> u64 {
+    100
+}
+
+fn default_hold_attempts() -> u32 {
+    5
 }
 
 /// The snapshot driver section.
@@ -176,6 +199,21 @@ impl NodeConfig {
                     "service {}: quiet_ms must be 1..=1000, not {}",
                     s.name,
                     s.quiet_ms
+                );
+            }
+            if !(s.quiet_ms + 1..=10_000).contains(&s.max_hold_ms) {
+                bail!(
+                    "service {}: max_hold_ms must be above quiet_ms ({}) and at most 10000, not {}",
+                    s.name,
+                    s.quiet_ms,
+                    s.max_hold_ms
+                );
+            }
+            if !(1..=20).contains(&s.hold_attempts) {
+                bail!(
+                    "service {}: hold_attempts must be 1..=20, not {}",
+                    s.name,
+                    s.hold_attempts
                 );
             }
             if s.owner != self.name && !self.peers.contains_key(&s.owner) {

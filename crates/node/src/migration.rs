@@ -239,26 +239,90 @@ pub(crate) async fn restore_service(
     Ok(())
 }
 
-/// The barrier, tried a few times (a burst of answers can keep a service
-/// from going quiet once); forwarding resumes between tries.
-pub(crate) async fn quiesce_with_retries(host: &ServiceHost) -> Result<replaymig_proxy::Quiesced> {
-    const TRIES: usize = 3;
+/// Client input held by a migration's barrier. Released when dropped, and
+/// then its length goes to the hold histogram — whatever ends it.
+pub(crate) struct Hold {
+    inner: replaymig_proxy::Quiesced,
+    service: String,
+}
+
+impl std::ops::Deref for Hold {
+    type Target = replaymig_proxy::Quiesced;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        telemetry::hold(&self.service, "held", self.inner.held_for().as_secs_f64());
+    }
+}
+
+/// Barrier attempts that gave up, and how long they held client input:
+/// part of the interruption clients saw, failed or not.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FailedHolds {
+    pub(crate) count: u32,
+    pub(crate) seconds: f64,
+}
+
+/// The first barrier of a back-off series waits this long after a failed
+/// attempt, doubling each time: the service serves in between.
+const HOLD_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The barrier, tried up to `hold_attempts` times, each holding client
+/// input at most `max_hold_ms` (a burst of answers, a large request in
+/// flight or a slow answer can keep a service from going quiet at one
+/// moment); forwarding resumes between tries, for a doubling back-off.
+/// Every failed attempt is counted in `failed` (and the hold histogram).
+pub(crate) async fn quiesce_with_retries(
+    host: &ServiceHost,
+    failed: &mut FailedHolds,
+) -> Result<Hold> {
+    let service = &host.config.name;
+    let attempts = host.config.hold_attempts.max(1);
+    let options = QuiesceOptions {
+        idle: Duration::from_millis(host.config.quiet_ms),
+        timeout: Duration::from_millis(host.config.max_hold_ms),
+    };
+    let mut backoff = HOLD_BACKOFF;
     let mut last = None;
-    for attempt in 1..=TRIES {
-        let options = QuiesceOptions {
-            idle: Duration::from_millis(host.config.quiet_ms),
-            ..QuiesceOptions::default()
-        };
+    for attempt in 1..=attempts {
+        let started = Instant::now();
         match host.proxy.quiesce(options).await {
-            Ok(hold) => return Ok(hold),
+            Ok(inner) => {
+                return Ok(Hold {
+                    inner,
+                    service: service.clone(),
+                })
+            }
             Err(e) => {
-                tracing::warn!(attempt, error = %e, "barrier failed; retrying");
+                let held = started.elapsed().as_secs_f64();
+                failed.count += 1;
+                failed.seconds += held;
+                telemetry::hold(service, "not_quiet", held);
+                tracing::warn!(
+                    attempt,
+                    attempts,
+                    held_ms = held * 1000.0,
+                    error = %e,
+                    "barrier gave up; input released"
+                );
                 last = Some(e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if attempt < attempts {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
             }
         }
     }
-    Err(last.expect("at least one try").into())
+    let e = anyhow::Error::from(last.expect("at least one attempt"));
+    Err(e.context(format!(
+        "the barrier did not go quiet in {attempts} attempts of at most {} ms (clients held {:.3} s in all)",
+        host.config.max_hold_ms, failed.seconds
+    )))
 }
 
 /// Tells the peer why this side gives up (best effort, briefly: the link

@@ -80,8 +80,16 @@ pub struct MigrationReport {
     pub handover_lsn: u64,
     /// Trigger → destination owns and serves, seconds.
     pub total_seconds: f64,
-    /// Client input held (snapshot barrier + hand-over), seconds.
+    /// Client input held (snapshot barrier + hand-over + every failed
+    /// barrier attempt), seconds.
     pub interruption_seconds: f64,
+    /// Barrier attempts that gave up (the service was not quiet within
+    /// `max_hold_ms`; input was released and the barrier tried again).
+    #[serde(default)]
+    pub failed_holds: u32,
+    /// Client input held by those attempts, seconds (in the interruption).
+    #[serde(default)]
+    pub failed_hold_seconds: f64,
     /// Of which the hand-over hold.
     pub handover_hold_seconds: f64,
     /// The hand-over hold by step, seconds: `quiesce` (until the service is
@@ -143,6 +151,13 @@ impl fmt::Display for MigrationReport {
             "  interruption      {:>10.3} s (hand-over hold {:.3} s)",
             self.interruption_seconds, self.handover_hold_seconds
         )?;
+        if self.failed_holds > 0 {
+            writeln!(
+                f,
+                "  failed barriers   {:>10} ({:.3} s held, in the interruption)",
+                self.failed_holds, self.failed_hold_seconds
+            )?;
+        }
         if !self.handover_steps.is_empty() {
             let steps: Vec<String> = self
                 .handover_steps

@@ -5,8 +5,8 @@
 //! dump, transfer, log shipping, the commit record, the switch) is here.
 
 use crate::migration::{
-    ensure_dir, host, quiesce_with_retries, tell_abort, CatchUp, HoldSteps, Phases, Plan,
-    ProgressFn, SettledForwarding, Ticker, CATCH_UP_TIMEOUT, STEP_TIMEOUT,
+    ensure_dir, host, quiesce_with_retries, tell_abort, CatchUp, FailedHolds, Hold, HoldSteps,
+    Phases, Plan, ProgressFn, SettledForwarding, Ticker, CATCH_UP_TIMEOUT, STEP_TIMEOUT,
 };
 use crate::node::{NodeShared, ServiceHost};
 use crate::ownership::OwnershipRecord;
@@ -19,7 +19,7 @@ use replaymig_migrate::logship::Shipper;
 use replaymig_migrate::source::{Approach, Source, SourceAction, SourceEvent, SourceState};
 use replaymig_migrate::Incoming;
 use replaymig_peer::{Message, PeerLink};
-use replaymig_proxy::{AnswerJournaling, Quiesced, Route};
+use replaymig_proxy::{AnswerJournaling, Route};
 use replaymig_snapshot::delta::BlockIndex;
 use replaymig_snapshot::transfer::SnapshotChunks;
 use replaymig_snapshot::{Driver, Manifest, Placeholders};
@@ -150,7 +150,9 @@ struct SourceRun<'a> {
     /// Iterative: the destination's copy, the base of the final delta.
     held_at_destination: Option<BlockIndex>,
     /// The current hold of client input.
-    hold: Option<Quiesced>,
+    hold: Option<Hold>,
+    /// Barrier attempts that gave up (their holds count in the interruption).
+    failed_holds: FailedHolds,
     /// How long the snapshot barrier held input (replay).
     snapshot_hold: Duration,
     /// The hand-over hold's steps (iterative: from its only barrier).
@@ -196,6 +198,7 @@ impl<'a> SourceRun<'a> {
             link: None,
             held_at_destination: None,
             hold: None,
+            failed_holds: FailedHolds::default(),
             snapshot_hold: Duration::ZERO,
             steps: None,
             settled: None,
@@ -257,7 +260,7 @@ impl<'a> SourceRun<'a> {
                 Some(E::PreCopied)
             }
             A::Quiesce => {
-                let hold = quiesce_with_retries(self.host).await?;
+                let hold = quiesce_with_retries(self.host, &mut self.failed_holds).await?;
                 if *state == SourceState::Quiescing {
                     self.report.snapshot_lsn = hold.lsn;
                 }
@@ -430,11 +433,15 @@ impl<'a> SourceRun<'a> {
         self.report.handover_steps = self.steps.take().map(|s| s.done).unwrap_or_default();
         drop(hold);
         self.settled = None;
-        self.report.interruption_seconds = match self.plan.method {
+        let held = match self.plan.method {
             // One hold, from the final dump's barrier to here.
             Method::Iterative { .. } => self.report.handover_hold_seconds,
             Method::Replay => self.snapshot_hold.as_secs_f64() + self.report.handover_hold_seconds,
         };
+        // Barrier attempts that gave up held the clients too.
+        self.report.failed_holds = self.failed_holds.count;
+        self.report.failed_hold_seconds = self.failed_holds.seconds;
+        self.report.interruption_seconds = held + self.failed_holds.seconds;
         self.report.jitter_seconds = (self.phases.started.elapsed().as_secs_f64()
             - self.report.interruption_seconds)
             .max(0.0);

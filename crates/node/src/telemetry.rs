@@ -41,6 +41,10 @@ pub const REPLAY_LAG_RECORDS: &str = "replaymig_replay_lag_records";
 /// Destination, while catching up: age of the oldest record not yet
 /// replayed (how far the restored service trails the live one), seconds.
 pub const REPLAY_LAG_SECONDS: &str = "replaymig_replay_lag_seconds";
+/// Every hold of client input by a migration's barrier, seconds, by
+/// `outcome`: `held` (the barrier went quiet; measured until released)
+/// or `not_quiet` (the attempt gave up after `max_hold_ms`).
+pub const HOLD_SECONDS: &str = "replaymig_migration_hold_seconds";
 /// Replays that diverged from the journal (a migration then aborts).
 pub const DIVERGENCES_TOTAL: &str = "replaymig_replay_divergences_total";
 /// 1 if the last link attempt to or from this peer node succeeded (label
@@ -61,6 +65,7 @@ pub fn exporter_options(config: &crate::NodeConfig) -> ExporterOptions {
     let seconds = [
         TOTAL_SECONDS,
         INTERRUPTION_SECONDS,
+        HOLD_SECONDS,
         JITTER_SECONDS,
         PHASE_SECONDS,
     ];
@@ -94,6 +99,11 @@ fn describe() {
         INTERRUPTION_SECONDS,
         Unit::Seconds,
         "Client input held per migration"
+    );
+    describe_histogram!(
+        HOLD_SECONDS,
+        Unit::Seconds,
+        "Every hold of client input by a barrier, by outcome (held, not_quiet)"
     );
     describe_histogram!(
         JITTER_SECONDS,
@@ -258,6 +268,12 @@ pub(crate) fn phase(service: &str, role: &'static str, current: Phase) {
         gauge!(PHASE, "service" => service.to_string(), "role" => role, "phase" => p.name())
             .set(value);
     }
+}
+
+/// A hold of client input ended (`outcome`: `held` or `not_quiet`).
+pub(crate) fn hold(service: &str, outcome: &'static str, seconds: f64) {
+    histogram!(HOLD_SECONDS, "service" => service.to_string(), "outcome" => outcome)
+        .record(seconds);
 }
 
 /// An ended migration.
