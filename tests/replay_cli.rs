@@ -790,9 +790,13 @@ fn compare_checks_every_connection_to_the_journals_last_record() {
     let dir = TempDir::new().unwrap();
     let redis = RedisServer::start().unwrap();
     let journal = dir.path().join("journal");
-    let mut proxy =
-        ProxyProcess::start_with(redis.addr, &journal, "batch", &["--journal-responses", "full"])
-            .unwrap();
+    let mut proxy = ProxyProcess::start_with(
+        redis.addr,
+        &journal,
+        "batch",
+        &["--journal-responses", "full"],
+    )
+    .unwrap();
     const ROUNDS: usize = 120;
     phase(proxy.listen, 0..8, ROUNDS);
     wait_active(&proxy, 0.0);
