@@ -41,7 +41,9 @@ pub const REPLAY_LAG_RECORDS: &str = "replaymig_replay_lag_records";
 /// Destination, while catching up: age of the oldest record not yet
 /// replayed (how far the restored service trails the live one), seconds.
 pub const REPLAY_LAG_SECONDS: &str = "replaymig_replay_lag_seconds";
-/// Replays that diverged from the journal (a migration then aborts).
+/// Replays that diverged from the journal: a migration's (it then aborts)
+/// or a rebuild's after a restart (the node keeps the service: the source
+/// gave it up; each divergence is logged as an error).
 pub const DIVERGENCES_TOTAL: &str = "replaymig_replay_divergences_total";
 /// 1 if the last link attempt to or from this peer node succeeded (label
 /// `peer`, a node name).
@@ -140,7 +142,7 @@ fn describe() {
     );
     describe_counter!(
         DIVERGENCES_TOTAL,
-        "Migration replays that diverged from the journal"
+        "Replays (migration or rebuild) that diverged from the journal"
     );
     describe_counter!(FENCED_TOTAL, "Tunnels refused by the epoch fence");
     describe_counter!(
@@ -206,7 +208,7 @@ pub(crate) fn peer_link(peer: &str, up: bool) {
     gauge!(PEER_LINK_UP, "peer" => peer.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
-/// A migration replay diverged.
+/// A replay diverged (a migration's or a rebuild's).
 pub(crate) fn divergence(service: &str) {
     counter!(DIVERGENCES_TOTAL, "service" => service.to_string()).increment(1);
 }
