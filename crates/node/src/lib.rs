@@ -5,6 +5,7 @@
 mod admin;
 pub mod config;
 mod handover;
+mod listener;
 mod migration;
 mod node;
 pub mod ownership;

@@ -48,6 +48,9 @@ pub const DIVERGENCES_TOTAL: &str = "replaymig_replay_divergences_total";
 /// 1 if the last link attempt to or from this peer node succeeded (label
 /// `peer`, a node name).
 pub const PEER_LINK_UP: &str = "replaymig_peer_link_up";
+/// Failed `accept`s on the node's own listeners (label `listener`: `peer`,
+/// `admin`): each is followed by a short backoff rather than a spin.
+pub const ACCEPT_ERRORS_TOTAL: &str = "replaymig_node_accept_errors_total";
 
 /// Buckets of the node's second-valued histograms: migrations last from
 /// milliseconds (a hand-over) to minutes (a large snapshot on a slow link).
@@ -154,6 +157,10 @@ fn describe() {
         "1 if the last link attempt with the peer node succeeded"
     );
     describe_counter!(
+        ACCEPT_ERRORS_TOTAL,
+        "Failed accepts on the node's peer and admin listeners"
+    );
+    describe_counter!(
         crate::admin::ADMIN_REFUSED_TOTAL,
         "Admin requests refused, by reason"
     );
@@ -201,6 +208,14 @@ pub(crate) fn register(config: &crate::NodeConfig) {
     for reason in ["not_loopback", "bad_token", "malformed"] {
         counter!(crate::admin::ADMIN_REFUSED_TOTAL, "reason" => reason).absolute(0);
     }
+    for listener in ["peer", "admin"] {
+        counter!(ACCEPT_ERRORS_TOTAL, "listener" => listener).absolute(0);
+    }
+}
+
+/// An `accept` on the node's `listener` failed.
+pub(crate) fn accept_error(listener: &'static str) {
+    counter!(ACCEPT_ERRORS_TOTAL, "listener" => listener).increment(1);
 }
 
 /// The outcome of a link attempt with peer node `peer`.
