@@ -5,7 +5,8 @@
 //! durable promised) and only read: a replay never appends. The range is
 //! read twice in bounded slices: once to verify every record (a corrupt one
 //! stops the command, naming its LSN, before anything is sent), then to
-//! feed the [`Replayer`], which opens one target connection per journaled
+//! feed the [`Replayer`] (`replaymig_replayer::feed`, the loop a node
+//! rebuilding a service uses too), which opens one target connection per journaled
 //! connection and honours the recorded answer causality. Divergences (the
 //! target answering more or fewer bytes than the original; with `--compare`
 //! also different bytes, checked against the answer segments the proxy
@@ -20,6 +21,7 @@ use replaymig_journal::{
     ConnId, Durability, Entry, Journal, JournalError, JournalOptions, Lsn, OpenMode, Record,
 };
 use replaymig_proxy::SETTLE_WAIT;
+use replaymig_replayer::feed::{feed_range, Fed, FeedError, SLICE};
 use replaymig_replayer::{Divergence, DivergenceKind, ReplayOptions, ReplayReport, Replayer};
 use std::collections::{BTreeSet, HashSet};
 use std::io::{IsTerminal, Write};
@@ -27,11 +29,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Records read from the journal at a time: the journal's range iterator
-/// must not live across the replayer's awaits, and a bounded slice keeps
-/// memory flat however long the range is.
-const SLICE: u64 = 1024;
 
 /// How long the reachability check waits for the target to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -259,27 +256,28 @@ async fn replay(journal: &Journal, args: &ReplayArgs) -> Result<Outcome> {
     let interrupt = CancellationToken::new();
     let watcher = tokio::spawn(cancel_on_ctrl_c(interrupt.clone()));
     let bar = progress_bar(range.len());
-    let mut interrupted_at = None;
-    let mut next = range.from;
-    'slices: while next <= range.to {
-        let end = range.to.min(next.saturating_add(SLICE - 1));
-        let slice = read_slice(journal, dir, next, end)?;
-        for entry in &slice {
-            if interrupt.is_cancelled() {
-                interrupted_at = Some(entry.lsn - 1);
-                break 'slices;
+    // stop_on_divergence is off: divergences only go to the report.
+    let fed = feed_range(
+        journal,
+        range.from..=range.to,
+        &mut replayer,
+        &interrupt,
+        |end| {
+            if let Some(bar) = &bar {
+                let done = end - range.from + 1;
+                bar.set_position(done);
+                let rate = per_second(done as f64, bar.elapsed().as_secs_f64());
+                bar.set_message(format!("{rate:.0} records/s"));
             }
-            // stop_on_divergence is off: divergences only go to the report.
-            let _ = replayer.apply(entry).await;
-        }
-        if let Some(bar) = &bar {
-            let done = end - range.from + 1;
-            bar.set_position(done);
-            let rate = per_second(done as f64, bar.elapsed().as_secs_f64());
-            bar.set_message(format!("{rate:.0} records/s"));
-        }
-        next = end + 1;
-    }
+        },
+    )
+    .await;
+    let interrupted_at = match fed {
+        Ok(Fed::All) => None,
+        Ok(Fed::Stopped { at }) => Some(at - 1),
+        Err(FeedError::Journal(e)) => return Err(bad_record(dir, e)),
+        Err(FeedError::Replay(e)) => return Err(e.into()),
+    };
     watcher.abort();
     if let Some(bar) = &bar {
         bar.set_message("waiting for the last answers".to_string());

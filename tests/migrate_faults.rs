@@ -4,6 +4,11 @@
 //! destination restores a stale snapshot). Each: `replaymig migrate` fails
 //! with a clear error and a non-zero exit, A keeps serving without a client
 //! error, every acknowledged write is on A, and B does not own the service.
+//! Also the hand-over's crash paths: the source dying at its commit point
+//! (B owns once A is back), B restarted while prepared (it rebuilds from
+//! its kept snapshot and journal: every write, no divergence; or, from a
+//! stale snapshot, it serves and reports the divergence), B left prepared
+//! by a source that vanished (it discards).
 
 mod common;
 
@@ -77,6 +82,7 @@ struct Pair {
     a: ChildGuard,
     b: ChildGuard,
     config_a: std::path::PathBuf,
+    config_b: std::path::PathBuf,
     /// Last field, so dropped after the nodes: a redis that a killed node
     /// left behind is stopped by its port.
     _redis: StopRedisOnDrop,
@@ -120,6 +126,7 @@ impl Pair {
             a,
             b,
             config_a: ca,
+            config_b: cb,
             _redis: StopRedisOnDrop(vec![pa.backend, pb.backend]),
         }
     }
@@ -133,6 +140,18 @@ impl Pair {
             self.pa.admin,
             &[],
             &[],
+        );
+    }
+
+    /// Starts node b again (after it died), with `args` (e.g. `--metrics`).
+    fn restart_b(&mut self, args: &[&str]) {
+        self.b = start_node(
+            self.dir.path(),
+            "b",
+            &self.config_b,
+            self.pb.admin,
+            &[],
+            args,
         );
     }
 
@@ -433,6 +452,120 @@ fn a_source_crashing_at_its_commit_point_hands_over_once_it_is_back() {
     assert_eq!(via_a.cmd(&["INCR", "n"]).unwrap(), Reply::Int(acked + 1));
     // B's kept snapshot is gone with the settled hand-over.
     pair.wait_kept_snapshot_removed();
+}
+
+/// B restarted while prepared, after A committed: A dies at its commit
+/// point (fail point), B is killed (`kill -9`) while prepared and the
+/// redis it restored is stopped, so once both are back B must rebuild the
+/// service from its kept snapshot and its own journal. `b_restore`: B's
+/// restore command after its restart. Returns the pair (B serving with its
+/// metrics at the returned address) and the INCRs acknowledged before A
+/// died.
+fn rebuilt_after_a_restart(b_restore: Option<&str>) -> (Pair, i64, SocketAddr) {
+    let mut pair = Pair::start_with(
+        None,
+        None,
+        &[("FAILPOINTS", "source-after-commit-record=return")],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = counter_until_error(pair.listen_a(), "n", stop.clone());
+    // Four-digit counts: a replay from an empty dataset answers shorter.
+    std::thread::sleep(Duration::from_millis(1500));
+    let err = failed_migration(pair.migrate());
+    assert!(!err.is_empty());
+    pair.a.wait_timeout(Duration::from_secs(10)).unwrap();
+    let acked = client.join().unwrap();
+    assert!(acked > 1000, "the client worked before the crash: {acked}");
+    let b = pair.status(pair.pb.admin);
+    assert_eq!(b["prepared"], 2, "{b}");
+
+    pair.b.signal(Signal::SIGKILL).unwrap();
+    pair.b.wait_timeout(Duration::from_secs(10)).unwrap();
+    // The restored copy outlives its killed agent: stop it by its port.
+    drop(StopRedisOnDrop(vec![pair.pb.backend]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((pair.pb.ip, pair.pb.backend)).is_ok() {
+        assert!(Instant::now() < deadline, "B's restored redis still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(restore) = b_restore {
+        let dir = pair.dir.path();
+        pair.config_b = write_node_config(
+            dir,
+            "b",
+            &pair.pb,
+            ("a", &pair.pa),
+            "a",
+            None,
+            Some(restore),
+        );
+    }
+    let metrics: SocketAddr = (pair.pb.ip, replaymig_testkit::free_port()).into();
+    pair.restart_b(&["--metrics", &metrics.to_string()]);
+    pair.restart_a();
+    pair.wait_status(pair.pb.admin, "B rebuilds and commits", |b| {
+        b["owner"] == "b" && b["epoch"] == 2 && b["prepared"].is_null()
+    });
+    (pair, acked, metrics)
+}
+
+#[test]
+fn a_destination_restarted_while_prepared_rebuilds_every_write_without_divergence() {
+    let (pair, acked, metrics) = rebuilt_after_a_restart(None);
+    // Rebuilt from the kept snapshot plus B's journal, with answers
+    // verified: every acknowledged INCR, and nothing reported.
+    let mut direct = RespClient::connect((pair.pb.ip, pair.pb.backend).into()).unwrap();
+    assert_eq!(
+        direct.cmd(&["GET", "n"]).unwrap(),
+        Reply::Bulk(acked.to_string().into_bytes())
+    );
+    let m = common::scrape(metrics).unwrap();
+    assert_eq!(
+        m.get("replaymig_replay_divergences_total"),
+        0.0,
+        "{}",
+        pair.logs()
+    );
+    let mut via_a = RespClient::connect(pair.listen_a()).unwrap();
+    assert_eq!(via_a.cmd(&["INCR", "n"]).unwrap(), Reply::Int(acked + 1));
+    pair.wait_kept_snapshot_removed();
+}
+
+#[test]
+fn a_rebuild_that_diverges_keeps_the_service_and_says_so() {
+    // After its restart B "restores" a stale snapshot: an empty dataset.
+    let stale_dir = TempDir::new().unwrap();
+    let stale = stale_dir.path().join("stale.rdb");
+    std::fs::copy(RedisServer::start().unwrap().save().unwrap(), &stale).unwrap();
+    let restore = format!(r#"["cp {} {{data_dir}}/dump.rdb"]"#, stale.display());
+    let (pair, acked, metrics) = rebuilt_after_a_restart(Some(&restore));
+    // The source gave the service up: B owns and serves it regardless ...
+    let mut direct = RespClient::connect((pair.pb.ip, pair.pb.backend).into()).unwrap();
+    let Reply::Bulk(n) = direct.cmd(&["GET", "n"]).unwrap() else {
+        panic!("B serves n");
+    };
+    assert_ne!(n, acked.to_string().into_bytes(), "the replay diverged");
+    // ... but not silently: counted once, and an error line per divergence
+    // naming its LSN, connection and kind.
+    let m = common::scrape(metrics).unwrap();
+    assert_eq!(
+        m.get("replaymig_replay_divergences_total"),
+        1.0,
+        "{}",
+        pair.logs()
+    );
+    let log = std::fs::read_to_string(pair.dir.path().join("b.log")).unwrap();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("the rebuild's replay diverged"))
+        .collect();
+    assert!(!errors.is_empty(), "{log}");
+    for line in errors {
+        for field in ["lsn=", "conn=", "kind="] {
+            assert!(line.contains(field), "{line}");
+        }
+    }
+    assert!(log.contains("WITH DIVERGENCES"), "{log}");
 }
 
 #[test]

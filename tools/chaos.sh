@@ -19,7 +19,8 @@ if [ "${1:-}" = "--quick" ]; then
   fuzz_seconds=${FUZZ_SECONDS:-30}
 fi
 bash tools/setup.sh >/dev/null
-cargo build --release --quiet --bin replaymig --bin replaymig-chaos
+# replaymig-chaos is a binary of crates/chaos, next to replaymig in target/release.
+cargo build --release --quiet -p replaymig -p replaymig-chaos --bin replaymig --bin replaymig-chaos
 mkdir -p target/chaos
 target/release/replaymig-chaos "${quick[@]}" --report target/chaos/campaigns.md || status=$?
 fuzz_table="(fuzzing skipped: FUZZ_SECONDS=0)"

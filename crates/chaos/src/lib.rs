@@ -6,6 +6,7 @@
 //! on loopback, bounds every loop in count and time, stops what it started
 //! by PID (guards, also on failure) and returns one [`Row`].
 
+pub mod campaigns;
 pub mod connections;
 pub mod crash_loop;
 pub mod disk_full;

@@ -11,6 +11,7 @@
 //! in constant time). Refusals are logged and counted
 //! (`replaymig_admin_refused_total{reason}`).
 
+use crate::listener::{self, Limits};
 use crate::node::{status, NodeShared};
 use metrics::counter;
 use serde::Deserialize;
@@ -44,16 +45,19 @@ pub enum Request {
     Status {},
 }
 
-pub(crate) async fn serve(listener: TcpListener, node: Arc<NodeShared>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        if let Ok((stream, peer)) = accepted {
-            tokio::spawn(handle(stream, peer, node.clone()));
-        }
-    }
+/// The admin listener: one request per connection (see `listener` for the
+/// bound, backoff and drain; a connection that has not sent its request
+/// when the node shuts down is dropped).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    node: Arc<NodeShared>,
+    stop: CancellationToken,
+) {
+    listener::serve(listener, limits, stop, move |stream, peer, stop| {
+        handle(stream, peer, node.clone(), stop)
+    })
+    .await;
 }
 
 /// Longest admin request line read (a request is a few hundred bytes).
@@ -100,10 +104,19 @@ fn authorize(
         .map_err(|e| refuse("malformed", peer, &format!("bad request: {e}")))
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, node: Arc<NodeShared>) {
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: Arc<NodeShared>,
+    stop: CancellationToken,
+) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES)).lines();
-    let Ok(Some(line)) = lines.next_line().await else {
+    let line = tokio::select! {
+        line = lines.next_line() => line,
+        _ = stop.cancelled() => return,
+    };
+    let Ok(Some(line)) = line else {
         return;
     };
     let request = match authorize(&line, peer, node.admin_token.as_ref()) {

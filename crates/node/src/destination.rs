@@ -23,6 +23,7 @@ use replaymig_snapshot::transfer::{self, TransferError};
 use replaymig_snapshot::Manifest;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How long the destination waits for the commit before asking.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,9 +38,10 @@ pub(crate) async fn migrate_in(
     service: String,
     epoch: u64,
     verify_answers: bool,
+    stop: CancellationToken,
 ) -> Result<()> {
     let host = host(node, &service)?;
-    let mut run = DestinationRun::new(node, host, link, verify_answers);
+    let mut run = DestinationRun::new(node, host, link, verify_answers, stop);
     // The offer is decided, and the service marked as migrating, under one
     // lock: two offers cannot both be accepted.
     let (mut machine, actions) = {
@@ -66,11 +68,22 @@ pub(crate) async fn migrate_in(
     let mut event = None;
     loop {
         if let Some(e) = event.take() {
+            let was_failure = matches!(e, DestinationEvent::Failed { .. });
             match machine.clone().on(e) {
                 Ok((next, more)) => {
                     run.follow(&next.state);
                     machine = next;
                     actions.extend(more);
+                }
+                // A failure the machine cannot take while the hand-over is
+                // being decided (this node shuts down): stop driving; the
+                // durable record says prepared, and a restart settles it.
+                Err(refused) if was_failure => {
+                    let e = run.error.take().unwrap_or_else(|| anyhow!("{refused}"));
+                    if accepted {
+                        host.state.lock().await.migrating = false;
+                    }
+                    return Err(e.context("the hand-over stays prepared until the node restarts"));
                 }
                 Err(refused) => {
                     event = Some(run.failed(anyhow!(refused)));
@@ -129,6 +142,8 @@ struct DestinationRun<'a> {
     delivered: Vec<(u64, u64)>,
     /// The failure that aborted the migration, with its full chain.
     error: Option<anyhow::Error>,
+    /// The node shuts down: a prepared hand-over stops asking its source.
+    stop: CancellationToken,
 }
 
 impl<'a> DestinationRun<'a> {
@@ -137,6 +152,7 @@ impl<'a> DestinationRun<'a> {
         host: &'a ServiceHost,
         link: PeerLink,
         verify_answers: bool,
+        stop: CancellationToken,
     ) -> Self {
         DestinationRun {
             node,
@@ -154,6 +170,7 @@ impl<'a> DestinationRun<'a> {
             replay: Duration::ZERO,
             delivered: Vec::new(),
             error: None,
+            stop,
         }
     }
 
@@ -215,7 +232,10 @@ impl<'a> DestinationRun<'a> {
                 Some(E::Prepared)
             }
             A::SendDone => Some(self.send_done(machine.epoch).await),
-            A::AskSource => Some(E::Decided(self.ask_source().await)),
+            A::AskSource => match self.ask_source().await {
+                Some(decision) => Some(E::Decided(decision)),
+                None => bail!("the node shuts down while the hand-over is undecided"),
+            },
             A::Own => {
                 handover::commit_ownership(self.node, self.host, machine.epoch).await;
                 Some(E::Owned)
@@ -490,20 +510,23 @@ impl<'a> DestinationRun<'a> {
         }
     }
 
-    /// Asks the source until it decides.
-    async fn ask_source(&mut self) -> Decision {
+    /// Asks the source until it decides; `None` if the node shuts down
+    /// first (the hand-over stays prepared, for the restart to settle).
+    async fn ask_source(&mut self) -> Option<Decision> {
         let Some(prepared) = self.host.state.lock().await.prepared.clone() else {
-            return Decision::Settled;
+            return Some(Decision::Settled);
         };
-        let stop = tokio_util::sync::CancellationToken::new();
-        match handover::ask_until_decided(self.node, self.host, &prepared, &stop).await {
+        let decided =
+            handover::ask_until_decided(self.node, self.host, &prepared, &self.stop).await;
+        Some(match decided {
             Some(Resolution::Commit) => Decision::Commit,
             Some(_) => {
                 self.error = Some(anyhow!("the source kept the service"));
                 Decision::Keep
             }
+            None if self.stop.is_cancelled() => return None,
             // Settled meanwhile by a tunnel under the new epoch.
             None => Decision::Settled,
-        }
+        })
     }
 }

@@ -7,16 +7,21 @@
 //!
 //! A node restarted while prepared has lost its restored copy; if the
 //! source committed, it rebuilds the service from the kept snapshot and
-//! its own journal (which holds every shipped record under its LSN).
+//! its own journal (which holds every shipped record under its LSN),
+//! replaying as the migration's destination did; a divergence then is an
+//! error it reports but cannot refuse.
 
+use crate::config::ServiceConfig;
 use crate::migration::restore_service;
 use crate::node::{NodeShared, ServiceHost};
 use crate::ownership::{resolve, Prepared, Resolution};
 use crate::telemetry;
 use anyhow::{bail, Context, Result};
+use replaymig_journal::Lsn;
 use replaymig_peer::{Message, PeerLink};
-use replaymig_proxy::Route;
-use replaymig_replayer::{ReplayOptions, Replayer};
+use replaymig_proxy::{AnswerJournaling, Route};
+use replaymig_replayer::feed::feed_range;
+use replaymig_replayer::{ReplayOptions, ReplayReport, Replayer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -215,30 +220,114 @@ pub(crate) async fn recover_after_restart(
     host.state.lock().await.migrating = false;
 }
 
-/// Restores the kept snapshot and replays this node's journal after it.
+/// Restores the kept snapshot and replays this node's journal after it,
+/// as a migration's destination replays (see [`rebuild_options`]). The
+/// source already gave the service up, so a divergence can no longer
+/// refuse it: every record is still applied, the service is kept, and each
+/// divergence is reported as an error ([`report_rebuild`]).
 async fn rebuild(node: &NodeShared, host: &ServiceHost, prepared: &Prepared) -> Result<()> {
     let snapshot = prepared.snapshot_dir.join("snapshot");
     restore_service(node, host, &snapshot)
         .await
         .with_context(|| format!("cannot restore {}", snapshot.display()))?;
-    let head = host.journal.last_lsn();
-    let mut replayer = Replayer::new(ReplayOptions::new(host.config.backend));
-    let mut next = prepared.snapshot_lsn + 1;
-    while next <= head {
-        // In slices: the journal's reader is not held across an await.
-        let to = head.min(next + 1023);
-        let slice = host
-            .journal
-            .read_range(next, to)
-            .collect::<Result<Vec<_>, _>>()?;
-        for entry in &slice {
-            replayer.apply(entry).await?;
-        }
-        next = to + 1;
-    }
+    let (from, head) = (prepared.snapshot_lsn + 1, host.journal.last_lsn());
+    let mut replayer = Replayer::new(rebuild_options(&host.config));
+    feed_range(
+        &host.journal,
+        from..=head,
+        &mut replayer,
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await?;
+    // No hand-over message tells what the clients had received: what the
+    // journal holds of their answers (a migration's `set_delivered`).
+    replayer.deliver_journaled_answers();
     // The clients of the connections still open then are gone with the
     // restart: their replayed connections close here.
     let (report, _open) = replayer.finish().await;
-    tracing::info!(service = %host.config.name, records = report.records, from = prepared.snapshot_lsn + 1, to = head, divergences = report.divergences.len(), "rebuilt from the kept snapshot and the journal");
+    report_rebuild(&host.config.name, report, from, head);
     Ok(())
+}
+
+/// A rebuild replays as the destination of a migration does
+/// (`destination_steps` in migration.rs): answers are checked against the
+/// journaled ones whenever the service journals them, and input is sent
+/// settled, as the source forwarded it. Unlike a migration it does not stop
+/// at the first divergence: there is nobody left to give the service back
+/// to, so the replay applies everything it faithfully can.
+fn rebuild_options(service: &ServiceConfig) -> ReplayOptions {
+    let mut options = ReplayOptions::new(service.backend);
+    options.verify_answers = service.journal_responses != AnswerJournaling::Off;
+    options.settle = Some(replaymig_proxy::SETTLE_WAIT);
+    options.stop_on_divergence = false;
+    options
+}
+
+/// Divergences of a rebuild logged one by one (all are counted).
+const LOGGED_DIVERGENCES: usize = 20;
+
+/// Says how a rebuild went; a diverged one is never silent: each
+/// divergence is an error line (LSN, connection, kind) and the replay
+/// counts once in `replaymig_replay_divergences_total`.
+fn report_rebuild(service: &str, mut report: ReplayReport, from: Lsn, to: Lsn) {
+    let records = report.records;
+    if report.divergences.is_empty() {
+        tracing::info!(
+            service = %service,
+            records,
+            from,
+            to,
+            divergences = 0,
+            "rebuilt from the kept snapshot and the journal"
+        );
+        return;
+    }
+    telemetry::divergence(service);
+    report.divergences.sort_by_key(|d| (d.lsn, d.conn));
+    for d in report.divergences.iter().take(LOGGED_DIVERGENCES) {
+        tracing::error!(service = %service, lsn = d.lsn, conn = d.conn, kind = %d.kind, "the rebuild's replay diverged from the journal");
+    }
+    tracing::error!(
+        service = %service,
+        records,
+        from,
+        to,
+        divergences = report.divergences.len(),
+        logged = report.divergences.len().min(LOGGED_DIVERGENCES),
+        "rebuilt from the kept snapshot and the journal WITH DIVERGENCES: the service is owned \
+         and served here (the source gave it up), but it may not hold what its clients were told"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(journal_responses: &str) -> ServiceConfig {
+        toml::from_str(&format!(
+            r#"
+            name = "redis"
+            listen = "127.0.0.1:6380"
+            backend = "127.0.0.1:6379"
+            journal = "/nonexistent/journal"
+            owner = "a"
+            journal_responses = "{journal_responses}"
+            snapshot = {{ driver = "none" }}
+            "#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rebuild_replays_like_a_destination_but_does_not_stop_at_a_divergence() {
+        for (answers, verified) in [("digest", true), ("full", true), ("off", false)] {
+            let options = rebuild_options(&service(answers));
+            assert_eq!(options.verify_answers, verified, "{answers}");
+            assert_eq!(options.settle, Some(replaymig_proxy::SETTLE_WAIT));
+            assert!(!options.stop_on_divergence);
+            assert_eq!(options.target, "127.0.0.1:6379".parse().unwrap());
+            assert!(options.only.is_none() && options.speed.is_none());
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod admin;
 pub mod config;
 mod destination;
 mod handover;
+mod listener;
 mod migration;
 mod node;
 pub mod ownership;

@@ -4,6 +4,7 @@
 //! listener (`replaymig migrate` / `status`).
 
 use crate::config::{NodeConfig, ServiceConfig};
+use crate::listener::{self, Limits};
 use crate::ownership::{OwnershipFile, OwnershipRecord, Prepared};
 use crate::process::{wait_ready, ServiceProcess};
 use crate::{admin, handover, tunnel};
@@ -15,6 +16,7 @@ use replaymig_proxy::{Proxy, ProxyConfig, ProxyControl, Route};
 use replaymig_snapshot::Placeholders;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -304,7 +306,12 @@ impl Node {
                 )
             })?;
         tasks.spawn(serve_peers(peer, shared.clone(), shutdown.clone()));
-        tasks.spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
+        tasks.spawn(admin::serve(
+            admin,
+            ADMIN_LISTENER,
+            shared.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(node = %shared.config.name, peer = %shared.config.peer_listen, admin = %shared.config.admin_listen, "node serving");
         Ok(Node {
             shared,
@@ -333,10 +340,23 @@ impl Node {
         status(&self.shared).await
     }
 
-    /// Stops serving, stops the local services, flushes the journals.
+    /// Stops the node, in this order, so that nothing can append to a
+    /// journal once it is closed:
+    /// 1. stop accepting: the proxies, the peer and the admin listeners
+    ///    stop accepting, and a prepared hand-over stops asking its source;
+    /// 2. drain: wait for every task of the node. Each listener waits up to
+    ///    [`DRAIN_TIMEOUT`] for its running requests — a migration in or
+    ///    out, a hand-over being settled — and aborts the rest; each proxy
+    ///    drains its client connections (its own drain timeout);
+    /// 3. stop the local services;
+    /// 4. close the journals (the final flush).
     pub async fn shutdown(mut self) {
+        // 1. Stop accepting, everywhere at once.
         self.shutdown.cancel();
+        // 2. Drain: the listeners and proxies return only once their
+        // connections ended or were aborted.
         while self.tasks.join_next().await.is_some() {}
+        // 3 and 4, service by service.
         for host in self.shared.services.values() {
             if let Some(process) = host.state.lock().await.process.take() {
                 process.stop().await;
@@ -373,68 +393,104 @@ pub(crate) async fn status(shared: &NodeShared) -> Vec<ServiceStatus> {
     out
 }
 
-/// Authenticates each peer connection and dispatches on its first message.
+/// Bounds of the peer listener: peer connections in their handshake or
+/// request at once. A tunnel's ends as soon as the proxy adopts it;
+/// migrations and owner queries are few.
+const PEER_LISTENER: Limits = Limits {
+    name: "peer",
+    max_connections: 1024,
+    drain_timeout: DRAIN_TIMEOUT,
+};
+
+/// Bounds of the admin listener: `replaymig status` and `migrate`
+/// connections at once (a `migrate` holds its own for the whole migration).
+const ADMIN_LISTENER: Limits = Limits {
+    name: "admin",
+    max_connections: 64,
+    drain_timeout: DRAIN_TIMEOUT,
+};
+
+/// How long a shutdown waits for running peer and admin requests (a
+/// migration in or out, a hand-over being settled) before aborting them.
+/// Each migration step has its own, longer bound; an aborted migration is
+/// a crash of this node to the other side, which the protocol survives
+/// (see `handover`).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peer listener: authenticates each connection and dispatches on its
+/// first message (see `listener` for the bound, backoff and drain).
 async fn serve_peers(listener: TcpListener, shared: Arc<NodeShared>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, addr)) = accepted else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut link = match PeerLink::accept(stream, &shared.auth).await {
-                Ok(link) => {
-                    crate::telemetry::peer_link(link.peer_node(), true);
-                    link
-                }
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "peer refused");
-                    return;
-                }
-            };
-            let first = match link.recv_timeout(Duration::from_secs(10)).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "peer sent no request");
-                    return;
-                }
-            };
-            let outcome = match first {
-                Message::MigrateBegin {
-                    service,
-                    epoch,
-                    verify_answers,
-                } => {
-                    crate::destination::migrate_in(&shared, link, service, epoch, verify_answers)
-                        .await
-                }
-                Message::TunnelOpen {
-                    service,
-                    conn,
-                    delivered,
-                    client,
-                    epoch,
-                } => {
-                    let request = tunnel::Request {
-                        service,
-                        conn,
-                        delivered,
-                        client,
-                        epoch,
-                    };
-                    tunnel::accept(&shared, link, request).await
-                }
-                Message::OwnerQuery { service } => {
-                    handover::answer_owner_query(&shared, link, &service).await
-                }
-                other => Err(anyhow::anyhow!("unexpected first message {}", other.name())),
-            };
-            if let Err(e) = outcome {
-                tracing::warn!(%addr, error = %format!("{e:#}"), "peer request failed");
+    listener::serve(listener, PEER_LISTENER, stop, move |stream, addr, stop| {
+        peer_connection(stream, addr, shared.clone(), stop)
+    })
+    .await;
+}
+
+/// One peer connection: the handshake and the first message (dropped if
+/// the node shuts down before they are through), then the request.
+async fn peer_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<NodeShared>,
+    stop: CancellationToken,
+) {
+    let request = async {
+        let mut link = match PeerLink::accept(stream, &shared.auth).await {
+            Ok(link) => {
+                crate::telemetry::peer_link(link.peer_node(), true);
+                link
             }
-        });
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "peer refused");
+                return None;
+            }
+        };
+        match link.recv_timeout(Duration::from_secs(10)).await {
+            Ok(first) => Some((link, first)),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "peer sent no request");
+                None
+            }
+        }
+    };
+    let (link, first) = tokio::select! {
+        request = request => match request {
+            Some(request) => request,
+            None => return,
+        },
+        _ = stop.cancelled() => return,
+    };
+    let outcome = match first {
+        Message::MigrateBegin {
+            service,
+            epoch,
+            verify_answers,
+        } => {
+            crate::destination::migrate_in(&shared, link, service, epoch, verify_answers, stop)
+                .await
+        }
+        Message::TunnelOpen {
+            service,
+            conn,
+            delivered,
+            client,
+            epoch,
+        } => {
+            let request = tunnel::Request {
+                service,
+                conn,
+                delivered,
+                client,
+                epoch,
+            };
+            tunnel::accept(&shared, link, request).await
+        }
+        Message::OwnerQuery { service } => {
+            handover::answer_owner_query(&shared, link, &service).await
+        }
+        other => Err(anyhow::anyhow!("unexpected first message {}", other.name())),
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(%addr, error = %format!("{e:#}"), "peer request failed");
     }
 }

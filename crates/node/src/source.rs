@@ -104,11 +104,20 @@ async fn drive(
     });
     loop {
         if let Some(e) = event.take() {
+            let was_failure = matches!(e, SourceEvent::Failed { .. });
             match machine.clone().on(e) {
                 Ok((next, more)) => {
                     run.follow(&next.state);
                     machine = next;
                     actions.extend(more);
+                }
+                // A failure the machine cannot take any more (after the
+                // commit): the destination owns the service; say so.
+                Err(refused) if was_failure => {
+                    return Err(anyhow!(refused).context(format!(
+                        "the service was handed over to {} (epoch {})",
+                        plan.to, plan.epoch
+                    )))
                 }
                 // An illegal message or step: abort with it while we can.
                 Err(refused) => {

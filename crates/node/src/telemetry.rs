@@ -45,11 +45,16 @@ pub const REPLAY_LAG_SECONDS: &str = "replaymig_replay_lag_seconds";
 /// `outcome`: `held` (the barrier went quiet; measured until released)
 /// or `not_quiet` (the attempt gave up after `max_hold_ms`).
 pub const HOLD_SECONDS: &str = "replaymig_migration_hold_seconds";
-/// Replays that diverged from the journal (a migration then aborts).
+/// Replays that diverged from the journal: a migration's (it then aborts)
+/// or a rebuild's after a restart (the node keeps the service: the source
+/// gave it up; each divergence is logged as an error).
 pub const DIVERGENCES_TOTAL: &str = "replaymig_replay_divergences_total";
 /// 1 if the last link attempt to or from this peer node succeeded (label
 /// `peer`, a node name).
 pub const PEER_LINK_UP: &str = "replaymig_peer_link_up";
+/// Failed `accept`s on the node's own listeners (label `listener`: `peer`,
+/// `admin`): each is followed by a short backoff rather than a spin.
+pub const ACCEPT_ERRORS_TOTAL: &str = "replaymig_node_accept_errors_total";
 
 /// Buckets of the node's second-valued histograms: migrations last from
 /// milliseconds (a hand-over) to minutes (a large snapshot on a slow link).
@@ -150,7 +155,7 @@ fn describe() {
     );
     describe_counter!(
         DIVERGENCES_TOTAL,
-        "Migration replays that diverged from the journal"
+        "Replays (migration or rebuild) that diverged from the journal"
     );
     describe_counter!(FENCED_TOTAL, "Tunnels refused by the epoch fence");
     describe_counter!(
@@ -160,6 +165,10 @@ fn describe() {
     describe_gauge!(
         PEER_LINK_UP,
         "1 if the last link attempt with the peer node succeeded"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS_TOTAL,
+        "Failed accepts on the node's peer and admin listeners"
     );
     describe_counter!(
         crate::admin::ADMIN_REFUSED_TOTAL,
@@ -209,6 +218,14 @@ pub(crate) fn register(config: &crate::NodeConfig) {
     for reason in ["not_loopback", "bad_token", "malformed"] {
         counter!(crate::admin::ADMIN_REFUSED_TOTAL, "reason" => reason).absolute(0);
     }
+    for listener in ["peer", "admin"] {
+        counter!(ACCEPT_ERRORS_TOTAL, "listener" => listener).absolute(0);
+    }
+}
+
+/// An `accept` on the node's `listener` failed.
+pub(crate) fn accept_error(listener: &'static str) {
+    counter!(ACCEPT_ERRORS_TOTAL, "listener" => listener).increment(1);
 }
 
 /// The outcome of a link attempt with peer node `peer`.
@@ -216,7 +233,7 @@ pub(crate) fn peer_link(peer: &str, up: bool) {
     gauge!(PEER_LINK_UP, "peer" => peer.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
-/// A migration replay diverged.
+/// A replay diverged (a migration's or a rebuild's).
 pub(crate) fn divergence(service: &str) {
     counter!(DIVERGENCES_TOTAL, "service" => service.to_string()).increment(1);
 }

@@ -1,6 +1,7 @@
 //! One replayer, two users: migration (feed the journal after the snapshot
 //! point into the restored service, then hand the connections over) and the
-//! debugging tool (`replaymig replay`).
+//! debugging tool (`replaymig replay`). A stored journal range is fed by
+//! one loop (`feed`), for the tool and for a node rebuilding a service.
 //!
 //! Records go to the target in LSN order, through one sequencer
 //! (`inflight`). Each journaled connection gets a fresh connection to the
@@ -22,6 +23,7 @@
 
 mod answers;
 pub mod compare;
+pub mod feed;
 mod inflight;
 mod worker;
 
@@ -252,6 +254,9 @@ struct ReplayConn {
     /// The last client record sent on it: what a journaled answer segment
     /// that follows responds to.
     last_input_lsn: Option<Lsn>,
+    /// Where the answer segments journaled on it end (answer bytes since
+    /// the starting point): what its client is known to have received.
+    journaled: u64,
     /// Wakes its task when its oldest record's turn comes (`InFlight`).
     turn: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<worker::WorkerEnd>,
@@ -340,6 +345,19 @@ impl Replayer {
     pub fn set_delivered(&mut self, conn: ConnId, delivered: u64) {
         if let Some(c) = self.conns.get(&conn) {
             c.answers.raise_watermark(delivered.saturating_sub(c.base));
+        }
+    }
+
+    /// For a replay that ends without the old owner's word on what each
+    /// client received (a node rebuilding a service after a restart, where
+    /// no hand-over message says it): every answer journaled on a
+    /// connection counts as received, since the proxy journals the answers
+    /// it delivered. As after [`Replayer::set_delivered`], only answers
+    /// beyond those are then kept (with `verify_answers`, a divergence).
+    /// Nothing changes for a journal without answer records.
+    pub fn deliver_journaled_answers(&mut self) {
+        for c in self.conns.values() {
+            c.answers.raise_watermark(c.journaled);
         }
     }
 
@@ -520,6 +538,7 @@ impl Replayer {
                     answers,
                     base,
                     last_input_lsn: None,
+                    journaled: 0,
                     turn,
                     task,
                 },
@@ -578,12 +597,13 @@ impl Replayer {
     ) {
         let inflight = self.inflight.clone();
         let compare = self.options.compare_answers;
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let Some(relative) = offset.checked_sub(c.base) else {
             return;
         };
+        c.journaled = c.journaled.max(relative + len);
         if compare {
             self.report.answer_segments += 1;
             c.answers.expect(compare::ExpectedSegment {

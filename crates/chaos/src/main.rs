@@ -1,11 +1,14 @@
 //! `replaymig-chaos`: the reliability campaigns (see `replaymig_chaos`),
-//! for tests (`--quick`) and operators (the full counts). Prints a Markdown
+//! for CI (`--quick`) and operators (the full counts). Prints a Markdown
 //! table; `--report FILE` also writes it there; exits non-zero if any
-//! campaign lost data or failed a run.
+//! campaign lost data or failed a run. Only option parsing lives here:
+//! what runs is `replaymig_chaos::campaigns`, which `tests/chaos_quick.rs`
+//! calls directly.
 
 use anyhow::Result;
 use clap::Parser;
-use replaymig_chaos::{connections, crash_loop, disk_full, migrations, table, Row, Target};
+use replaymig_chaos::campaigns::{self, Campaigns};
+use replaymig_chaos::Target;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,66 +70,27 @@ fn run(args: Args) -> Result<bool> {
         Some(bin) => bin,
         None => std::env::current_exe()?.with_file_name("replaymig"),
     };
-    let target = Target { bin };
-    let crash = crash_loop::CrashLoop {
-        runs: args.crash_runs.unwrap_or(if args.quick { 5 } else { 100 }),
-        seed: args.seed,
-        ..Default::default()
-    };
-    let load = connections::ConnectionLoad {
-        count: args.connections,
-        seconds: args
-            .connection_seconds
-            .unwrap_or(if args.quick { 5 } else { 180 }),
-    };
-    let faulted = migrations::FaultedMigrations {
-        runs: args
-            .migration_runs
-            .unwrap_or(if args.quick { 3 } else { 50 }),
-        only: args.faults.clone(),
-        ..Default::default()
-    };
-    let disk = disk_full::DiskFull {
-        runs: args
-            .disk_full_runs
-            .unwrap_or(if args.quick { 2 } else { 20 }),
-        ..Default::default()
-    };
-    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
-    let started = std::time::Instant::now();
-    let mut rows: Vec<Row> = Vec::new();
-    if wanted("crash-loop") {
-        eprintln!("crash loop: {} runs ...", crash.runs);
-        rows.push(crash_loop::run(&target, &crash)?);
+    let mut campaigns = Campaigns::sized(args.quick);
+    campaigns.only = args.only;
+    if let Some(runs) = args.crash_runs {
+        campaigns.crash.runs = runs;
     }
-    if wanted("migrations") {
-        eprintln!(
-            "faulted migrations: {} runs of each fault ...",
-            faulted.runs
-        );
-        rows.extend(migrations::run(&target, &faulted)?);
+    campaigns.crash.seed = args.seed;
+    campaigns.load.count = args.connections;
+    if let Some(seconds) = args.connection_seconds {
+        campaigns.load.seconds = seconds;
     }
-    if wanted("disk-full") {
-        eprintln!("disk full: {} fill / free cycles ...", disk.runs);
-        rows.push(disk_full::run(&target, &disk)?);
+    if let Some(runs) = args.migration_runs {
+        campaigns.faulted.runs = runs;
     }
-    if wanted("connections") {
-        eprintln!(
-            "connection load: {} clients for {} s ...",
-            load.count, load.seconds
-        );
-        rows.push(connections::run(&target, &load)?);
+    campaigns.faulted.only = args.faults;
+    if let Some(runs) = args.disk_full_runs {
+        campaigns.disk.runs = runs;
     }
-    let report = format!(
-        "{}\n{} campaigns in {:.0} s ({}).\n",
-        table(&rows),
-        rows.len(),
-        started.elapsed().as_secs_f64(),
-        if args.quick { "--quick" } else { "full counts" }
-    );
-    print!("{report}");
+    let report = campaigns::run(&Target { bin }, &campaigns)?;
+    print!("{}", report.text);
     if let Some(path) = args.report {
-        std::fs::write(&path, &report)?;
+        std::fs::write(&path, &report.text)?;
     }
-    Ok(rows.iter().all(Row::ok))
+    Ok(report.ok())
 }
