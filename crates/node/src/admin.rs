@@ -11,8 +11,8 @@
 //! in constant time). Refusals are logged and counted
 //! (`replaymig_admin_refused_total{reason}`).
 
+use crate::context::{status, NodeShared};
 use crate::listener::{self, Limits};
-use crate::node::{status, NodeShared};
 use metrics::counter;
 use serde::Deserialize;
 use serde_json::json;
@@ -65,13 +65,10 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
 /// Why an admin request was refused (the metric's `reason`).
 fn refuse(reason: &'static str, peer: SocketAddr, detail: &str) -> serde_json::Value {
-    counter!(ADMIN_REFUSED_TOTAL, "reason" => reason).increment(1);
+    counter!(crate::telemetry::ADMIN_REFUSED_TOTAL, "reason" => reason).increment(1);
     tracing::warn!(%peer, reason, "admin request refused: {detail}");
     json!({ "error": format!("admin request refused: {detail}") })
 }
-
-/// Admin requests refused, by `reason` (`not_loopback`, `bad_token`, `malformed`).
-pub const ADMIN_REFUSED_TOTAL: &str = "replaymig_admin_refused_total";
 
 /// The request, if `line` is one this peer may make.
 fn authorize(

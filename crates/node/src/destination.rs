@@ -5,9 +5,9 @@
 //! the snapshot, restoring, replaying with every answer checked, and the
 //! durable prepare/commit/discard are here (with handover.rs).
 
+use crate::context::{NodeShared, ServiceHost};
 use crate::handover;
 use crate::migration::{ensure_dir, host, restore_service, tell_abort, STEP_TIMEOUT};
-use crate::node::{NodeShared, ServiceHost};
 use crate::ownership::{Prepared, Resolution};
 use crate::report::Phase;
 use crate::telemetry;

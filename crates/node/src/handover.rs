@@ -12,8 +12,8 @@
 //! error it reports but cannot refuse.
 
 use crate::config::ServiceConfig;
+use crate::context::{NodeShared, ServiceHost};
 use crate::migration::restore_service;
-use crate::node::{NodeShared, ServiceHost};
 use crate::ownership::{resolve, Prepared, Resolution};
 use crate::telemetry;
 use anyhow::{bail, Context, Result};

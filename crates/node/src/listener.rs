@@ -14,6 +14,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How long a shutdown waits for running peer and admin requests (a
+/// migration in or out, a hand-over being settled) before aborting them.
+/// Each migration step has its own, longer bound; an aborted migration is
+/// a crash of this node to the other side, which the protocol survives
+/// (see `handover`).
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// First pause after a failed `accept` (doubling up to [`MAX_BACKOFF`]).
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause between failed `accept`s.

@@ -4,7 +4,7 @@
 //! `replaymig_migrate` (docs/protocol.md); `source.rs` and
 //! `destination.rs` carry out their actions.
 
-use crate::node::{NodeShared, ServiceHost};
+use crate::context::{NodeShared, ServiceHost};
 use crate::process::ServiceProcess;
 use crate::report::{Method, Phase, Progress};
 use crate::telemetry;

@@ -5,7 +5,7 @@
 //! threshold or the round limit is reached. The final dump, under held
 //! input, follows in the migration proper.
 
-use crate::node::{NodeShared, ServiceHost};
+use crate::context::{NodeShared, ServiceHost};
 use crate::report::Iteration;
 use anyhow::Result;
 use replaymig_peer::PeerLink;

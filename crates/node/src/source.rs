@@ -4,11 +4,11 @@
 //! where the commit lies is the machine's; how each step is done (barrier,
 //! dump, transfer, log shipping, the commit record, the switch) is here.
 
+use crate::context::{NodeShared, ServiceHost};
 use crate::migration::{
     ensure_dir, host, quiesce_with_retries, tell_abort, CatchUp, FailedHolds, Hold, HoldSteps,
     Phases, Plan, ProgressFn, SettledForwarding, Ticker, CATCH_UP_TIMEOUT, STEP_TIMEOUT,
 };
-use crate::node::{NodeShared, ServiceHost};
 use crate::ownership::OwnershipRecord;
 use crate::precopy;
 use crate::process::ServiceProcess;

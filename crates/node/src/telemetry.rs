@@ -45,6 +45,8 @@ pub const REPLAY_LAG_SECONDS: &str = "replaymig_replay_lag_seconds";
 /// `outcome`: `held` (the barrier went quiet; measured until released)
 /// or `not_quiet` (the attempt gave up after `max_hold_ms`).
 pub const HOLD_SECONDS: &str = "replaymig_migration_hold_seconds";
+/// Admin requests refused, by `reason` (`not_loopback`, `bad_token`, `malformed`).
+pub const ADMIN_REFUSED_TOTAL: &str = "replaymig_admin_refused_total";
 /// Replays that diverged from the journal: a migration's (it then aborts)
 /// or a rebuild's after a restart (the node keeps the service: the source
 /// gave it up; each divergence is logged as an error).
@@ -170,10 +172,7 @@ fn describe() {
         ACCEPT_ERRORS_TOTAL,
         "Failed accepts on the node's peer and admin listeners"
     );
-    describe_counter!(
-        crate::admin::ADMIN_REFUSED_TOTAL,
-        "Admin requests refused, by reason"
-    );
+    describe_counter!(ADMIN_REFUSED_TOTAL, "Admin requests refused, by reason");
     describe_counter!(
         peer::AUTH_FAILURES_TOTAL,
         "Peer handshakes refused, by the refusing side"
@@ -216,7 +215,7 @@ pub(crate) fn register(config: &crate::NodeConfig) {
     }
     counter!(replaymig_peer::names::BAD_FRAMES_TOTAL).absolute(0);
     for reason in ["not_loopback", "bad_token", "malformed"] {
-        counter!(crate::admin::ADMIN_REFUSED_TOTAL, "reason" => reason).absolute(0);
+        counter!(ADMIN_REFUSED_TOTAL, "reason" => reason).absolute(0);
     }
     for listener in ["peer", "admin"] {
         counter!(ACCEPT_ERRORS_TOTAL, "listener" => listener).absolute(0);

@@ -1,25 +1,10 @@
-//! Tunnels: a client connection relayed from a node that does not own the
-//! service to the one that does, over an authenticated peer connection
-//! that turns into a raw byte stream after `TunnelOpen` / `TunnelReady`.
+//! Tunnels, the owner's side: a client connection relayed from a node
+//! that does not own the service arrives as `TunnelOpen` and is handed to
+//! the service's proxy (the dialing side is `dial.rs`).
 
-use crate::node::NodeShared;
-use replaymig_peer::{Authenticator, LinkError, Message, PeerLink};
-use replaymig_proxy::{Adopted, Dialer, Tunnel, TunnelRequest};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-/// Bound on the tunnel handshake.
-const TUNNEL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A dialer that opens tunnels for `service` to the node at `owner`, which
-/// owns it under `epoch`.
-pub fn dialer(auth: Authenticator, owner: SocketAddr, service: String, epoch: u64) -> Dialer {
-    Arc::new(move |request: TunnelRequest| {
-        let (auth, service) = (auth.clone(), service.clone());
-        Box::pin(async move { open(&auth, owner, &service, epoch, request).await })
-    })
-}
+use crate::context::NodeShared;
+use replaymig_peer::{Message, PeerLink};
+use replaymig_proxy::Adopted;
 
 /// A `TunnelOpen` as the owner receives it.
 pub(crate) struct Request {
@@ -28,39 +13,6 @@ pub(crate) struct Request {
     pub delivered: u64,
     pub client: String,
     pub epoch: u64,
-}
-
-async fn open(
-    auth: &Authenticator,
-    owner: SocketAddr,
-    service: &str,
-    epoch: u64,
-    request: TunnelRequest,
-) -> std::io::Result<Tunnel> {
-    let io = |e: LinkError| std::io::Error::other(e.to_string());
-    let mut link = PeerLink::connect(owner, auth).await.map_err(io)?;
-    link.send(Message::TunnelOpen {
-        service: service.to_string(),
-        conn: request.conn,
-        delivered: request.delivered,
-        client: request.client,
-        epoch,
-    })
-    .await
-    .map_err(io)?;
-    match link.recv_timeout(TUNNEL_TIMEOUT).await.map_err(io)? {
-        Message::TunnelReady => {
-            let (stream, owed) = link.into_raw();
-            Ok((stream, owed.freeze()))
-        }
-        Message::MigrateAbort { reason } | Message::Goodbye { reason } => Err(
-            std::io::Error::other(format!("owner refused the tunnel: {reason}")),
-        ),
-        other => Err(std::io::Error::other(format!(
-            "unexpected {} instead of tunnel_ready",
-            other.name()
-        ))),
-    }
 }
 
 /// The owner's side: hand the tunnel to the service's proxy as a
