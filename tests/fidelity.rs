@@ -29,6 +29,10 @@
 //!   LSN 1).
 //! * e: memcached -t 4: refused or exact.
 //! * f: Redis MULTI/EXEC and 96 KiB values on the shared keys.
+//! * i: Redis connections that ran `SELECT 3` before the snapshot and only
+//!   `SET` (answers `+OK` whichever database): with `connection_state`
+//!   undeclared every migration must be refused (`carried_state`); it
+//!   exited 0 with the keys in the wrong database before.
 //! * g, h: suites a and b with the criu driver; a restored process keeps
 //!   its address, so these nodes run in a testbed's two network
 //!   namespaces (root; skipped with the reason otherwise).
@@ -40,6 +44,7 @@ mod common;
 
 use common::{replaymig, start_node_in};
 use replaymig_testkit::seqsvc::{Answer, GREETING};
+use replaymig_testkit::REDIS_BGSAVE_DUMP;
 use replaymig_testkit::{
     is_root, listener_pids, toml_string, wait_for_listen, write_node_config,
     write_service_node_config, ChildGuard, NodePorts, Reply, RespClient, ServiceSpec,
@@ -137,12 +142,15 @@ enum Svc {
     RedisCriu,
     /// seqsvc checkpointed and restored by CRIU, in a testbed.
     SeqsvcCriu,
+    /// Redis as `Redis`, but without declaring `connection_state = "none"`:
+    /// connections in use before the snapshot must not continue.
+    RedisUndeclared,
 }
 
 impl Svc {
     fn name(self) -> &'static str {
         match self {
-            Svc::Redis | Svc::RedisCriu => "redis",
+            Svc::Redis | Svc::RedisCriu | Svc::RedisUndeclared => "redis",
             Svc::Seqsvc | Svc::SeqsvcCriu => "seqsvc",
             Svc::Memcached | Svc::MemcachedThreaded => "memcached",
         }
@@ -151,7 +159,7 @@ impl Svc {
     /// The programs it needs beyond this build.
     fn programs(self) -> &'static [&'static str] {
         match self {
-            Svc::Redis => &["redis-server", "redis-cli"],
+            Svc::Redis | Svc::RedisUndeclared => &["redis-server", "redis-cli"],
             Svc::Seqsvc => &[],
             Svc::Memcached | Svc::MemcachedThreaded => &["memcached"],
             Svc::RedisCriu => &[
@@ -195,9 +203,24 @@ impl Svc {
     ) -> std::path::PathBuf {
         match self {
             Svc::Redis => write_node_config(dir, name, me, other, "a", None, None),
+            Svc::RedisUndeclared => {
+                let snapshot = format!(
+                    "driver = \"exec\"\n{REDIS_BGSAVE_DUMP}\nrestore = [{}]",
+                    toml_string("cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb")
+                );
+                let spec = ServiceSpec {
+                    name: "redis",
+                    start: "redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no",
+                    ready: Some("redis-cli -p {port} PING | grep -q PONG"),
+                    snapshot: &snapshot,
+                    ..Default::default()
+                };
+                write_service_node_config(dir, name, me, other, "a", &spec)
+            }
             Svc::RedisCriu => {
                 let spec = ServiceSpec {
                     name: "redis",
+                    connection_state: Some("none"),
                     start:
                         "unshare --pid --fork setsid redis-server --port {port} --bind 127.0.0.1 \
                             --dir {data_dir} --save '' --appendonly no",
@@ -214,6 +237,7 @@ impl Svc {
                 );
                 let spec = ServiceSpec {
                     name: "seqsvc",
+                    connection_state: Some("none"),
                     start: &start,
                     snapshot: "driver = \"criu\"",
                     ..Default::default()
@@ -233,6 +257,7 @@ impl Svc {
                 );
                 let spec = ServiceSpec {
                     name: "seqsvc",
+                    connection_state: Some("none"),
                     start: &start,
                     snapshot: &snapshot,
                     ..Default::default()
@@ -249,6 +274,7 @@ impl Svc {
                 };
                 let spec = ServiceSpec {
                     name: "memcached",
+                    connection_state: Some("none"),
                     start,
                     snapshot: "driver = \"none\"",
                     ..Default::default()
@@ -700,7 +726,7 @@ fn campaign<L: Send + Sync + 'static>(
                 )),
                 Some(reason) if must_refuse => {
                     let r = reason.to_lowercase();
-                    if !["diverg", "mismatch", "differ"]
+                    if !["diverg", "mismatch", "differ", "state"]
                         .iter()
                         .any(|w| r.contains(w))
                     {
@@ -825,6 +851,7 @@ fn suite_label(suite: &str) -> &'static str {
         "f" => "Redis, MULTI/EXEC transactions and 96 KiB values on the shared counter and list",
         "g" => "suite a with the criu driver (nodes in two network namespaces)",
         "h" => "suite b with the criu driver (nodes in two network namespaces)",
+        "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (must be refused)",
         _ => "",
     }
 }
@@ -846,6 +873,7 @@ fn refusal_kind(reason: &str) -> String {
         "greeting_mismatch",
         "missing_answer",
         "target_closed",
+        "carried_state",
     ]
     .into_iter()
     .find(|k| reason.contains(k))
@@ -1810,5 +1838,104 @@ fn memcached_campaign(suite: &str, svc: Svc) {
             ]
         },
         check_mc,
+    );
+}
+
+// ---------------------------------------------------------------- i: per-connection state
+
+/// One long-lived connection that chose database 3 (`SELECT 3`) before
+/// the migration and only `SET`s there (answers `+OK`, the same whichever
+/// database takes them), plus a shared-counter client. A connection open
+/// at the snapshot carries server-side state a fresh connection at the
+/// destination lacks: a migration that exits 0 must still have every
+/// acknowledged key in database 3.
+#[derive(Debug, Default)]
+struct SelectLog {
+    name: String,
+    /// Keys SET in database 3 and acknowledged.
+    keys: Vec<String>,
+    errors: Vec<String>,
+}
+
+fn select_client(name: &str, addr: SocketAddr, ctl: &Control) -> JoinHandle<SelectLog> {
+    let (name, ctl) = (name.to_string(), ctl.clone());
+    std::thread::spawn(move || {
+        ctl.enter();
+        let mut log = SelectLog {
+            name,
+            ..Default::default()
+        };
+        let run = (|| -> Result<(), String> {
+            let mut c = RespClient::connect(addr).map_err(|e| format!("connect: {e:#}"))?;
+            match c.cmd(&["SELECT", "3"]) {
+                Ok(Reply::Status(ok)) if ok == "OK" => {}
+                other => return Err(format!("SELECT 3 answered {other:?}")),
+            }
+            let mut n = 0u64;
+            while ctl.go(n) {
+                n += 1;
+                let key = format!("fidelity:sel:{}:{n}", log.name);
+                match c.cmd(&["SET", &key, "v"]) {
+                    Ok(Reply::Status(ok)) if ok == "OK" => log.keys.push(key),
+                    other => return Err(format!("SET {key} answered {other:?}")),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = run {
+            log.errors.push(e);
+        }
+        log
+    })
+}
+
+fn check_select(logs: &[SelectLog], cluster: &Cluster, holder: char) -> Verdict {
+    let mut failures = Vec::new();
+    for l in logs {
+        for e in &l.errors {
+            failures.push(format!("client {}: {e}", l.name));
+        }
+    }
+    let keys: Vec<&String> = logs.iter().flat_map(|l| l.keys.iter()).collect();
+    let found = (|| -> Result<Vec<String>, String> {
+        let mut c = RespClient::connect(cluster.backend(holder)).map_err(|e| format!("{e:#}"))?;
+        c.cmd(&["SELECT", "3"]).map_err(|e| format!("{e:#}"))?;
+        let mut missing = Vec::new();
+        for k in &keys {
+            if c.cmd(&["EXISTS", k]).map_err(|e| format!("{e:#}"))? != Reply::Int(1) {
+                missing.push((*k).clone());
+            }
+        }
+        Ok(missing)
+    })();
+    match found {
+        Err(e) => failures.push(format!("cannot read database 3 on {holder}: {e}")),
+        Ok(missing) => report_some(
+            &mut failures,
+            missing
+                .iter()
+                .map(|k| format!("{k} was acknowledged in database 3 but {holder} lacks it there"))
+                .collect(),
+        ),
+    }
+    Verdict {
+        failures,
+        summary: format!("{} SETs in database 3 acknowledged", keys.len()),
+    }
+}
+
+#[test]
+fn i_a_connection_that_selected_a_database_before_the_snapshot() {
+    campaign(
+        "i",
+        Svc::RedisUndeclared,
+        true,
+        |c, ctl| {
+            vec![
+                select_client("sel1", c.proxy_a(), ctl),
+                select_client("sel2", c.proxy_a(), ctl),
+            ]
+        },
+        check_select,
     );
 }

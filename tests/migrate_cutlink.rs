@@ -320,6 +320,7 @@ backend = "127.0.0.1:6379"
 journal = "{journal}"
 owner = "a"
 data_dir = "{data}"
+connection_state = "none"
 start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no --protected-mode no"
 ready = "redis-cli -p {{port}} PING | grep -q PONG"
 [service.snapshot]

@@ -42,6 +42,10 @@ backend = "127.0.0.1:6379"
 journal = "$work/$node-journal"
 owner = "a"
 data_dir = "$work/$node-data"
+# The demo's and benchmarks' clients keep no per-connection state (no
+# SELECT/AUTH/SUBSCRIBE), so their long-lived connections may continue at
+# the destination (docs/fidelity.md); CONNECTION_STATE=unknown refuses that.
+connection_state = "${CONNECTION_STATE:-none}"
 ${QUIET_MS:+quiet_ms = $QUIET_MS}
 start = "$start"
 ready = "$ready"

@@ -19,6 +19,9 @@
 //! start = "redis-server --port 6379 --dir {data_dir} --save ''"
 //! ready = "redis-cli -p {port} PING | grep -q PONG"
 //! data_dir = "/var/lib/redis"
+//! # connection_state = "none"   declare: nothing kept per connection
+//! #                     (default "unknown": refuse to continue connections
+//! #                     in use before the snapshot; docs/fidelity.md)
 //! # quiet_ms = 20        barrier: silent this long = quiet
 //! # max_hold_ms = 100    barrier: give the input back after this long
 //! # hold_attempts = 5    barrier: tries (back-off 100 ms, doubling)
@@ -126,6 +129,15 @@ pub struct ServiceConfig {
     /// (default) or `full` (see `replaymig proxy --journal-responses`).
     #[serde(default)]
     pub journal_responses: replaymig_proxy::AnswerJournaling,
+    /// Whether the service keeps state per client connection (docs/fidelity.md,
+    /// "Connections open at the snapshot"): `unknown` (the default) refuses
+    /// a replay migration in which a connection that was in use before the
+    /// snapshot would continue at the destination — a fresh connection there
+    /// lacks its `SELECT`, `AUTH`, `MULTI` or subscription, and matching
+    /// answers cannot show it; `none` declares the service keeps nothing
+    /// per connection, so such connections continue.
+    #[serde(default)]
+    pub connection_state: ConnectionState,
     /// Client input is refused while the journal's filesystem has fewer
     /// free bytes than this (see `replaymig proxy --journal-min-free`);
     /// default 5% of the filesystem, 4–16 MiB.
@@ -133,6 +145,19 @@ pub struct ServiceConfig {
     pub journal_min_free: Option<u64>,
     /// How it is snapshotted.
     pub snapshot: SnapshotConfig,
+}
+
+/// What a service keeps per client connection (see
+/// `ServiceConfig::connection_state`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    /// Not declared: connections in use before the snapshot may carry
+    /// state, and a migration that would continue one is refused.
+    #[default]
+    Unknown,
+    /// Declared: nothing per connection beyond what its input recreates.
+    None,
 }
 
 fn default_quiet_ms() -> u64 {

@@ -359,6 +359,10 @@ impl<'a> DestinationRun<'a> {
         options.verify_answers = self.verify_answers;
         // As the source forwarded them since the snapshot point.
         options.settle = Some(replaymig_proxy::SETTLE_WAIT);
+        // A connection in use before the snapshot continues on a fresh one
+        // only if the service keeps nothing per connection.
+        options.stateless_connections =
+            service.connection_state == crate::config::ConnectionState::None;
         let mut replayer = Replayer::new(options);
         for (first_lsn, count, packed) in std::mem::take(&mut self.early) {
             let entries =

@@ -261,6 +261,8 @@ fn rebuild_options(service: &ServiceConfig) -> ReplayOptions {
     options.verify_answers = service.journal_responses != AnswerJournaling::Off;
     options.settle = Some(replaymig_proxy::SETTLE_WAIT);
     options.stop_on_divergence = false;
+    options.stateless_connections =
+        service.connection_state == crate::config::ConnectionState::None;
     options
 }
 

@@ -71,6 +71,15 @@ pub struct ReplayOptions {
     /// forwarding): a record goes out only once the target answered the
     /// one sent before it, or after this long without an answer.
     pub settle: Option<Duration>,
+    /// Whether a connection open at the starting point may continue on a
+    /// fresh target connection although it had been answered before that
+    /// point. Such a connection may carry server-side state a fresh one
+    /// lacks (Redis `SELECT`, `AUTH`, `MULTI`, a subscription), which no
+    /// answer check can see when the answers happen to match (`+OK` in the
+    /// wrong database). `true` (the default, for debugging replays): go on;
+    /// `false` (a migration whose service does not declare its connections
+    /// stateless): each such connection is a `carried_state` divergence.
+    pub stateless_connections: bool,
 }
 
 impl ReplayOptions {
@@ -85,6 +94,7 @@ impl ReplayOptions {
             compare_answers: false,
             verify_answers: false,
             settle: None,
+            stateless_connections: true,
         }
     }
 }
@@ -132,6 +142,15 @@ pub enum DivergenceKind {
     /// Answer bytes no journaled segment covers (`verify_answers`): they
     /// cannot be proven equal to the original's.
     UncheckedAnswer(compare::UncheckedAnswer),
+    /// A connection open at the starting point that had been answered
+    /// before it would continue on a fresh target connection, without the
+    /// server-side state it may have built (see
+    /// `ReplayOptions::stateless_connections`).
+    CarriedState {
+        /// Answer bytes (beyond any greeting) it had received before the
+        /// starting point.
+        answered: u64,
+    },
 }
 
 impl std::fmt::Display for DivergenceKind {
@@ -176,6 +195,10 @@ impl std::fmt::Display for DivergenceKind {
             DivergenceKind::AnswerNeverCame { answer_lsn } => write!(
                 f,
                 "answer_never_came: the target did not reproduce the answers journaled at LSN {answer_lsn}, which the original had delivered before this record"
+            ),
+            DivergenceKind::CarriedState { answered } => write!(
+                f,
+                "carried_state: this connection was open at the snapshot and had been answered ({answered} bytes) before it, so it may hold server-side state (SELECT, AUTH, MULTI, a subscription) that a fresh connection at the destination lacks; declare connection_state = \"none\" for a service that keeps none"
             ),
             DivergenceKind::GreetingMismatch { len, got_preview } => write!(
                 f,
@@ -369,7 +392,12 @@ impl Replayer {
         if self.conns.contains_key(&conn) {
             return Ok(());
         }
-        if let Err(kind) = self.open(conn, delivered).await {
+        let base = self.bases.get(&conn).copied().unwrap_or(delivered);
+        let opened = match self.check_carried(conn, base) {
+            Ok(()) => self.open(conn, delivered).await.map(|_| ()),
+            Err(kind) => Err(kind),
+        };
+        if let Err(kind) = opened {
             let lsn = self.report.last_lsn.unwrap_or_default();
             self.failures
                 .lock()
@@ -489,6 +517,23 @@ impl Replayer {
         self.report.last_lsn = Some(lsn);
     }
 
+    /// A connection not open yet in this replay, that had received `base`
+    /// answer bytes before the starting point: refused (without
+    /// `stateless_connections`) when those were more than its greeting —
+    /// it was in use, so it may hold state a fresh connection lacks.
+    fn check_carried(&self, conn: ConnId, base: u64) -> Result<(), DivergenceKind> {
+        if self.options.stateless_connections || self.conns.contains_key(&conn) {
+            return Ok(());
+        }
+        let greeting = self.preambles.get(&conn).map_or(0, |(len, _)| *len);
+        if base > greeting {
+            return Err(DivergenceKind::CarriedState {
+                answered: base - greeting,
+            });
+        }
+        Ok(())
+    }
+
     /// Opens the target connection for `conn` and its task; `base` =
     /// answer bytes the original had delivered before the starting point.
     async fn open(&mut self, conn: ConnId, base: u64) -> Result<&mut ReplayConn, DivergenceKind> {
@@ -561,6 +606,7 @@ impl Replayer {
         // A connection opened before the starting point: what it had
         // received by its first replayed record is its base.
         let base = self.bases.get(&conn).copied().unwrap_or(resp_before);
+        self.check_carried(conn, base)?;
         let inflight = self.inflight.clone();
         let c = self.open(conn, base).await?;
         let expected = resp_before.saturating_sub(c.base);

@@ -21,6 +21,7 @@ pub use metrics::{scrape, Metrics};
 pub use netns::{in_netns, is_root, StopNetnsListenersOnDrop, Testbed};
 pub use nodecfg::{
     toml_string, write_node_config, write_service_node_config, NodePorts, ServiceSpec,
+    REDIS_BGSAVE_DUMP,
 };
 pub use peer::peer_link_pair;
 pub use process::{

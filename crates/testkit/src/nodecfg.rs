@@ -74,6 +74,8 @@ backend = "127.0.0.1:{backend}"
 journal = "{journal}"
 owner = "{owner}"
 data_dir = "{data}"
+# The tests' redis clients keep no per-connection state.
+connection_state = "none"
 start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no"
 ready = "redis-cli -p {{port}} PING | grep -q PONG"
 [service.snapshot]
@@ -117,6 +119,9 @@ pub struct ServiceSpec<'a> {
     pub journal_responses: Option<&'a str>,
     /// `quiet_ms`; `None`: the default.
     pub quiet_ms: Option<u64>,
+    /// `connection_state` (`none`, `unknown`); `None`: the default
+    /// (`unknown`).
+    pub connection_state: Option<&'a str>,
 }
 
 /// A TOML basic string holding `s`.
@@ -160,6 +165,9 @@ pub fn write_service_node_config(
     }
     if let Some(quiet) = spec.quiet_ms {
         optional.push_str(&format!("quiet_ms = {quiet}\n"));
+    }
+    if let Some(state) = spec.connection_state {
+        optional.push_str(&format!("connection_state = {}\n", toml_string(state)));
     }
     let text = format!(
         r#"name = {node}
