@@ -79,8 +79,9 @@ impl OpenSegment {
         self.len == 0
     }
 
-    /// Adds delivered answer bytes and moves `delivered` (under the same
-    /// lock as the cut, so the two always agree).
+    /// Adds delivered answer bytes and moves `delivered` (the connection's
+    /// answer-bytes-delivered counter) under the same lock as the cut, so
+    /// the two always agree.
     pub(crate) fn fold(&mut self, chunk: &[u8], delivered: &AtomicU64) {
         self.hasher.update(chunk);
         self.len += chunk.len() as u64;

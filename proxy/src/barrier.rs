@@ -15,7 +15,7 @@
 //! answer cannot be quiesced this way: the barrier times out and the
 //! migration fails safely.
 
-use crate::connection::Shared;
+use crate::shared::Shared;
 use replaymig_journal::marker::{Preambles, SnapshotMark};
 use replaymig_journal::Lsn;
 use std::sync::atomic::Ordering;
@@ -92,11 +92,15 @@ pub(crate) async fn quiesce(
     // counter has stood still for a whole idle window since it last moved
     // (sampled finely, so the hold ends one window after the last answer,
     // not on the next multiple of the window).
-    let mut last = shared.received_total.load(Ordering::Acquire);
+    let mut last = shared
+        .answer_bytes_read_from_service_all_journaled
+        .load(Ordering::Acquire);
     let mut last_change = Instant::now();
     loop {
         tokio::time::sleep(POLL).await;
-        let now = shared.received_total.load(Ordering::Acquire);
+        let now = shared
+            .answer_bytes_read_from_service_all_journaled
+            .load(Ordering::Acquire);
         if now != last {
             last = now;
             last_change = Instant::now();
@@ -132,16 +136,23 @@ pub(crate) async fn quiesce(
     let marker_lsn = crate::ordering::journal_in_order(shared, |shared| {
         let mut records: Vec<_> = open
             .iter()
-            .filter_map(|slot| crate::connection::cut_answers(slot, shared).0)
+            .filter_map(|slot| slot.cut_answers(shared).0)
             .collect();
         let mark = SnapshotMark {
             lsn: shared.journal.last_lsn(),
             // Bytes read from the service: the client gets them whatever
             // happens next, so replay from s+1 must not expect them again.
-            resp_total: shared.received_total.load(Ordering::Acquire),
+            resp_total: shared
+                .answer_bytes_read_from_service_all_journaled
+                .load(Ordering::Acquire),
             delivered: open
                 .iter()
-                .map(|slot| (slot.conn, slot.received.load(Ordering::Acquire)))
+                .map(|slot| {
+                    (
+                        slot.conn,
+                        slot.answer_bytes_read_from_service.load(Ordering::Acquire),
+                    )
+                })
                 .collect(),
         };
         let preambles = Preambles(

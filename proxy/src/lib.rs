@@ -5,14 +5,22 @@
 
 pub mod answers;
 pub mod barrier;
+mod cancel;
 mod connection;
+mod control;
+mod downstream;
+mod handover;
 pub mod metrics;
 mod ordering;
 pub mod route;
 mod server;
+mod setup;
+mod shared;
+mod upstream;
 
 pub use answers::AnswerJournaling;
 pub use barrier::{QuiesceError, QuiesceOptions, Quiesced};
+pub use control::ProxyControl;
 pub use ordering::SETTLE_WAIT;
 pub use route::{Adopted, Dialer, Route, Tunnel, TunnelRequest};
-pub use server::{Proxy, ProxyConfig, ProxyControl, ShutdownReport};
+pub use server::{Proxy, ProxyConfig, ShutdownReport};

@@ -24,7 +24,7 @@
 //! [`ForwardOrder::set_settled`]).
 
 use crate::answers::AnswerJournaling;
-use crate::connection::{cut_answers, ConnSlot, Shared};
+use crate::shared::{ConnSlot, Shared};
 use replaymig_journal::{split_for_append, Appending, JournalError, Lsn, Record};
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -228,13 +228,15 @@ fn cut_for_record(
 ) -> Vec<Record> {
     // Loaded before the pending segments are taken: every answer byte it
     // counts was folded (and its connection marked pending) first.
-    let resp_total_before = shared.resp_total.load(Ordering::Acquire);
+    let resp_total_before = shared
+        .answer_bytes_delivered_all_journaled
+        .load(Ordering::Acquire);
     let mut records = Vec::new();
     let mut own = None;
     if flush_others && shared.journal_responses != AnswerJournaling::Off {
         let dirty = std::mem::take(&mut *shared.dirty.lock().expect("poisoned"));
         for other in dirty {
-            let (segment, delivered) = cut_answers(&other, shared);
+            let (segment, delivered) = other.cut_answers(shared);
             if Arc::ptr_eq(&other, slot) {
                 own = Some(delivered);
             }
@@ -244,7 +246,7 @@ fn cut_for_record(
     let resp_before = match own {
         Some(delivered) => delivered,
         None => {
-            let (segment, delivered) = cut_answers(slot, shared);
+            let (segment, delivered) = slot.cut_answers(shared);
             records.extend(segment);
             delivered
         }

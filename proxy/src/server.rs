@@ -3,19 +3,19 @@
 //! finish what they forwarded, abort stragglers at the drain timeout).
 
 use crate::answers::AnswerJournaling;
-use crate::barrier::{QuiesceError, QuiesceOptions, Quiesced};
-use crate::connection::{serve, ConnSlot, Shared, Start};
+use crate::connection::serve;
+use crate::control::ProxyControl;
 use crate::metrics::{ErrorKind, ProxyMetrics};
 use crate::route::{Adopted, Route};
+use crate::setup::Start;
+use crate::shared::Shared;
 use anyhow::Context;
 use replaymig_journal::follow::FollowServer;
-use replaymig_journal::ConnId;
 use replaymig_journal::Journal;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -68,122 +68,6 @@ pub struct ShutdownReport {
     pub aborted: usize,
 }
 
-/// Controls a proxy from outside its data path (the node agent, tests).
-#[derive(Clone)]
-pub struct ProxyControl {
-    shared: Arc<Shared>,
-    adopt: mpsc::Sender<Adopted>,
-}
-
-impl ProxyControl {
-    /// Fixes a consistent snapshot point: see [`crate::barrier`]. Forwarding
-    /// stays held until the returned [`Quiesced`] is dropped.
-    pub async fn quiesce(&self, options: QuiesceOptions) -> Result<Quiesced, QuiesceError> {
-        crate::barrier::quiesce(&self.shared, options).await
-    }
-
-    /// Settled forwarding on or off (a migration catching up turns it on
-    /// at its snapshot point): see `ordering`.
-    pub fn set_settled_forwarding(&self, on: bool) {
-        self.shared.forwards.set_settled(on);
-    }
-
-    /// Whether forwarding is settled now.
-    pub fn settled_forwarding(&self) -> bool {
-        self.shared.forwards.settled()
-    }
-
-    /// Sets where new clients go.
-    pub fn set_route(&self, route: Route) {
-        *self.shared.route.write().expect("poisoned") = route;
-    }
-
-    /// The route new clients take now.
-    pub fn route(&self) -> Route {
-        self.shared.route.read().expect("poisoned").clone()
-    }
-
-    /// Serves a connection that arrived from outside the listener (a
-    /// tunnel from another node) as a journaled connection of this proxy.
-    pub async fn adopt(&self, adopted: Adopted) -> Result<(), std::io::Error> {
-        self.adopt
-            .send(adopted)
-            .await
-            .map_err(|_| std::io::Error::other("the proxy is shutting down"))
-    }
-
-    /// Hands every open journaled connection to a new owner: while `hold`
-    /// keeps the gate, each connection's service side is replaced by a
-    /// tunnel from `dial` (told the connection id and the answer bytes its
-    /// client has) and it stops journaling; new clients take the remote
-    /// route. A connection whose tunnel cannot be opened is closed.
-    /// Returns how many were switched.
-    pub async fn hand_over(&self, hold: &Quiesced, dial: crate::route::Dialer) -> usize {
-        let _ = hold;
-        self.set_route(Route::Remote { dial: dial.clone() });
-        let open: Vec<(ConnId, Arc<ConnSlot>)> = self
-            .shared
-            .open
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .map(|(c, s)| (*c, s.clone()))
-            .collect();
-        // All tunnels are dialed at once: the hold lasts one dial, not one
-        // per open connection.
-        let mut dials = tokio::task::JoinSet::new();
-        for (conn, slot) in open {
-            let request = crate::route::TunnelRequest {
-                conn: Some(conn),
-                delivered: slot.received.load(std::sync::atomic::Ordering::Acquire),
-                client: slot.client.clone(),
-            };
-            slot.journaling
-                .store(false, std::sync::atomic::Ordering::Release);
-            let dial = dial.clone();
-            dials.spawn(async move {
-                let tunnel = dial(request).await;
-                (conn, slot, tunnel)
-            });
-        }
-        let mut switched = 0;
-        while let Some(done) = dials.join_next().await {
-            let Ok((conn, slot, tunnel)) = done else {
-                continue;
-            };
-            match tunnel {
-                Ok((stream, owed)) => {
-                    let (read, write) = stream.into_split();
-                    // Answers side first: it must take the new reading half
-                    // before the old service side, closing as its writing
-                    // half is dropped below, can show it an end-of-stream.
-                    *slot.new_backend_read.lock().expect("poisoned") = Some((read, owed));
-                    slot.switched.notify_one();
-                    *slot.backend_write.lock().await = write;
-                    switched += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(conn, error = %e, "cannot hand a connection over; closing it");
-                    let _ = slot.backend_write.lock().await.shutdown().await;
-                }
-            }
-        }
-        switched
-    }
-
-    /// Client connections journaled now.
-    pub fn journaled_connections(&self) -> usize {
-        self.shared.open.lock().expect("poisoned").len()
-    }
-
-    /// Service→client bytes delivered so far over all connections.
-    pub fn answer_bytes(&self) -> u64 {
-        self.shared
-            .resp_total
-            .load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
 /// A bound, not yet running, proxy.
 pub struct Proxy {
     listener: TcpListener,
@@ -222,8 +106,8 @@ impl Proxy {
             read_buffer: config.read_buffer,
             journal_responses: config.journal_responses,
             connect_timeout: config.connect_timeout,
-            resp_total: AtomicU64::new(0),
-            received_total: AtomicU64::new(0),
+            answer_bytes_delivered_all_journaled: AtomicU64::new(0),
+            answer_bytes_read_from_service_all_journaled: AtomicU64::new(0),
             metrics: ProxyMetrics::new(&config.service),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),
@@ -244,10 +128,7 @@ impl Proxy {
 
     /// A handle to control the running proxy (the quiesce barrier).
     pub fn control(&self) -> ProxyControl {
-        ProxyControl {
-            shared: self.shared.clone(),
-            adopt: self.adopt_tx.clone(),
-        }
+        ProxyControl::new(self.shared.clone(), self.adopt_tx.clone())
     }
 
     /// The address actually bound (useful with port 0).
