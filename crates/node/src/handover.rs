@@ -251,7 +251,7 @@ async fn rebuild(node: &NodeShared, host: &ServiceHost, prepared: &Prepared) -> 
 }
 
 /// A rebuild replays as the destination of a migration does
-/// (`destination_steps` in migration.rs): answers are checked against the
+/// (the destination driver, destination.rs): answers are checked against the
 /// journaled ones whenever the service journals them, and input is sent
 /// settled, as the source forwarded it. Unlike a migration it does not stop
 /// at the first divergence: there is nobody left to give the service back
