@@ -136,7 +136,8 @@ async fn drive(
     }
     match machine.state {
         SourceState::Done => Ok(run.finish()),
-        SourceState::Aborted { reason } => Err(anyhow!(reason)),
+        // A refused migration held the clients too: say how long in all.
+        SourceState::Aborted { reason } => Err(anyhow!("{reason}{}", run.held_in_all())),
         other => Err(anyhow!(
             "the migration stopped in {} with nothing left to do",
             other.name()
@@ -226,6 +227,24 @@ impl<'a> SourceRun<'a> {
         if phase != self.phases.current && phase != Phase::Aborted {
             self.phases.advance(phase);
         }
+    }
+
+    /// How long this migration held client input so far, in words for a
+    /// refusal (empty if it never held it): every barrier attempt that gave
+    /// up, the snapshot's hold, and a hold still in place.
+    fn held_in_all(&self) -> String {
+        let now = self
+            .hold
+            .as_ref()
+            .map_or(0.0, |h| h.held_for().as_secs_f64());
+        let total = self.failed_holds.seconds + self.snapshot_hold.as_secs_f64() + now;
+        if total == 0.0 {
+            return String::new();
+        }
+        format!(
+            " (clients' input was held {:.3} s in all, {} barrier attempts gave up)",
+            total, self.failed_holds.count
+        )
     }
 
     /// A failure, as the machine hears it.
