@@ -57,4 +57,91 @@ mod docs_match {
             );
         }
     }
+
+    /// The edges `from --> to` of the Mermaid diagram under `heading`,
+    /// without the start and end markers.
+    fn diagram_edges(doc: &str, heading: &str) -> BTreeSet<(String, String)> {
+        let section = &doc[doc.find(heading).expect("the heading")..];
+        let block = &section[section.find("```mermaid").expect("a diagram")..];
+        let block = &block[..block[3..].find("```").expect("its end") + 3];
+        block
+            .lines()
+            .filter_map(|l| {
+                let (from, rest) = l.trim().split_once(" --> ")?;
+                let to = rest.split(':').next()?.trim();
+                (from != "[*]" && to != "[*]").then(|| (from.to_string(), to.to_string()))
+            })
+            .collect()
+    }
+
+    use std::collections::BTreeSet;
+
+    /// The diagrams draw exactly the machines' transitions, failures and
+    /// aborts aside (the prose covers those): an edge the code lacks, or a
+    /// transition the diagram lacks, fails.
+    #[test]
+    fn protocol_md_diagrams_draw_the_machines_transitions() {
+        use crate::destination::{Destination, DestinationEvent, DestinationState};
+        use crate::source::{Approach, Source, SourceEvent, SourceState};
+        use crate::Incoming;
+        let doc = std::fs::read_to_string(DOC).expect("docs/protocol.md");
+        // Failures, and aborts that end in `aborted`, are the prose's.
+        let aside =
+            |m: &Incoming, next: &str| matches!(m, Incoming::Abort { .. }) && next == "aborted";
+        let mut source = BTreeSet::new();
+        for approach in [Approach::Replay, Approach::Iterative] {
+            for state in SourceState::all() {
+                for event in SourceEvent::samples(1) {
+                    if matches!(event, SourceEvent::Failed { .. }) {
+                        continue;
+                    }
+                    let m = Source {
+                        approach,
+                        epoch: 1,
+                        state: state.clone(),
+                    };
+                    if let Ok((next, _)) = m.on(event.clone()) {
+                        let to = next.state.name();
+                        if let SourceEvent::Received(msg) = &event {
+                            if aside(msg, to) {
+                                continue;
+                            }
+                        }
+                        source.insert((state.name().to_string(), to.to_string()));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            diagram_edges(&doc, "## Source"),
+            source,
+            "the source diagram"
+        );
+        let mut destination = BTreeSet::new();
+        for state in DestinationState::all() {
+            for event in DestinationEvent::samples(2) {
+                if matches!(event, DestinationEvent::Failed { .. }) {
+                    continue;
+                }
+                let m = Destination {
+                    epoch: 2,
+                    state: state.clone(),
+                };
+                if let Ok((next, _)) = m.on(event.clone()) {
+                    let to = next.state.name();
+                    if let DestinationEvent::Received(msg) = &event {
+                        if aside(msg, to) {
+                            continue;
+                        }
+                    }
+                    destination.insert((state.name().to_string(), to.to_string()));
+                }
+            }
+        }
+        assert_eq!(
+            diagram_edges(&doc, "## Destination"),
+            destination,
+            "the destination diagram"
+        );
+    }
 }
