@@ -40,23 +40,27 @@ impl<'a> Downstream<'a> {
     /// switches the reading half, owed bytes included (see `handover`).
     pub async fn run(mut self) -> Result<(), ConnError> {
         let mut buf = vec![0u8; self.shared.read_buffer];
+        // Only this direction reads the service side: it holds the reading
+        // half for its whole life (no lock per read) and swaps in a posted
+        // replacement when woken for it.
+        let mut service = self.slot.service_read.lock().await;
         loop {
-            let mut service = self.slot.service_read.lock().await;
             let owed = std::mem::take(&mut service.owed);
             if !owed.is_empty() {
-                drop(service);
                 self.receive(owed.len());
                 self.deliver(&owed).await?;
                 continue;
             }
             let n = tokio::select! {
                 biased;
-                // A hand-over posted a new reading half: let go of this
-                // one so the next lock swaps it in.
-                _ = self.slot.service_read.posted() => continue,
+                // A hand-over posted a new reading half: swap it in (the
+                // old one is dropped) before reading again.
+                _ = self.slot.service_read.posted() => {
+                    self.slot.service_read.swap_posted(&mut service);
+                    continue;
+                }
                 n = service.half.read(&mut buf) => n.map_err(ConnError::BackendIo)?,
             };
-            drop(service);
             if n == 0 {
                 let _ = self.client.shutdown().await;
                 return Ok(());

@@ -7,16 +7,17 @@
 //!
 //! Each half of a connection's service side lives in its [`ConnSlot`] as a
 //! [`ServiceHalf`]: the half in use behind a lock, a slot for a posted
-//! replacement, and a wake-up. Each direction locks its half for every
-//! use (the client→service direction for each forward, the
-//! service→client direction for each read); [`ServiceHalf::lock`] swaps a
-//! posted replacement in first, dropping the old half. A hand-over
+//! replacement, and a wake-up. The client→service direction locks the
+//! writing half for each forward; [`ServiceHalf::lock`] swaps a posted
+//! replacement in first, dropping the old half. The service→client
+//! direction is the only reader: it takes the reading half's lock once,
+//! for its whole life (nothing per read on the answer path), and selects
+//! on [`ServiceHalf::posted`] ahead of each read to swap a replacement in
+//! ([`ServiceHalf::swap_posted`]). A hand-over
 //! [`post`](ServiceHalf::post)s both replacements — the reading half
 //! first — and then locks the writing half itself, so the old one is
 //! dropped (and the old service sees its FIN) before the hand-over
-//! returns. It never locks the reading half: the service→client direction
-//! holds that lock while it waits for answers, and instead selects on
-//! [`ServiceHalf::posted`] (ahead of the read) to let go and re-lock.
+//! returns; it never locks the reading half.
 //! A connection whose tunnel cannot be opened has its old writing half
 //! shut down through the same lock instead: the old service sees end of
 //! input and closes, and the client sees the close.
@@ -67,7 +68,7 @@ pub(crate) struct ServiceHalf<H> {
     /// A replacement posted by a hand-over, swapped in at the next lock.
     next: std::sync::Mutex<Option<H>>,
     /// Stored by `post` (one permit): wakes a direction waiting on the
-    /// current half so it re-locks.
+    /// current half so it swaps the replacement in.
     posted: Notify,
 }
 
@@ -98,9 +99,17 @@ impl<H> ServiceHalf<H> {
         current
     }
 
+    /// Swaps a posted replacement into `current` (a guard the caller holds
+    /// for good: the reading direction, which never lets go of its half).
+    pub fn swap_posted(&self, current: &mut MutexGuard<'_, H>) {
+        if let Some(next) = self.next.lock().expect("poisoned").take() {
+            **current = next;
+        }
+    }
+
     /// Resolves once a replacement was posted (at once if one was posted
-    /// since the last wait): a direction waiting on the current half
-    /// selects on it, ahead of its read, to let go and re-lock.
+    /// since the last wait): the direction waiting on the current half
+    /// selects on it, ahead of its read, to swap the replacement in.
     pub async fn posted(&self) {
         self.posted.notified().await;
     }
