@@ -309,13 +309,15 @@ impl DestinationEvent {
             Offered { .. } => "event Offered".into(),
             SnapshotReceived { precopy } => format!("event SnapshotReceived (precopy: {precopy})"),
             Decided(d) => format!("event Decided ({d:?})"),
-            other => {
-                let debug = format!("{other:?}");
-                format!(
-                    "event {}",
-                    debug.split([' ', '{', '(']).next().unwrap_or("")
-                )
-            }
+            other => other.name(),
+        }
+    }
+
+    /// Its name, in errors.
+    pub fn name(&self) -> String {
+        match self {
+            DestinationEvent::Received(m) => format!("message {}", m.name()),
+            other => format!("event {}", crate::variant_name(other)),
         }
     }
 }
@@ -333,17 +335,7 @@ pub fn transition_table() -> String {
             let Ok((next, actions)) = m.on(event.clone()) else {
                 continue;
             };
-            let actions: Vec<String> = actions
-                .iter()
-                .map(|a| {
-                    let debug = format!("{a:?}");
-                    debug
-                        .split([' ', '{', '('])
-                        .next()
-                        .unwrap_or("")
-                        .to_string()
-                })
-                .collect();
+            let actions: Vec<String> = actions.iter().map(crate::variant_name).collect();
             out.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
                 state.name(),
@@ -362,19 +354,9 @@ impl Destination {
     }
 
     fn unexpected(&self, event: &DestinationEvent) -> ProtocolError {
-        let event = match event {
-            DestinationEvent::Received(m) => format!("message {}", m.name()),
-            other => {
-                let debug = format!("{other:?}");
-                format!(
-                    "event {}",
-                    debug.split([' ', '{', '(']).next().unwrap_or("")
-                )
-            }
-        };
         ProtocolError::Unexpected {
             state: self.state.name(),
-            event,
+            event: event.name(),
         }
     }
 

@@ -15,6 +15,18 @@ pub mod source;
 pub use incoming::Incoming;
 pub use phase::Phase;
 
+/// An enum value's variant name (`Failed` for `Failed { .. }`), for
+/// errors and the generated tables: the machines' events and actions are
+/// named after their variants.
+pub(crate) fn variant_name(value: &impl std::fmt::Debug) -> String {
+    let debug = format!("{value:?}");
+    debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 #[cfg(test)]
 mod docs_match {
     const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md");

@@ -462,7 +462,7 @@ pub fn transition_table() -> String {
                 let Ok((next, actions)) = m.on(event.clone()) else {
                     continue;
                 };
-                let actions: Vec<String> = actions.iter().map(action_name).collect();
+                let actions: Vec<String> = actions.iter().map(crate::variant_name).collect();
                 out.push_str(&format!(
                     "| {} | {} | {} | {} | {} |\n",
                     match approach {
@@ -480,25 +480,12 @@ pub fn transition_table() -> String {
     out
 }
 
-fn action_name(a: &SourceAction) -> String {
-    let debug = format!("{a:?}");
-    debug
-        .split([' ', '{', '('])
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
 impl SourceEvent {
     /// Its name, in errors.
     pub fn name(&self) -> String {
         match self {
             SourceEvent::Received(m) => format!("message {}", m.name()),
-            other => {
-                let debug = format!("{other:?}");
-                let name = debug.split([' ', '{', '(']).next().unwrap_or("");
-                format!("event {name}")
-            }
+            other => format!("event {}", crate::variant_name(other)),
         }
     }
 }
