@@ -11,16 +11,37 @@
 //! "Quiet" needs both: every journaled connection has had answer bytes
 //! since its last forwarded input (so a service that is merely slow to
 //! answer is waited for), and no answer bytes at all for an idle window
-//! (so a multi-part answer is complete). A protocol whose requests get no
-//! answer cannot be quiesced this way: the barrier times out and the
-//! migration fails safely.
+//! (so a multi-part answer is complete).
+//!
+//! # Connections the barrier closes
+//!
+//! Some connections cannot be waited for or carried: input that gets no
+//! answer (memcached `noreply`, half of a request still being sent, a
+//! command blocked until another client acts), or — at a snapshot the
+//! destination restores from — a connection already in use, whose
+//! server-side state (`SELECT`, `AUTH`, a subscription, an open `MULTI`)
+//! a fresh connection at the destination would lack. With
+//! [`CloseAtBarrier`] the barrier closes them instead of failing, the way
+//! a restarting server would: no more client input is taken (what the
+//! client sent meanwhile is neither journaled nor forwarded), the service
+//! side gets end of input, and the barrier waits — within its bound —
+//! until the service has closed its side. The service closing proves it
+//! consumed everything it was sent (a partial request is dropped with the
+//! connection, a blocked command is cancelled) and every answer it wrote
+//! reaches the client before the client sees the close. The connection's
+//! `closed` record is journaled before the marker, so nothing of it is
+//! after the snapshot point. Without closing, such a barrier times out and
+//! the migration fails safely.
 
-use crate::shared::Shared;
+use crate::shared::{ConnSlot, Shared};
 use replaymig_journal::marker::{Preambles, SnapshotMark};
+use replaymig_journal::ConnId;
 use replaymig_journal::Lsn;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedRwLockWriteGuard;
 
 /// How the barrier waits.
@@ -30,6 +51,36 @@ pub struct QuiesceOptions {
     pub idle: Duration,
     /// Give up (and resume forwarding) if not quiet within this long.
     pub timeout: Duration,
+    /// Which connections it closes rather than waits for or carries.
+    pub close: CloseAtBarrier,
+}
+
+/// Which connections a barrier closes (see the module doc). Off by
+/// default: a barrier that closes nothing only waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloseAtBarrier {
+    /// Connections whose last input has no answer once everything else
+    /// has been quiet for the idle window.
+    pub unanswered: bool,
+    /// Connections answered beyond their greeting: for a snapshot a
+    /// destination restores and then continues connections from.
+    pub in_use: bool,
+}
+
+/// How many connections a barrier closed, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClosedAtBarrier {
+    /// Closed with input left unanswered.
+    pub unanswered: usize,
+    /// Closed because they were in use before the snapshot.
+    pub in_use: usize,
+}
+
+impl ClosedAtBarrier {
+    /// All of them.
+    pub fn total(&self) -> usize {
+        self.unanswered + self.in_use
+    }
 }
 
 /// How often the barrier samples the answer counter.
@@ -40,6 +91,7 @@ impl Default for QuiesceOptions {
         QuiesceOptions {
             idle: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
+            close: CloseAtBarrier::default(),
         }
     }
 }
@@ -53,6 +105,10 @@ pub enum QuiesceError {
     /// The service kept answering past the timeout.
     #[error("service did not go quiet within {0:?}")]
     NotQuiet(Duration),
+    /// Connections it closed were still open at the timeout (the service
+    /// had not closed its side); they stay closed for the client.
+    #[error("{0} connections closed by the barrier were not closed by the service within {1:?}")]
+    NotDrained(usize, Duration),
     /// The snapshot marker could not be journaled.
     #[error("cannot journal the snapshot marker: {0}")]
     Journal(#[from] replaymig_journal::JournalError),
@@ -69,6 +125,8 @@ pub struct Quiesced {
     pub marker_lsn: Lsn,
     /// When the hold began (client input has waited since).
     pub held_since: Instant,
+    /// Connections it closed (see the module doc).
+    pub closed: ClosedAtBarrier,
     _gate: OwnedRwLockWriteGuard<()>,
 }
 
@@ -88,6 +146,7 @@ pub(crate) async fn quiesce(
         .await
         .map_err(|_| QuiesceError::GateTimeout(options.timeout))?;
     let held_since = Instant::now();
+    let mut closing = Closing::default();
     // Quiet = every connection answered its last input, and the answer
     // counter has stood still for a whole idle window since it last moved
     // (sampled finely, so the hold ends one window after the last answer,
@@ -97,6 +156,13 @@ pub(crate) async fn quiesce(
         .load(Ordering::Acquire);
     let mut last_change = Instant::now();
     loop {
+        if options.close.in_use {
+            for slot in open_slots(shared) {
+                if !closing.has(&slot) && slot.in_use() {
+                    closing.close(shared, slot, Reason::InUse).await;
+                }
+            }
+        }
         tokio::time::sleep(POLL).await;
         let now = shared
             .answer_bytes_read_from_service_all_journaled
@@ -106,27 +172,35 @@ pub(crate) async fn quiesce(
             last_change = Instant::now();
         }
         if last_change.elapsed() >= options.idle {
-            let all_answered = shared
-                .open
-                .lock()
-                .expect("poisoned")
-                .values()
-                .all(|slot| slot.answered_last_input());
-            if all_answered {
+            let open = open_slots(shared);
+            let unanswered: Vec<_> = open
+                .iter()
+                .filter(|slot| !closing.has(slot) && !slot.answered_last_input())
+                .cloned()
+                .collect();
+            let draining = open.iter().filter(|slot| closing.has(slot)).count();
+            if unanswered.is_empty() && draining == 0 {
                 break;
+            }
+            if options.close.unanswered {
+                for slot in unanswered {
+                    closing.close(shared, slot, Reason::Unanswered).await;
+                }
             }
         }
         if started.elapsed() > options.timeout {
-            return Err(QuiesceError::NotQuiet(options.timeout));
+            let draining = open_slots(shared)
+                .iter()
+                .filter(|slot| closing.has(slot))
+                .count();
+            return Err(if draining > 0 {
+                QuiesceError::NotDrained(draining, options.timeout)
+            } else {
+                QuiesceError::NotQuiet(options.timeout)
+            });
         }
     }
-    let open: Vec<_> = shared
-        .open
-        .lock()
-        .expect("poisoned")
-        .values()
-        .cloned()
-        .collect();
+    let open = open_slots(shared);
     // Journaled with the mark, after the point: every connection's answers
     // so far as a segment (a replay from here compares what follows from
     // the right offset, and a hand-over here checks every answer up to
@@ -177,6 +251,67 @@ pub(crate) async fn quiesce(
         mark,
         marker_lsn,
         held_since,
+        closed: closing.counts,
         _gate: gate,
     })
+}
+
+/// The journaled connections open now.
+fn open_slots(shared: &Shared) -> Vec<Arc<ConnSlot>> {
+    shared
+        .open
+        .lock()
+        .expect("poisoned")
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// Why a barrier closed a connection.
+#[derive(Debug, Clone, Copy)]
+enum Reason {
+    Unanswered,
+    InUse,
+}
+
+/// The connections one barrier has closed: each leaves `Shared::open`
+/// once its service side has closed and its `closed` record is journaled.
+#[derive(Default)]
+struct Closing {
+    conns: HashMap<ConnId, Reason>,
+    counts: ClosedAtBarrier,
+}
+
+impl Closing {
+    fn has(&self, slot: &ConnSlot) -> bool {
+        self.conns.contains_key(&slot.conn)
+    }
+
+    /// Closes `slot` (the gate is held, so no forward is in progress and
+    /// its service side's writing half is free): client input stops, the
+    /// service gets end of input.
+    async fn close(&mut self, shared: &Shared, slot: Arc<ConnSlot>, reason: Reason) {
+        slot.evict.cancel();
+        let _ = slot.service_write.lock().await.shutdown().await;
+        match reason {
+            Reason::Unanswered => {
+                self.counts.unanswered += 1;
+                shared.metrics.closed_unanswered.increment(1);
+                shared
+                    .closed_at_barrier
+                    .unanswered
+                    .fetch_add(1, Ordering::AcqRel);
+            }
+            Reason::InUse => {
+                self.counts.in_use += 1;
+                shared.metrics.closed_in_use.increment(1);
+                shared
+                    .closed_at_barrier
+                    .in_use
+                    .fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        tracing::info!(conn = slot.conn, client = %slot.client, ?reason, "barrier closes the connection");
+        self.conns.insert(slot.conn, reason);
+    }
 }

@@ -28,6 +28,17 @@ impl ProxyControl {
         crate::barrier::quiesce(&self.shared, options).await
     }
 
+    /// Connections barriers closed since the proxy started, by reason (a
+    /// migration reports the difference over its run, failed attempts
+    /// included).
+    pub fn closed_at_barrier(&self) -> crate::ClosedAtBarrier {
+        let counts = &self.shared.closed_at_barrier;
+        crate::ClosedAtBarrier {
+            unanswered: counts.unanswered.load(std::sync::atomic::Ordering::Acquire) as usize,
+            in_use: counts.in_use.load(std::sync::atomic::Ordering::Acquire) as usize,
+        }
+    }
+
     /// Settled forwarding on or off (a migration catching up turns it on
     /// at its snapshot point): see `ordering`.
     pub fn set_settled_forwarding(&self, on: bool) {

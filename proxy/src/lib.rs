@@ -19,7 +19,7 @@ mod shared;
 mod upstream;
 
 pub use answers::AnswerJournaling;
-pub use barrier::{QuiesceError, QuiesceOptions, Quiesced};
+pub use barrier::{CloseAtBarrier, ClosedAtBarrier, QuiesceError, QuiesceOptions, Quiesced};
 pub use control::ProxyControl;
 pub use ordering::SETTLE_WAIT;
 pub use route::{Adopted, Dialer, Route, Tunnel, TunnelRequest};

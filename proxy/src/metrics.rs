@@ -23,6 +23,10 @@ pub const ANSWER_SEGMENTS_TOTAL: &str = "replaymig_proxy_answer_segments_total";
 pub const OUT_OF_ORDER_FORWARDS_TOTAL: &str = "replaymig_proxy_out_of_order_forwards_total";
 /// Errors by `kind`; the same family the journal writer uses.
 pub const ERRORS_TOTAL: &str = journal_names::ERRORS_TOTAL;
+/// Connections a barrier closed instead of carrying them, by `reason`
+/// (`unanswered`: input without an answer when the rest was quiet;
+/// `in_use`: used before a snapshot its destination cannot continue).
+pub const CLOSED_AT_BARRIER_TOTAL: &str = "replaymig_proxy_connections_closed_at_barrier_total";
 
 /// Why a connection or the accept loop failed, as the `kind` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +82,10 @@ pub struct ProxyMetrics {
     pub answer_segments: Counter,
     /// Records forwarded out of LSN order.
     pub out_of_order_forwards: Counter,
+    /// Connections a barrier closed: input left unanswered.
+    pub closed_unanswered: Counter,
+    /// Connections a barrier closed: in use before the snapshot.
+    pub closed_in_use: Counter,
     errors: [Counter; ErrorKind::ALL.len()],
 }
 
@@ -93,6 +101,8 @@ impl ProxyMetrics {
             service_to_client: counter!(BYTES_TOTAL, "service" => s(), "direction" => "service_to_client"),
             answer_segments: counter!(ANSWER_SEGMENTS_TOTAL, "service" => s()),
             out_of_order_forwards: counter!(OUT_OF_ORDER_FORWARDS_TOTAL, "service" => s()),
+            closed_unanswered: counter!(CLOSED_AT_BARRIER_TOTAL, "service" => s(), "reason" => "unanswered"),
+            closed_in_use: counter!(CLOSED_AT_BARRIER_TOTAL, "service" => s(), "reason" => "in_use"),
             errors: ErrorKind::ALL
                 .map(|k| counter!(ERRORS_TOTAL, "service" => s(), "kind" => k.as_str())),
         }
@@ -170,6 +180,10 @@ fn describe() {
     describe_counter!(
         OUT_OF_ORDER_FORWARDS_TOTAL,
         "Journaled client records forwarded before an older one (a replay may then be refused)"
+    );
+    describe_counter!(
+        CLOSED_AT_BARRIER_TOTAL,
+        "Client connections a migration's barrier closed (clients reconnect) instead of carrying them, by reason"
     );
     describe_counter!(
         journal_names::APPENDS_TOTAL,

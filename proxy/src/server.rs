@@ -109,6 +109,7 @@ impl Proxy {
             answer_bytes_delivered_all_journaled: AtomicU64::new(0),
             answer_bytes_read_from_service_all_journaled: AtomicU64::new(0),
             metrics: ProxyMetrics::new(&config.service),
+            closed_at_barrier: Default::default(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),
             dirty: Default::default(),

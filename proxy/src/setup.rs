@@ -214,6 +214,7 @@ impl Setup {
             }),
             forwarded: AtomicU64::new(0),
             answered_after: AtomicU64::new(0),
+            evict: Default::default(),
         });
         let open = journaling.then(|| {
             shared

@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     pub answer_bytes_read_from_service_all_journaled: AtomicU64,
     /// Counters.
     pub metrics: ProxyMetrics,
+    /// Connections barriers closed since the proxy started, by reason
+    /// (the metric's figures, readable: a migration reports its share).
+    pub closed_at_barrier: ClosedCounts,
     /// Held shared by each record from its append to the end of its
     /// forward; the quiesce barrier takes it exclusively (see `barrier`).
     pub gate: Arc<tokio::sync::RwLock<()>>,
@@ -74,6 +77,15 @@ pub(crate) struct Shared {
     /// proxy delivered before it read a record is journaled before that
     /// record — the order replay reproduces across connections.
     pub dirty: std::sync::Mutex<Vec<Arc<ConnSlot>>>,
+}
+
+/// Connections closed by barriers, by reason (see `barrier`).
+#[derive(Default)]
+pub(crate) struct ClosedCounts {
+    /// Input left unanswered.
+    pub unanswered: AtomicU64,
+    /// In use before the snapshot.
+    pub in_use: AtomicU64,
 }
 
 /// What the rest of the proxy can reach of one connection (registered in
@@ -117,6 +129,10 @@ pub(crate) struct ConnSlot {
     /// barrier waits for that on every connection, not only for silence,
     /// so a slow answer is not mistaken for a quiet service.
     pub answered_after: AtomicU64,
+    /// Cancelled by a barrier that closes this connection (see
+    /// `barrier`): client input stops at once, unjournaled, and the
+    /// service side's end of input lets the service finish and close.
+    pub evict: tokio_util::sync::CancellationToken,
 }
 
 /// The answer bytes of a connection before its first forwarded input,
@@ -146,6 +162,14 @@ impl ConnSlot {
     /// barrier's per-connection half of "quiet".
     pub fn answered_last_input(&self) -> bool {
         self.answered_after.load(Ordering::Acquire) >= self.forwarded.load(Ordering::Acquire)
+    }
+
+    /// The service has answered this connection beyond its greeting (or
+    /// it continues another owner's): it was used before, so it may hold
+    /// state a fresh connection lacks (the replayer's `carried_state`).
+    pub fn in_use(&self) -> bool {
+        let greeting = self.preamble.lock().expect("poisoned").len;
+        self.answer_bytes_read_from_service.load(Ordering::Acquire) > greeting
     }
 
     /// Ends the connection's answer segment at a client record: the record

@@ -55,14 +55,26 @@ impl<'a> Upstream<'a> {
         loop {
             let n = tokio::select! {
                 biased;
+                // Closed by a barrier: nothing more is taken from the client
+                // (the barrier ended the service side's input itself).
+                _ = self.slot.evict.cancelled() => return Ok(()),
                 // Stop between records, never between append and forward; the
                 // service then sees end-of-input exactly as a client FIN.
                 _ = self.cancel.ended() => 0,
                 read = self.client.read(&mut buf) => read.map_err(ConnError::ClientIo)?,
             };
             // Journal and forward under one gate permit: a barrier (and a
-            // hand-over) sees either both or neither.
-            let _permit = self.shared.gate.read().await;
+            // hand-over) sees either both or neither. A barrier that closes
+            // this connection does so while it holds the gate, so the read
+            // just made is dropped unjournaled, never forwarded.
+            let _permit = tokio::select! {
+                biased;
+                _ = self.slot.evict.cancelled() => return Ok(()),
+                permit = self.shared.gate.read() => permit,
+            };
+            if self.slot.evict.is_cancelled() {
+                return Ok(());
+            }
             // Causality (and the answers since the last record, if they are
             // journaled) is cut under the permit: a barrier that cuts every
             // segment never leaves one in a task waiting for the gate. Taken

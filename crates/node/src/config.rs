@@ -22,6 +22,8 @@
 //! # connection_state = "none"   declare: nothing kept per connection
 //! #                     (default "unknown": refuse to continue connections
 //! #                     in use before the snapshot; docs/fidelity.md)
+//! # close_connections = true   barrier: close what it can neither wait
+//! #                     for nor carry (clients reconnect; docs/fidelity.md)
 //! # quiet_ms = 20        barrier: silent this long = quiet
 //! # max_hold_ms = 100    barrier: give the input back after this long
 //! # hold_attempts = 5    barrier: tries (back-off 100 ms, doubling)
@@ -138,6 +140,17 @@ pub struct ServiceConfig {
     /// per connection, so such connections continue.
     #[serde(default)]
     pub connection_state: ConnectionState,
+    /// Whether a migration's barriers close the client connections they
+    /// can neither wait for nor carry (docs/fidelity.md, "Connections the
+    /// barrier closes"), the way a restarting server would, so clients
+    /// reconnect: input without an answer once the service is otherwise
+    /// quiet (memcached `noreply`, a request still being sent, a blocked
+    /// command), and — at the snapshot, when `connection_state` is
+    /// `unknown` — connections already in use, whose state a fresh
+    /// connection at the destination would lack. Default true; `false`
+    /// waits for them instead, and such a migration is refused.
+    #[serde(default = "default_close_connections")]
+    pub close_connections: bool,
     /// Client input is refused while the journal's filesystem has fewer
     /// free bytes than this (see `replaymig proxy --journal-min-free`);
     /// default 5% of the filesystem, 4–16 MiB.
@@ -158,6 +171,10 @@ pub enum ConnectionState {
     Unknown,
     /// Declared: nothing per connection beyond what its input recreates.
     None,
+}
+
+fn default_close_connections() -> bool {
+    true
 }
 
 fn default_quiet_ms() -> u64 {

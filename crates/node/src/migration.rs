@@ -4,6 +4,7 @@
 //! `replaymig_migrate` (docs/protocol.md); `source.rs` and
 //! `destination.rs` carry out their actions.
 
+use crate::config::{ConnectionState, ServiceConfig};
 use crate::context::{NodeShared, ServiceHost};
 use crate::process::ServiceProcess;
 use crate::report::{Method, Phase, Progress};
@@ -11,7 +12,7 @@ use crate::telemetry;
 use anyhow::{Context, Result};
 use replaymig_migrate::logship;
 use replaymig_peer::{Message, PeerLink};
-use replaymig_proxy::QuiesceOptions;
+use replaymig_proxy::{CloseAtBarrier, QuiesceOptions};
 use replaymig_replayer::Replayer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,6 +273,31 @@ pub(crate) struct FailedHolds {
 /// attempt, doubling each time: the service serves in between.
 const HOLD_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What a barrier fixes, which decides the connections it may close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BarrierFor {
+    /// A snapshot the destination restores and continues the connections
+    /// open at it from (replay's first barrier, iterative's only one).
+    Snapshot,
+    /// A point every connection since the last snapshot was replayed
+    /// from its start up to (replay's hand-over), or a snapshot of a
+    /// service replayed from nothing (driver `none`): no connection
+    /// continues without its whole input.
+    Replayed,
+}
+
+/// Which connections a barrier for `purpose` closes (see
+/// `ServiceConfig::close_connections`).
+pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> CloseAtBarrier {
+    let close = config.close_connections;
+    CloseAtBarrier {
+        unanswered: close,
+        in_use: close
+            && purpose == BarrierFor::Snapshot
+            && config.connection_state == ConnectionState::Unknown,
+    }
+}
+
 /// The barrier, tried up to `hold_attempts` times, each holding client
 /// input at most `max_hold_ms` (a burst of answers, a large request in
 /// flight or a slow answer can keep a service from going quiet at one
@@ -279,6 +305,7 @@ const HOLD_BACKOFF: Duration = Duration::from_millis(100);
 /// Every failed attempt is counted in `failed` (and the hold histogram).
 pub(crate) async fn quiesce_with_retries(
     host: &ServiceHost,
+    purpose: BarrierFor,
     failed: &mut FailedHolds,
 ) -> Result<Hold> {
     let service = &host.config.name;
@@ -286,6 +313,7 @@ pub(crate) async fn quiesce_with_retries(
     let options = QuiesceOptions {
         idle: Duration::from_millis(host.config.quiet_ms),
         timeout: Duration::from_millis(host.config.max_hold_ms),
+        close: close_at_barrier(&host.config, purpose),
     };
     let mut backoff = HOLD_BACKOFF;
     let mut last = None;

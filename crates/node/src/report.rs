@@ -135,6 +135,21 @@ pub struct MigrationReport {
     pub control_bytes: u64,
     /// Client connections handed over through tunnels.
     pub connections_handed_over: usize,
+    /// Client connections the barriers closed (their clients reconnect):
+    /// input left unanswered, or in use before the snapshot
+    /// (`close_connections`, docs/fidelity.md).
+    #[serde(default)]
+    pub connections_closed: ConnectionsClosed,
+}
+
+/// Connections a migration's barriers closed, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionsClosed {
+    /// Their last input had no answer when the service was otherwise quiet.
+    pub unanswered: usize,
+    /// In use before the snapshot, so they may hold state the destination
+    /// could not give them.
+    pub in_use: usize,
 }
 
 impl fmt::Display for MigrationReport {
@@ -156,6 +171,16 @@ impl fmt::Display for MigrationReport {
                 f,
                 "  failed barriers   {:>10} ({:.3} s held, in the interruption)",
                 self.failed_holds, self.failed_hold_seconds
+            )?;
+        }
+        let closed = self.connections_closed;
+        if closed.unanswered + closed.in_use > 0 {
+            writeln!(
+                f,
+                "  closed by barriers{:>10} ({} in use before the snapshot, {} with input unanswered)",
+                closed.unanswered + closed.in_use,
+                closed.in_use,
+                closed.unanswered
             )?;
         }
         if !self.handover_steps.is_empty() {

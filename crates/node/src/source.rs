@@ -6,20 +6,20 @@
 
 use crate::context::{NodeShared, ServiceHost};
 use crate::migration::{
-    ensure_dir, host, quiesce_with_retries, tell_abort, CatchUp, FailedHolds, Hold, HoldSteps,
-    Phases, Plan, ProgressFn, SettledForwarding, Ticker, CATCH_UP_TIMEOUT, STEP_TIMEOUT,
+    ensure_dir, host, quiesce_with_retries, tell_abort, BarrierFor, CatchUp, FailedHolds, Hold,
+    HoldSteps, Phases, Plan, ProgressFn, SettledForwarding, Ticker, CATCH_UP_TIMEOUT, STEP_TIMEOUT,
 };
 use crate::ownership::OwnershipRecord;
 use crate::precopy;
 use crate::process::ServiceProcess;
-use crate::report::{Method, MigrationReport, Phase, Progress};
+use crate::report::{ConnectionsClosed, Method, MigrationReport, Phase, Progress};
 use crate::telemetry;
 use anyhow::{anyhow, bail, Context, Result};
 use replaymig_migrate::logship::Shipper;
 use replaymig_migrate::source::{Approach, Source, SourceAction, SourceEvent, SourceState};
 use replaymig_migrate::Incoming;
 use replaymig_peer::{Message, PeerLink};
-use replaymig_proxy::{AnswerJournaling, Route};
+use replaymig_proxy::{AnswerJournaling, ClosedAtBarrier, Route};
 use replaymig_snapshot::delta::BlockIndex;
 use replaymig_snapshot::transfer::SnapshotChunks;
 use replaymig_snapshot::{Driver, Manifest, Placeholders};
@@ -165,6 +165,9 @@ struct SourceRun<'a> {
     failed_holds: FailedHolds,
     /// How long the snapshot barrier held input (replay).
     snapshot_hold: Duration,
+    /// The proxy's count of connections barriers closed, at the start
+    /// (the migration reports what its barriers added).
+    closed_before: ClosedAtBarrier,
     /// The hand-over hold's steps (iterative: from its only barrier).
     steps: Option<HoldSteps>,
     settled: Option<SettledForwarding<'a>>,
@@ -210,6 +213,7 @@ impl<'a> SourceRun<'a> {
             hold: None,
             failed_holds: FailedHolds::default(),
             snapshot_hold: Duration::ZERO,
+            closed_before: host.proxy.closed_at_barrier(),
             steps: None,
             settled: None,
             dir: None,
@@ -241,10 +245,23 @@ impl<'a> SourceRun<'a> {
         if total == 0.0 {
             return String::new();
         }
+        let closed = self.closed_so_far();
         format!(
-            " (clients' input was held {:.3} s in all, {} barrier attempts gave up)",
-            total, self.failed_holds.count
+            " (clients' input was held {:.3} s in all, {} barrier attempts gave up, {} connections closed)",
+            total,
+            self.failed_holds.count,
+            closed.unanswered + closed.in_use
         )
+    }
+
+    /// Connections this migration's barriers closed so far, failed
+    /// attempts included.
+    fn closed_so_far(&self) -> ConnectionsClosed {
+        let now = self.host.proxy.closed_at_barrier();
+        ConnectionsClosed {
+            unanswered: now.unanswered - self.closed_before.unanswered,
+            in_use: now.in_use - self.closed_before.in_use,
+        }
     }
 
     /// A failure, as the machine hears it.
@@ -288,7 +305,17 @@ impl<'a> SourceRun<'a> {
                 Some(E::PreCopied)
             }
             A::Quiesce => {
-                let hold = quiesce_with_retries(self.host, &mut self.failed_holds).await?;
+                // Connections open at the snapshot continue at the
+                // destination; at replay's hand-over (or with driver
+                // `none`) every one was replayed from its start.
+                let fixes_snapshot =
+                    *state == SourceState::Quiescing || self.plan.method != Method::Replay;
+                let purpose = if fixes_snapshot && !matches!(self.driver, Driver::None) {
+                    BarrierFor::Snapshot
+                } else {
+                    BarrierFor::Replayed
+                };
+                let hold = quiesce_with_retries(self.host, purpose, &mut self.failed_holds).await?;
                 if *state == SourceState::Quiescing {
                     self.report.snapshot_lsn = hold.lsn;
                 }
@@ -469,6 +496,7 @@ impl<'a> SourceRun<'a> {
         // Barrier attempts that gave up held the clients too.
         self.report.failed_holds = self.failed_holds.count;
         self.report.failed_hold_seconds = self.failed_holds.seconds;
+        self.report.connections_closed = self.closed_so_far();
         self.report.interruption_seconds = held + self.failed_holds.seconds;
         self.report.jitter_seconds = (self.phases.started.elapsed().as_secs_f64()
             - self.report.interruption_seconds)

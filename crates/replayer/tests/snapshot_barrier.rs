@@ -162,6 +162,7 @@ async fn a_service_that_never_goes_quiet_fails_the_barrier_in_time_and_keeps_ser
     let options = QuiesceOptions {
         idle: Duration::from_millis(20),
         timeout: Duration::from_millis(300),
+        ..QuiesceOptions::default()
     };
     let err = proxy
         .control
@@ -176,6 +177,140 @@ async fn a_service_that_never_goes_quiet_fails_the_barrier_in_time_and_keeps_ser
         received.lock().unwrap().as_slice(),
         b"before+after",
         "forwarding resumed"
+    );
+    drop(proxy);
+}
+
+/// Reads until the peer closes (or resets), with a bound; `true` if it did.
+fn sees_close(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_barrier_closes_stuck_and_used_connections_and_keeps_the_others() {
+    let redis = RedisServer::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let proxy = InProcessProxy::start(redis.addr, dir.path()).await;
+    let listen = proxy.listen;
+    // In use: SELECT 3 answered; its state would be lost at a destination.
+    let mut selected = RespClient::connect(listen).unwrap();
+    assert_eq!(
+        selected.cmd(&["SELECT", "3"]).unwrap(),
+        Reply::Status("OK".into())
+    );
+    // Unanswered: half of a SET, the rest never sent.
+    let mut half = TcpStream::connect(listen).unwrap();
+    half.write_all(b"*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n$10\r\nonly")
+        .unwrap();
+    // Unanswered: blocked until somebody pushes.
+    let mut blocked = RespClient::connect(listen).unwrap();
+    blocked
+        .send(&replaymig_testkit::encode_command(&[
+            "BLPOP", "nothing", "0",
+        ]))
+        .unwrap();
+    // Idle: connected, never sent: continues.
+    let mut idle = RespClient::connect(listen).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let options = QuiesceOptions {
+        idle: Duration::from_millis(20),
+        timeout: Duration::from_millis(1000),
+        close: replaymig_proxy::CloseAtBarrier {
+            unanswered: true,
+            in_use: true,
+        },
+    };
+    let held = proxy
+        .control
+        .quiesce(options)
+        .await
+        .expect("quiet once closed");
+    assert_eq!(
+        held.closed,
+        replaymig_proxy::ClosedAtBarrier {
+            unanswered: 2,
+            in_use: 1
+        }
+    );
+    // Sent while held, on a closed connection: never journaled, never run.
+    let _ = selected.send(&replaymig_testkit::encode_command(&[
+        "SET", "during", "hold",
+    ]));
+    let marker_lsn = held.marker_lsn;
+    drop(held);
+
+    let mut selected = selected.stream().try_clone().unwrap();
+    let mut blocked = blocked.stream().try_clone().unwrap();
+    for (what, c) in [
+        ("the SELECTed connection", &mut selected),
+        ("the half-sent SET", &mut half),
+        ("the blocked BLPOP", &mut blocked),
+    ] {
+        assert!(sees_close(c), "{what} was not closed for its client");
+    }
+    assert_eq!(
+        idle.cmd(&["PING"]).unwrap(),
+        Reply::Status("PONG".into()),
+        "the idle connection continues"
+    );
+    let mut check = RespClient::connect(redis.addr).unwrap();
+    assert_eq!(
+        check.cmd(&["EXISTS", "half"]).unwrap(),
+        Reply::Int(0),
+        "the half-sent SET was dropped"
+    );
+    assert_eq!(
+        check.cmd(&["SELECT", "3"]).unwrap(),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(
+        check.cmd(&["EXISTS", "during"]).unwrap(),
+        Reply::Int(0),
+        "input during the hold never ran"
+    );
+
+    // Every closed connection's `closed` record precedes the marker; nothing
+    // of theirs follows it.
+    let entries: Vec<_> = proxy
+        .journal
+        .read_range(1, Lsn::MAX)
+        .map(|e| e.unwrap())
+        .collect();
+    let closed_before: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.lsn < marker_lsn)
+        .filter_map(|e| match e.record {
+            replaymig_journal::Record::Closed { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        closed_before.len(),
+        3,
+        "closed records before the marker: {closed_before:?}"
+    );
+    let after: Vec<_> = entries
+        .iter()
+        .filter(|e| e.lsn > marker_lsn)
+        .filter(|e| {
+            e.record
+                .conn(e.lsn)
+                .is_some_and(|c| closed_before.contains(&c))
+        })
+        .map(|e| format!("{}: {}", e.lsn, e.record.kind_name()))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "records of closed connections after the marker: {after:?}"
     );
     drop(proxy);
 }
