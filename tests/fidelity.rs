@@ -30,9 +30,11 @@
 //! * e: memcached -t 4: refused or exact.
 //! * f: Redis MULTI/EXEC and 96 KiB values on the shared keys.
 //! * i: Redis connections that ran `SELECT 3` before the snapshot and only
-//!   `SET` (answers `+OK` whichever database): with `connection_state`
-//!   undeclared every migration must be refused (`carried_state`); it
-//!   exited 0 with the keys in the wrong database before.
+//!   `SET` (answers `+OK` whichever database), `connection_state`
+//!   undeclared: the snapshot's barrier closes them and the clients
+//!   reconnect (a migration exited 0 with the keys in the wrong database
+//!   before; then it was refused every time).
+//! * j: Redis with a password and stateful clients (`tests/fidelity/stateful.rs`).
 //! * g, h: suites a and b with the criu driver; a restored process keeps
 //!   its address, so these nodes run in a testbed's two network
 //!   namespaces (root; skipped with the reason otherwise).
@@ -41,6 +43,8 @@
 //! them at once measures the machine, not the migration.
 
 mod common;
+#[path = "fidelity/stateful.rs"]
+mod stateful;
 
 use common::{replaymig, start_node_in};
 use replaymig_testkit::seqsvc::{Answer, GREETING};
@@ -145,12 +149,15 @@ enum Svc {
     /// Redis as `Redis`, but without declaring `connection_state = "none"`:
     /// connections in use before the snapshot must not continue.
     RedisUndeclared,
+    /// `RedisUndeclared` with a password (`requirepass`): every client
+    /// connection keeps its authentication.
+    RedisAuth,
 }
 
 impl Svc {
     fn name(self) -> &'static str {
         match self {
-            Svc::Redis | Svc::RedisCriu | Svc::RedisUndeclared => "redis",
+            Svc::Redis | Svc::RedisCriu | Svc::RedisUndeclared | Svc::RedisAuth => "redis",
             Svc::Seqsvc | Svc::SeqsvcCriu => "seqsvc",
             Svc::Memcached | Svc::MemcachedThreaded => "memcached",
         }
@@ -159,7 +166,7 @@ impl Svc {
     /// The programs it needs beyond this build.
     fn programs(self) -> &'static [&'static str] {
         match self {
-            Svc::Redis | Svc::RedisUndeclared => &["redis-server", "redis-cli"],
+            Svc::Redis | Svc::RedisUndeclared | Svc::RedisAuth => &["redis-server", "redis-cli"],
             Svc::Seqsvc => &[],
             Svc::Memcached | Svc::MemcachedThreaded => &["memcached"],
             Svc::RedisCriu => &[
@@ -212,6 +219,28 @@ impl Svc {
                     name: "redis",
                     start: "redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no",
                     ready: Some("redis-cli -p {port} PING | grep -q PONG"),
+                    snapshot: &snapshot,
+                    ..Default::default()
+                };
+                write_service_node_config(dir, name, me, other, "a", &spec)
+            }
+            Svc::RedisAuth => {
+                let auth = format!("REDISCLI_AUTH={} redis-cli", stateful::PASSWORD);
+                let snapshot = format!(
+                    "driver = \"exec\"\n{}\nrestore = [{}]",
+                    REDIS_BGSAVE_DUMP.replace("redis-cli", &auth),
+                    toml_string("cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb")
+                );
+                let start = format!(
+                    "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' \
+                     --appendonly no --requirepass {}",
+                    stateful::PASSWORD
+                );
+                let ready = format!("{auth} -p {{port}} PING | grep -q PONG");
+                let spec = ServiceSpec {
+                    name: "redis",
+                    start: &start,
+                    ready: Some(&ready),
                     snapshot: &snapshot,
                     ..Default::default()
                 };
@@ -851,7 +880,8 @@ fn suite_label(suite: &str) -> &'static str {
         "f" => "Redis, MULTI/EXEC transactions and 96 KiB values on the shared counter and list",
         "g" => "suite a with the criu driver (nodes in two network namespaces)",
         "h" => "suite b with the criu driver (nodes in two network namespaces)",
-        "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (must be refused)",
+        "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (closed at the snapshot, clients reconnect)",
+        "j" => "Redis with requirepass, connection_state undeclared: SELECT+SETNAME, MULTI across the barrier, SUBSCRIBE+PUBLISH, BLPOP 0, 2 MiB SETs sent slowly, an idle connection",
         _ => "",
     }
 }
@@ -1843,99 +1873,24 @@ fn memcached_campaign(suite: &str, svc: Svc) {
 
 // ---------------------------------------------------------------- i: per-connection state
 
-/// One long-lived connection that chose database 3 (`SELECT 3`) before
-/// the migration and only `SET`s there (answers `+OK`, the same whichever
-/// database takes them), plus a shared-counter client. A connection open
-/// at the snapshot carries server-side state a fresh connection at the
-/// destination lacks: a migration that exits 0 must still have every
-/// acknowledged key in database 3.
-#[derive(Debug, Default)]
-struct SelectLog {
-    name: String,
-    /// Keys SET in database 3 and acknowledged.
-    keys: Vec<String>,
-    errors: Vec<String>,
-}
-
-fn select_client(name: &str, addr: SocketAddr, ctl: &Control) -> JoinHandle<SelectLog> {
-    let (name, ctl) = (name.to_string(), ctl.clone());
-    std::thread::spawn(move || {
-        ctl.enter();
-        let mut log = SelectLog {
-            name,
-            ..Default::default()
-        };
-        let run = (|| -> Result<(), String> {
-            let mut c = RespClient::connect(addr).map_err(|e| format!("connect: {e:#}"))?;
-            match c.cmd(&["SELECT", "3"]) {
-                Ok(Reply::Status(ok)) if ok == "OK" => {}
-                other => return Err(format!("SELECT 3 answered {other:?}")),
-            }
-            let mut n = 0u64;
-            while ctl.go(n) {
-                n += 1;
-                let key = format!("fidelity:sel:{}:{n}", log.name);
-                match c.cmd(&["SET", &key, "v"]) {
-                    Ok(Reply::Status(ok)) if ok == "OK" => log.keys.push(key),
-                    other => return Err(format!("SET {key} answered {other:?}")),
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = run {
-            log.errors.push(e);
-        }
-        log
-    })
-}
-
-fn check_select(logs: &[SelectLog], cluster: &Cluster, holder: char) -> Verdict {
-    let mut failures = Vec::new();
-    for l in logs {
-        for e in &l.errors {
-            failures.push(format!("client {}: {e}", l.name));
-        }
-    }
-    let keys: Vec<&String> = logs.iter().flat_map(|l| l.keys.iter()).collect();
-    let found = (|| -> Result<Vec<String>, String> {
-        let mut c = RespClient::connect(cluster.backend(holder)).map_err(|e| format!("{e:#}"))?;
-        c.cmd(&["SELECT", "3"]).map_err(|e| format!("{e:#}"))?;
-        let mut missing = Vec::new();
-        for k in &keys {
-            if c.cmd(&["EXISTS", k]).map_err(|e| format!("{e:#}"))? != Reply::Int(1) {
-                missing.push((*k).clone());
-            }
-        }
-        Ok(missing)
-    })();
-    match found {
-        Err(e) => failures.push(format!("cannot read database 3 on {holder}: {e}")),
-        Ok(missing) => report_some(
-            &mut failures,
-            missing
-                .iter()
-                .map(|k| format!("{k} was acknowledged in database 3 but {holder} lacks it there"))
-                .collect(),
-        ),
-    }
-    Verdict {
-        failures,
-        summary: format!("{} SETs in database 3 acknowledged", keys.len()),
-    }
-}
-
 #[test]
 fn i_a_connection_that_selected_a_database_before_the_snapshot() {
     campaign(
         "i",
         Svc::RedisUndeclared,
-        true,
-        |c, ctl| {
-            vec![
-                select_client("sel1", c.proxy_a(), ctl),
-                select_client("sel2", c.proxy_a(), ctl),
-            ]
-        },
-        check_select,
+        false,
+        stateful::select_clients,
+        stateful::check_selected,
+    );
+}
+
+#[test]
+fn j_redis_clients_with_connection_state_auth_subscribe_multi_blpop_and_slow_values() {
+    campaign(
+        "j",
+        Svc::RedisAuth,
+        false,
+        stateful::state_clients,
+        stateful::check_state,
     );
 }

@@ -156,13 +156,6 @@ pub(crate) async fn quiesce(
         .load(Ordering::Acquire);
     let mut last_change = Instant::now();
     loop {
-        if options.close.in_use {
-            for slot in open_slots(shared) {
-                if !closing.has(&slot) && slot.in_use() {
-                    closing.close(shared, slot, Reason::InUse).await;
-                }
-            }
-        }
         tokio::time::sleep(POLL).await;
         let now = shared
             .answer_bytes_read_from_service_all_journaled
@@ -178,9 +171,25 @@ pub(crate) async fn quiesce(
                 .filter(|slot| !closing.has(slot) && !slot.answered_last_input())
                 .cloned()
                 .collect();
+            // Closed only once everything else is quiet: answers the
+            // service wrote to it for others' input (a message published
+            // to a subscriber) have reached it by then.
+            let in_use: Vec<_> = open
+                .iter()
+                .filter(|slot| {
+                    options.close.in_use
+                        && !closing.has(slot)
+                        && slot.answered_last_input()
+                        && slot.in_use()
+                })
+                .cloned()
+                .collect();
             let draining = open.iter().filter(|slot| closing.has(slot)).count();
-            if unanswered.is_empty() && draining == 0 {
+            if unanswered.is_empty() && in_use.is_empty() && draining == 0 {
                 break;
+            }
+            for slot in in_use {
+                closing.close(shared, slot, Reason::InUse).await;
             }
             if options.close.unanswered {
                 for slot in unanswered {
