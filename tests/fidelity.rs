@@ -35,6 +35,7 @@
 //!   reconnect (a migration exited 0 with the keys in the wrong database
 //!   before; then it was refused every time).
 //! * j: Redis with a password and stateful clients (`tests/fidelity/stateful.rs`).
+//! * k: memcached with `noreply` writers (`tests/fidelity/noreply.rs`).
 //! * g, h: suites a and b with the criu driver; a restored process keeps
 //!   its address, so these nodes run in a testbed's two network
 //!   namespaces (root; skipped with the reason otherwise).
@@ -43,6 +44,8 @@
 //! them at once measures the machine, not the migration.
 
 mod common;
+#[path = "fidelity/noreply.rs"]
+mod noreply;
 #[path = "fidelity/stateful.rs"]
 mod stateful;
 
@@ -881,6 +884,7 @@ fn suite_label(suite: &str) -> &'static str {
         "g" => "suite a with the criu driver (nodes in two network namespaces)",
         "h" => "suite b with the criu driver (nodes in two network namespaces)",
         "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (closed at the snapshot, clients reconnect)",
+        "k" => "memcached -t 1: noreply writers (confirmed by mn), a shared counter, one writer tunneled (driver none)",
         "j" => "Redis with requirepass, connection_state undeclared: SELECT+SETNAME, MULTI across the barrier, SUBSCRIBE+PUBLISH, BLPOP 0, 2 MiB SETs sent slowly, an idle connection",
         _ => "",
     }
@@ -1892,5 +1896,16 @@ fn j_redis_clients_with_connection_state_auth_subscribe_multi_blpop_and_slow_val
         false,
         stateful::state_clients,
         stateful::check_state,
+    );
+}
+
+#[test]
+fn k_memcached_noreply_writers() {
+    campaign(
+        "k",
+        Svc::Memcached,
+        false,
+        noreply::noreply_clients,
+        noreply::check_noreply,
     );
 }

@@ -60,7 +60,8 @@ pub struct QuiesceOptions {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CloseAtBarrier {
     /// Connections whose last input has no answer once everything else
-    /// has been quiet for the idle window.
+    /// has been quiet for the idle window and the barrier has held for
+    /// half its bound (a merely slow answer is waited for that long).
     pub unanswered: bool,
     /// Connections answered beyond their greeting: for a snapshot a
     /// destination restores and then continues connections from.
@@ -191,7 +192,9 @@ pub(crate) async fn quiesce(
             for slot in in_use {
                 closing.close(shared, slot, Reason::InUse).await;
             }
-            if options.close.unanswered {
+            // Unanswered input is given half the hold's bound to be
+            // answered (a slow or CPU-starved service is not a stuck one).
+            if options.close.unanswered && held_since.elapsed() >= options.timeout / 2 {
                 for slot in unanswered {
                     closing.close(shared, slot, Reason::Unanswered).await;
                 }
