@@ -84,7 +84,7 @@ fn noreply_session(
                     unconfirmed.push((key, n));
                 }
                 let confirmed = sent.and_then(|()| {
-                    if n % 8 != 0 {
+                    if !n.is_multiple_of(8) {
                         return Ok(());
                     }
                     c.send(b"mn\r\n")?;
@@ -93,7 +93,7 @@ fn noreply_session(
                         other => Err(format!("PROTOCOL: mn answered {other:?}")),
                     }
                 });
-                if confirmed.is_ok() && n % 8 == 0 {
+                if confirmed.is_ok() && n.is_multiple_of(8) {
                     for (key, seq) in unconfirmed.drain(..) {
                         log.writes.entry(key).or_default().1 = seq;
                     }

@@ -219,7 +219,7 @@ fn selected(s: &mut Session, log: &mut StateLog, ctl: &Control) -> Result<(), St
             Some(other) => return Err(format!("INCR answered {other:?}")),
             None => continue,
         }
-        if n % 16 == 0 {
+        if n.is_multiple_of(16) {
             match s.cmd(&["CLIENT", "GETNAME"])? {
                 Some(Reply::Bulk(b)) if b == log.name.as_bytes() => {}
                 Some(other) => return Err(format!("CLIENT GETNAME answered {other:?}")),
