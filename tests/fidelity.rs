@@ -1034,6 +1034,8 @@ struct RedisLog {
     /// Every RPUSH: (the list's length it answered, the item pushed).
     pushes: Vec<(i64, String)>,
     connections: u64,
+    /// Connections a barrier closed under it (it reconnected).
+    closes: u64,
     errors: Vec<String>,
 }
 
@@ -1151,15 +1153,37 @@ fn redis_session(
                     vec!["INCR", REDIS_COUNTER],
                     vec!["GET", key.as_str()],
                 ];
-                let replies = c
-                    .pipeline(&batch)
-                    .map_err(|e| format!("large SET: {e:#} {when}"))?;
+                // A barrier may close this connection while the value is
+                // on its way (input left unanswered, `close_connections`):
+                // what was answered before the close counts, the rest never
+                // ran, and the client reconnects.
+                let mut replies = Vec::new();
+                let sent = batch
+                    .iter()
+                    .try_for_each(|cmd| c.send(&replaymig_testkit::encode_command(cmd)));
+                let mut closed = sent.err();
+                if closed.is_none() {
+                    for _ in &batch {
+                        match c.read_reply() {
+                            Ok(r) => replies.push(r),
+                            Err(e) => {
+                                closed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
                 match replies.as_slice() {
                     [Reply::Status(ok), Reply::Int(x), Reply::Bulk(got)]
                         if ok == "OK" && got == value.as_bytes() =>
                     {
                         log.incrs.push(*x)
                     }
+                    [Reply::Status(ok), Reply::Int(x)] if ok == "OK" && closed.is_some() => {
+                        log.incrs.push(*x)
+                    }
+                    [Reply::Status(ok)] if ok == "OK" && closed.is_some() => {}
+                    [] if closed.is_some() => {}
                     other => {
                         let short: Vec<String> = other
                             .iter()
@@ -1167,6 +1191,16 @@ fn redis_session(
                             .collect();
                         return Err(format!("SET, INCR, GET of {key} answered {short:?} {when}"));
                     }
+                }
+                if let Some(e) = closed {
+                    log.closes += 1;
+                    if log.closes > 10 {
+                        return Err(format!(
+                            "large SET: closed {} times: {e:#} {when}",
+                            log.closes
+                        ));
+                    }
+                    c = connect(log)?;
                 }
                 ops += 3;
                 std::thread::sleep(Duration::from_millis(2));
@@ -1241,8 +1275,9 @@ fn check_redis(logs: &[RedisLog], cluster: &Cluster, holder: char) -> Verdict {
     Verdict {
         failures,
         summary: format!(
-            "{n} INCR and {m} RPUSH acknowledged over {} connections",
-            logs.iter().map(|l| l.connections).sum::<u64>()
+            "{n} INCR and {m} RPUSH acknowledged over {} connections ({} closed by a barrier)",
+            logs.iter().map(|l| l.connections).sum::<u64>(),
+            logs.iter().map(|l| l.closes).sum::<u64>()
         ),
     }
 }

@@ -21,7 +21,9 @@
 //! destination restores from — a connection already in use, whose
 //! server-side state (`SELECT`, `AUTH`, a subscription, an open `MULTI`)
 //! a fresh connection at the destination would lack. With
-//! [`CloseAtBarrier`] the barrier closes them instead of failing, the way
+//! [`CloseAtBarrier`] the barrier closes them instead of failing (once all
+//! else is quiet, so answers the service wrote to them for others' input —
+//! a message published to a subscriber — have reached them), the way
 //! a restarting server would: no more client input is taken (what the
 //! client sent meanwhile is neither journaled nor forwarded), the service
 //! side gets end of input, and the barrier waits — within its bound —
@@ -60,8 +62,9 @@ pub struct QuiesceOptions {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CloseAtBarrier {
     /// Connections whose last input has no answer once everything else
-    /// has been quiet for the idle window and the barrier has held for
-    /// half its bound (a merely slow answer is waited for that long).
+    /// has been quiet for the idle window. (A migration allows it from its
+    /// second attempt on: a request still being sent or a slow answer is
+    /// done after the first attempt's release.)
     pub unanswered: bool,
     /// Connections answered beyond their greeting: for a snapshot a
     /// destination restores and then continues connections from.
@@ -189,12 +192,13 @@ pub(crate) async fn quiesce(
             if unanswered.is_empty() && in_use.is_empty() && draining == 0 {
                 break;
             }
-            for slot in in_use {
-                closing.close(shared, slot, Reason::InUse).await;
-            }
-            // Unanswered input is given half the hold's bound to be
-            // answered (a slow or CPU-starved service is not a stuck one).
-            if options.close.unanswered && held_since.elapsed() >= options.timeout / 2 {
+            // Input this barrier may not close keeps it from completing:
+            // closing the connections in use would then be for nothing
+            // (their clients would be in use again at the next attempt).
+            if unanswered.is_empty() || options.close.unanswered {
+                for slot in in_use {
+                    closing.close(shared, slot, Reason::InUse).await;
+                }
                 for slot in unanswered {
                     closing.close(shared, slot, Reason::Unanswered).await;
                 }

@@ -310,14 +310,19 @@ pub(crate) async fn quiesce_with_retries(
 ) -> Result<Hold> {
     let service = &host.config.name;
     let attempts = host.config.hold_attempts.max(1);
-    let options = QuiesceOptions {
-        idle: Duration::from_millis(host.config.quiet_ms),
-        timeout: Duration::from_millis(host.config.max_hold_ms),
-        close: close_at_barrier(&host.config, purpose),
-    };
     let mut backoff = HOLD_BACKOFF;
     let mut last = None;
     for attempt in 1..=attempts {
+        let mut close = close_at_barrier(&host.config, purpose);
+        // Input without an answer is given one release first: a request
+        // still being sent, or a slow answer, is done after the back-off;
+        // what is still unanswered at the next attempt is closed.
+        close.unanswered &= attempt > 1 || attempt == attempts;
+        let options = QuiesceOptions {
+            idle: Duration::from_millis(host.config.quiet_ms),
+            timeout: Duration::from_millis(host.config.max_hold_ms),
+            close,
+        };
         let started = Instant::now();
         match host.proxy.quiesce(options).await {
             Ok(inner) => {
