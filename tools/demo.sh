@@ -85,13 +85,45 @@ tally_pid=$!
 # that case).
 on b redis-benchmark -h "$addr_b" -p 6380 -t incr -n 30000 -c 1 -q 2>/dev/null >"$work/bench-b" &
 bench_pid=$!
+# A client pinging every 1 ms through node a (its own process, so no other
+# thread delays it): what the migration's holds cost one client, measured
+# on its side, to set next to the report's interruption.
+on a python3 - "$addr_a" "$work/migrated" >"$work/pings" <<'PY' &
+import json, os, socket, sys, time
+addr, flag = sys.argv[1], sys.argv[2]
+s = socket.create_connection((addr, 6380)); f = s.makefile("rb")
+gaps, last, end = [], time.monotonic(), time.time() + 300
+while time.time() < end and not os.path.exists(flag):
+    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+    assert f.readline() == b"+PONG\r\n"
+    now = time.monotonic(); gaps.append(now - last); last = now
+    time.sleep(0.001)
+usual = sorted(gaps)[len(gaps) // 2]
+# A stall: a gap of more than 5 ms beyond the usual one.
+stalls = [g - usual for g in gaps if g - usual > 0.005]
+print(json.dumps({"pings": len(gaps), "usual_ms": usual * 1e3, "longest_ms": max(gaps) * 1e3,
+                  "stalls": len(stalls), "stalled_ms": sum(stalls) * 1e3}))
+PY
+ping_pid=$!
 sleep 1.5
 echo "== replaymig migrate redis --to b  (on node a, driver $DRIVER)"
-run_on a "$BIN" migrate redis --to b
+run_on a "$BIN" migrate redis --to b | tee "$work/report"
 sleep 1   # clients go on after the hand-over (through node b)
 touch "$work/migrated"
 wait "$tally_pid"
+wait "$ping_pid"
 wait "$bench_pid" || true
+python3 - "$work/pings" "$work/report" <<'PY'
+import json, re, sys
+p = json.load(open(sys.argv[1]))
+m = re.search(r"interruption\s+([0-9.]+) s \(hand-over hold ([0-9.]+) s\)", open(sys.argv[2]).read())
+total, handover = (float(m.group(1)) * 1e3, float(m.group(2)) * 1e3) if m else (float("nan"),) * 2
+print("== one client's view (PING every 1 ms, %d pings, usually %.2f ms apart): "
+      "%d stalls, %.1f ms stalled in all, longest gap %.1f ms"
+      % (p["pings"], p["usual_ms"], p["stalls"], p["stalled_ms"], p["longest_ms"]))
+print("   the report: interruption %.1f ms (hand-over hold %.1f ms, the other holds %.1f ms)"
+      % (total, handover, total - handover))
+PY
 echo "== status"
 echo "node a:"; run_on a "$BIN" status
 echo "node b:"; run_on b "$BIN" status
