@@ -11,7 +11,7 @@
 #   BIN=path/to/replaymig tools/demo.sh   # use that binary (tests do)
 #   PRELOAD_MB=200 tools/demo.sh   # first write that much incompressible data through the proxy
 #   LOAD_PAUSE_MS=1 tools/demo.sh  # clients pause between requests (default: as fast as they can)
-#   QUIET_MS=10 tools/demo.sh      # the barrier's quiet window (default 20 ms)
+#   QUIET_MS=20 tools/demo.sh      # the barrier's quiet window (default 10 ms)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 1; }
@@ -102,7 +102,7 @@ usual = sorted(gaps)[len(gaps) // 2]
 # A stall: a gap of more than 5 ms beyond the usual one.
 stalls = [g - usual for g in gaps if g - usual > 0.005]
 print(json.dumps({"pings": len(gaps), "usual_ms": usual * 1e3, "longest_ms": max(gaps) * 1e3,
-                  "stalls": len(stalls), "stalled_ms": sum(stalls) * 1e3}))
+                  "stalls": [round(g * 1e3, 1) for g in stalls], "stalled_ms": sum(stalls) * 1e3}))
 PY
 ping_pid=$!
 sleep 1.5
@@ -119,7 +119,7 @@ p = json.load(open(sys.argv[1]))
 m = re.search(r"interruption\s+([0-9.]+) s \(hand-over hold ([0-9.]+) s\)", open(sys.argv[2]).read())
 total, handover = (float(m.group(1)) * 1e3, float(m.group(2)) * 1e3) if m else (float("nan"),) * 2
 print("== one client's view (PING every 1 ms, %d pings, usually %.2f ms apart): "
-      "%d stalls, %.1f ms stalled in all, longest gap %.1f ms"
+      "stalls of %s ms beyond the usual gap, %.1f ms in all; longest gap %.1f ms"
       % (p["pings"], p["usual_ms"], p["stalls"], p["stalled_ms"], p["longest_ms"]))
 print("   the report: interruption %.1f ms (hand-over hold %.1f ms, the other holds %.1f ms)"
       % (total, handover, total - handover))

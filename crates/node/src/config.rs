@@ -24,7 +24,7 @@
 //! #                     in use before the snapshot; docs/fidelity.md)
 //! # close_connections = true   barrier: close what it can neither wait
 //! #                     for nor carry (clients reconnect; docs/fidelity.md)
-//! # quiet_ms = 20        barrier: silent this long = quiet
+//! # quiet_ms = 10        barrier: silent this long = quiet
 //! # max_hold_ms = 100    barrier: give the input back after this long
 //! # hold_attempts = 5    barrier: tries (back-off 100 ms, doubling)
 //! [service.snapshot]
@@ -112,7 +112,10 @@ pub struct ServiceConfig {
     /// this long (after answering every connection's last input) to count
     /// as quiet. Both holds of a replay migration last at least this long;
     /// shorter risks taking a service that is merely slow (CPU-starved,
-    /// mid-way through a large answer) for quiet. Default 20 ms.
+    /// mid-way through a large answer) for quiet — never silently: the
+    /// answers that come after the snapshot point then do not replay and
+    /// the migration is refused. Default 10 ms (20 ms before issue #15's
+    /// P2: docs/fidelity.md has the campaign that chose it).
     #[serde(default = "default_quiet_ms")]
     pub quiet_ms: u64,
     /// Bound on one barrier attempt: if the service is not quiet within
@@ -178,7 +181,7 @@ fn default_close_connections() -> bool {
 }
 
 fn default_quiet_ms() -> u64 {
-    20
+    10
 }
 
 fn default_max_hold_ms() -> u64 {
@@ -310,7 +313,7 @@ mod tests {
         let config: NodeConfig = toml::from_str(&example).unwrap();
         config.check().unwrap();
         assert_eq!(config.services[0].snapshot.driver().name(), "exec");
-        assert_eq!(config.services[0].quiet_ms, 20, "the default quiet window");
+        assert_eq!(config.services[0].quiet_ms, 10, "the default quiet window");
         // The admin API off loopback needs a token.
         let open = example.replace("127.0.0.1:7200", "0.0.0.0:7200");
         let err = toml::from_str::<NodeConfig>(&open)

@@ -253,7 +253,7 @@ impl CriuDriver {
 
     async fn dump(&self, snapshot_dir: &Path, vars: &Placeholders) -> Result<(), DriverError> {
         let template = format!(
-            "{}{{criu}} dump -t {{pid}} -D {{snapshot_dir}} --leave-running --tcp-close \
+            "{}{{criu}} dump -t {{pid}} -D {{snapshot_dir}} --leave-running --tcp-close --network-lock skip \
              --timeout {} -v3 -o dump.log",
             Self::in_netns(self.netns.as_deref()),
             self.freeze_timeout_secs.max(1)
@@ -294,7 +294,7 @@ impl CriuDriver {
         vars.insert("snapshot_dir".into(), snapshot_dir.display().to_string());
         vars.insert("pidfile".into(), pidfile.display().to_string());
         let template = format!(
-            "{}{{criu}} restore -D {{snapshot_dir}} --tcp-close -d --pidfile {{pidfile}} -o restore.log",
+            "{}{{criu}} restore -D {{snapshot_dir}} --tcp-close --network-lock skip -d --pidfile {{pidfile}} -o restore.log",
             Self::in_netns(netns)
         );
         let result = run(
