@@ -904,3 +904,34 @@ fn a_half_sent_request_makes_each_barrier_give_up_within_its_bound() {
     assert_eq!(pair.owner(pair.pb.admin), "a");
     drop(half);
 }
+
+/// Issue #15, bounded hand-over hold: with `max_handover_ms = 1` no tail
+/// can be applied in time, so the migration is refused naming the bound;
+/// clients are held no longer than that attempt, every INCR is answered
+/// in order (no connection is lost by the abort), A keeps every write and
+/// B gives its restored copy up.
+#[test]
+fn a_hand_over_past_its_bound_is_refused_and_clients_go_on() {
+    let pair = Pair::start_edited(None, None, &[], "max_handover_ms = 1\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = counter(pair.listen_a(), "n", stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let err = failed_migration(pair.migrate());
+    assert!(
+        err.contains("within the hand-over's bound (max_handover_ms = 1)"),
+        "{err}\n{}",
+        pair.logs()
+    );
+    // The clients go on at A after the refusal.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let acked = client.join().expect("the client saw every answer");
+    assert!(acked > 100, "only {acked} INCRs");
+    pair.assert_a_kept_everything(acked);
+    assert_eq!(pair.owner(pair.pb.admin), "a", "no split ownership");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((pair.pb.ip, pair.pb.backend)).is_ok() {
+        assert!(Instant::now() < deadline, "B kept its restored copy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -27,6 +27,7 @@
 //! # quiet_ms = 10        barrier: silent this long = quiet
 //! # max_hold_ms = 100    barrier: give the input back after this long
 //! # hold_attempts = 5    barrier: tries (back-off 100 ms, doubling)
+//! # max_handover_ms = 500   replay: bound on the hand-over's hold
 //! [service.snapshot]
 //! driver = "exec"                            # exec | criu | none (none: the service
 //!                                            # starts empty and a migration replays its
@@ -130,6 +131,13 @@ pub struct ServiceConfig {
     /// each time. Default 5.
     #[serde(default = "default_hold_attempts")]
     pub hold_attempts: u32,
+    /// Bound on a replay migration's hand-over hold: from its barrier to
+    /// the destination's prepared answer (quiet, the tail applied, the
+    /// hand-over prepared). Past it the migration is refused — the source
+    /// gives the input back and keeps serving — instead of holding every
+    /// client for as long as a slow tail takes. Default 500 ms.
+    #[serde(default = "default_max_handover_ms")]
+    pub max_handover_ms: u64,
     /// What the journal keeps of the service's answers: `off`, `digest`
     /// (default) or `full` (see `replaymig proxy --journal-responses`).
     #[serde(default)]
@@ -186,6 +194,10 @@ fn default_quiet_ms() -> u64 {
 
 fn default_max_hold_ms() -> u64 {
     100
+}
+
+fn default_max_handover_ms() -> u64 {
+    500
 }
 
 fn default_hold_attempts() -> u32 {

@@ -403,7 +403,10 @@ impl<'a> SourceRun<'a> {
     /// Reads the destination's next message, as the machine sees it (the
     /// fields it needs beyond that are taken here).
     async fn receive(&mut self) -> Result<SourceEvent> {
-        let message = self.link().recv_timeout(STEP_TIMEOUT).await?;
+        let bound = self.step_bound();
+        let message = self.link().recv_timeout(bound).await.map_err(|e| {
+            anyhow::Error::from(e).context(self.bound_exceeded("the destination's answer"))
+        })?;
         if let Message::HandOverDone {
             restore_micros,
             replay_micros,
@@ -576,17 +579,45 @@ impl<'a> SourceRun<'a> {
 
     async fn ship_tail(&mut self) -> Result<()> {
         let head = self.host.journal.last_lsn();
+        let bound = self.step_bound();
+        let exceeded = self.bound_exceeded("the tail");
         let shipper = self.shipper.as_mut().expect("transferred");
         let link = self.link.as_mut().expect("linked");
-        tokio::time::timeout(STEP_TIMEOUT, shipper.run_until(link, |s| s.acked >= head))
+        tokio::time::timeout(bound, shipper.run_until(link, |s| s.acked >= head))
             .await
-            .context("the destination did not apply the tail in time")??;
+            .context(exceeded)??;
         self.report.handover_lsn = head;
         self.report.log_bytes = shipper.stats.wire_bytes;
         self.report.log_raw_bytes = shipper.stats.bytes;
         self.report.log_records = shipper.stats.records;
         self.mark("tail");
         Ok(())
+    }
+
+    /// How long the next step may take: a replay's hand-over hold has
+    /// what is left of `max_handover_ms`; anything else `STEP_TIMEOUT`.
+    fn step_bound(&self) -> Duration {
+        match (&self.steps, &self.hold, self.plan.method) {
+            (Some(_), Some(hold), Method::Replay) => {
+                let bound = Duration::from_millis(self.host.config.max_handover_ms);
+                bound
+                    .saturating_sub(hold.held_for())
+                    .max(Duration::from_millis(1))
+            }
+            _ => STEP_TIMEOUT,
+        }
+    }
+
+    /// What a step that overran its bound says.
+    fn bound_exceeded(&self, what: &str) -> String {
+        match (&self.steps, self.plan.method) {
+            (Some(_), Method::Replay) => format!(
+                "{what} did not come within the hand-over's bound (max_handover_ms = {}); \
+                 the input is given back",
+                self.host.config.max_handover_ms
+            ),
+            _ => format!("{what} did not come in time"),
+        }
     }
 
     /// Everything that can fail is done before the commit point: the route
