@@ -5,12 +5,15 @@
 # answers in two parts; seqsvc with a STATS poller that must be refused;
 # memcached -t 1 with gets/cas, incr and append on shared keys; the same on
 # a multi-threaded memcached -t 4; Redis MULTI/EXEC and large values; the
-# Redis and seqsvc suites again with the criu driver), RUNS migrations each
+# Redis and seqsvc suites again with the criu driver; issue #15's clients
+# that keep per-connection state — SELECT, AUTH, SETNAME, MULTI across the
+# barrier, SUBSCRIBE, BLPOP 0, slowly sent values — and memcached noreply
+# writers, whose connections the barriers close), RUNS migrations each
 # between two real node agents (on loopback; in a testbed's two network
 # namespaces for criu), every reply checked by a client-side oracle. Writes docs/reliability-fidelity.md,
 # which tools/chaos.sh puts into docs/reliability.md.
 #
-#   tools/fidelity.sh            # 20 migrations per suite (~15 min)
+#   tools/fidelity.sh            # 20 migrations per suite (~20 min)
 #   RUNS=5 tools/fidelity.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

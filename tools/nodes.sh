@@ -10,7 +10,8 @@
 #                                         {data_dir}; SNAPSHOT the TOML body of
 #                                         [service.snapshot]
 #   nodes_start                           both agents, metrics on 127.0.0.1:9100
-#   (QUIET_MS in the environment sets the services' barrier quiet window)
+#   (QUIET_MS in the environment sets the services' barrier quiet window,
+#   MAX_HANDOVER_MS the bound on a replay's hand-over hold)
 #   on a|b CMD...  /  run_on a|b CMD...   exec / run CMD in a node's namespace
 
 nodes_up() {
@@ -47,6 +48,7 @@ data_dir = "$work/$node-data"
 # the destination (docs/fidelity.md); CONNECTION_STATE=unknown refuses that.
 connection_state = "${CONNECTION_STATE:-none}"
 ${QUIET_MS:+quiet_ms = $QUIET_MS}
+${MAX_HANDOVER_MS:+max_handover_ms = $MAX_HANDOVER_MS}
 start = "$start"
 ready = "$ready"
 [service.snapshot]

@@ -27,7 +27,7 @@
 //! # quiet_ms = 10        barrier: silent this long = quiet
 //! # max_hold_ms = 100    barrier: give the input back after this long
 //! # hold_attempts = 5    barrier: tries (back-off 100 ms, doubling)
-//! # max_handover_ms = 500   replay: bound on the hand-over's hold
+//! # max_handover_ms = 1000  replay: bound on the hand-over's hold
 //! [service.snapshot]
 //! driver = "exec"                            # exec | criu | none (none: the service
 //!                                            # starts empty and a migration replays its
@@ -135,7 +135,7 @@ pub struct ServiceConfig {
     /// the destination's prepared answer (quiet, the tail applied, the
     /// hand-over prepared). Past it the migration is refused — the source
     /// gives the input back and keeps serving — instead of holding every
-    /// client for as long as a slow tail takes. Default 500 ms.
+    /// client for as long as a slow tail takes. Default 1000 ms.
     #[serde(default = "default_max_handover_ms")]
     pub max_handover_ms: u64,
     /// What the journal keeps of the service's answers: `off`, `digest`
@@ -197,7 +197,7 @@ fn default_max_hold_ms() -> u64 {
 }
 
 fn default_max_handover_ms() -> u64 {
-    500
+    1000
 }
 
 fn default_hold_attempts() -> u32 {
