@@ -361,7 +361,10 @@ fn a_divergent_replay_aborts_and_a_keeps_ownership() {
     let stale = stale_dir.path().join("stale.rdb");
     std::fs::copy(RedisServer::start().unwrap().save().unwrap(), &stale).unwrap();
     let restore = format!(r#"["cp {} {{data_dir}}/dump.rdb"]"#, stale.display());
-    let pair = Pair::start(None, Some(&restore));
+    // The replay notices the divergence when the shorter answers' missing
+    // bytes time out, which can take longer than the hand-over's default
+    // bound (that refusal is `a_hand_over_past_its_bound_…`'s).
+    let pair = Pair::start_edited(None, Some(&restore), &[], "max_handover_ms = 10000\n");
     let stop = Arc::new(AtomicBool::new(false));
     let client = counter(pair.listen_a(), "n", stop.clone());
     // Let the counter reach 4 digits so replayed answers are shorter.

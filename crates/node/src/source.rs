@@ -583,9 +583,16 @@ impl<'a> SourceRun<'a> {
         let exceeded = self.bound_exceeded("the tail");
         let shipper = self.shipper.as_mut().expect("transferred");
         let link = self.link.as_mut().expect("linked");
-        tokio::time::timeout(bound, shipper.run_until(link, |s| s.acked >= head))
-            .await
-            .context(exceeded)??;
+        let applied =
+            tokio::time::timeout(bound, shipper.run_until(link, |s| s.acked >= head)).await;
+        let Ok(applied) = applied else {
+            bail!(
+                "{exceeded}: the destination had applied up to LSN {} of {head} (a replay \
+                 waiting for answers that do not come looks like this too)",
+                shipper.stats.acked
+            );
+        };
+        applied?;
         self.report.handover_lsn = head;
         self.report.log_bytes = shipper.stats.wire_bytes;
         self.report.log_raw_bytes = shipper.stats.bytes;
