@@ -80,13 +80,6 @@ pub struct ClosedAtBarrier {
     pub in_use: usize,
 }
 
-impl ClosedAtBarrier {
-    /// All of them.
-    pub fn total(&self) -> usize {
-        self.unanswered + self.in_use
-    }
-}
-
 /// How often the barrier samples the answer counter.
 const POLL: Duration = Duration::from_millis(1);
 
@@ -299,8 +292,11 @@ struct Closing {
 }
 
 impl Closing {
+    /// Whether `slot` is being closed: by this barrier, or by an earlier
+    /// attempt whose service had not closed its side yet (waited for
+    /// here, not closed or counted again).
     fn has(&self, slot: &ConnSlot) -> bool {
-        self.conns.contains_key(&slot.conn)
+        self.conns.contains_key(&slot.conn) || slot.evict.is_cancelled()
     }
 
     /// Closes `slot` (the gate is held, so no forward is in progress and

@@ -404,9 +404,14 @@ impl<'a> SourceRun<'a> {
     /// fields it needs beyond that are taken here).
     async fn receive(&mut self) -> Result<SourceEvent> {
         let bound = self.step_bound();
-        let message = self.link().recv_timeout(bound).await.map_err(|e| {
-            anyhow::Error::from(e).context(self.bound_exceeded("the destination's answer"))
-        })?;
+        let message = match self.link().recv_timeout(bound).await {
+            Err(e @ replaymig_peer::LinkError::Timeout(_)) => {
+                return Err(
+                    anyhow::Error::from(e).context(self.bound_exceeded("the destination's answer"))
+                )
+            }
+            other => other?,
+        };
         if let Message::HandOverDone {
             restore_micros,
             replay_micros,
@@ -623,7 +628,7 @@ impl<'a> SourceRun<'a> {
                  the input is given back",
                 self.host.config.max_handover_ms
             ),
-            _ => format!("{what} did not come in time"),
+            _ => format!("{what} did not come in time ({STEP_TIMEOUT:?})"),
         }
     }
 
