@@ -129,6 +129,23 @@ echo "node a:"; run_on a "$BIN" status
 echo "node b:"; run_on b "$BIN" status
 echo "== migration metrics on node a (curl 127.0.0.1:9100/metrics inside its namespace)"
 run_on a curl -s 127.0.0.1:9100/metrics | grep -E '^replaymig_(migrations_total|migration_(duration|interruption|jitter)_seconds_(sum|count)|migration_link_bytes_total|ownership_epoch|service_owned)' || true
+# Slow journal appends (a durable write waited for) on either node: the
+# usual suspect when a hand-over's tail is slow.
+for node in a b; do
+  run_on "$node" curl -s 127.0.0.1:9100/metrics | python3 -c '
+import re, sys
+count = slow = 0.0
+for line in sys.stdin:
+    m = re.match(r"replaymig_journal_append_duration_seconds_(bucket|count)\{(.*)\} (\S+)", line)
+    if not m:
+        continue
+    if m.group(1) == "count":
+        count += float(m.group(3))
+    elif "le=\"0.05\"" in m.group(2):
+        slow -= float(m.group(3))
+print("== node '"$node"': %d of %d journal appends took over 50 ms" % (count + slow, count))
+' || true
+done
 # Every acknowledged write is on b exactly once: each counter equals its
 # client's tally, each list holds 0..n-1 in order.
 verdict=$(run_on b python3 - "$work/tally" <<'PY'
