@@ -29,6 +29,13 @@ const CATCH_UP_SETTLE: Duration = Duration::from_millis(100);
 /// own pace bounds the replay (answers that take milliseconds to write)
 /// never catches up further, and waiting longer only shifts the same tail.
 const TAIL_BUDGET: Duration = Duration::from_millis(50);
+/// A lag that has not shrunk for this long is handed over when the replay
+/// applies it within `PATIENT_TAIL_BUDGET`: a load the replay only matches
+/// (the source forwards settled too) would otherwise be caught up only
+/// when it stops. The hand-over's hold stays bounded by `max_handover_ms`.
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(1);
+/// See `CATCH_UP_PATIENCE`.
+const PATIENT_TAIL_BUDGET: Duration = Duration::from_millis(150);
 
 /// When catch-up has gone far enough to hold the clients for the rest: the
 /// destination acknowledges a record only once the answers the original
@@ -38,19 +45,38 @@ const TAIL_BUDGET: Duration = Duration::from_millis(50);
 pub(crate) struct CatchUp {
     best: u64,
     improved: Instant,
-    /// When catch-up began and how many records were acknowledged then:
-    /// the replay's rate since.
+    /// When catch-up began.
     started: Instant,
-    first_acked: Option<u64>,
+    /// The LSN the destination's acknowledgements start from: the
+    /// snapshot point (everything up to it is in the snapshot, and the
+    /// first acknowledgement jumps past it — no replay).
+    base: u64,
+    /// When the replay first acknowledged a record past `base`, and that
+    /// acknowledgement: its rate is measured from there, leaving out the
+    /// restore before it.
+    replaying_since: Option<(Instant, u64)>,
 }
 
 impl CatchUp {
-    pub(crate) fn new() -> Self {
+    /// Catch-up of a destination restored at `snapshot_lsn`.
+    pub(crate) fn new(snapshot_lsn: u64) -> Self {
         CatchUp {
             best: u64::MAX,
             improved: Instant::now(),
             started: Instant::now(),
-            first_acked: None,
+            base: snapshot_lsn,
+            replaying_since: None,
+        }
+    }
+
+    /// Records the replay has acknowledged per second since it began
+    /// (what a tail of a given lag is expected to cost); 0 until then.
+    pub(crate) fn rate_at(&self, acked: u64, now: Instant) -> f64 {
+        match self.replaying_since {
+            Some((since, first)) if now > since => {
+                acked.saturating_sub(first) as f64 / now.duration_since(since).as_secs_f64()
+            }
+            _ => 0.0,
         }
     }
 
@@ -61,22 +87,23 @@ impl CatchUp {
     }
 
     fn ready_at(&mut self, lag: u64, acked: u64, now: Instant) -> bool {
-        let first = *self.first_acked.get_or_insert(acked);
+        if acked > self.base && self.replaying_since.is_none() {
+            self.replaying_since = Some((now, acked));
+        }
         if lag < self.best {
             self.best = lag;
             self.improved = now;
         }
-        let elapsed = now.duration_since(self.started).as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            acked.saturating_sub(first) as f64 / elapsed
-        } else {
-            0.0
-        };
-        let tail_fits = lag as f64 <= rate * TAIL_BUDGET.as_secs_f64();
-        let stalled = now.duration_since(self.improved) >= CATCH_UP_SETTLE;
-        lag <= HANDOVER_SMALL_LAG || (stalled && (lag <= HANDOVER_LAG_RECORDS || tail_fits))
+        let rate = self.rate_at(acked, now);
+        let fits = |budget: Duration| lag as f64 <= rate * budget.as_secs_f64();
+        let stalled_for = now.duration_since(self.improved);
+        let stalled = stalled_for >= CATCH_UP_SETTLE;
+        lag <= HANDOVER_SMALL_LAG
+            || (stalled && (lag <= HANDOVER_LAG_RECORDS || fits(TAIL_BUDGET)))
+            || (stalled_for >= CATCH_UP_PATIENCE && fits(PATIENT_TAIL_BUDGET))
     }
 }
+
 /// Bound on catching up.
 pub(crate) const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on each protocol step.
@@ -422,31 +449,68 @@ mod tests {
 
     #[test]
     fn a_small_lag_hands_over_at_once() {
-        let mut c = CatchUp::new();
+        let mut c = CatchUp::new(0);
         assert!(c.ready_at(HANDOVER_SMALL_LAG, 0, c.started));
         assert!(!c.ready_at(HANDOVER_SMALL_LAG + 1, 0, c.started));
     }
 
     #[test]
     fn a_lag_that_stopped_shrinking_hands_over_if_short_or_quick_to_replay() {
-        let mut c = CatchUp::new();
+        let mut c = CatchUp::new(0);
         let t0 = c.started;
         let at = |ms| t0 + Duration::from_millis(ms);
-        // 300 behind, replaying 3,000 records/s: the tail takes 100 ms,
-        // over the budget, so catch-up goes on while the lag shrinks...
+        // 300 behind, replaying 3,000 records/s (measured from its first
+        // acknowledgement): the tail takes 100 ms, over the budget, so
+        // catch-up goes on while the lag shrinks...
         assert!(!c.ready_at(400, 0, t0));
         assert!(!c.ready_at(300, 300, at(100)));
         // ...and still, once stalled, while the tail is too long.
-        assert!(!c.ready_at(300, 600, at(250)));
+        assert!(!c.ready_at(300, 750, at(250)));
         // At 10,000 records/s the same tail fits in 50 ms: go.
-        assert!(c.ready_at(300, 2_500, at(250)));
+        assert!(c.ready_at(300, 1_800, at(250)));
 
-        let mut c = CatchUp::new();
+        let mut c = CatchUp::new(0);
         let t0 = c.started;
         // A lag within HANDOVER_LAG_RECORDS goes once it stalls, however
         // slow the replay.
         assert!(!c.ready_at(HANDOVER_LAG_RECORDS, 0, t0));
         assert!(!c.ready_at(HANDOVER_LAG_RECORDS, 1, t0 + Duration::from_millis(50)));
         assert!(c.ready_at(HANDOVER_LAG_RECORDS, 2, t0 + CATCH_UP_SETTLE));
+    }
+
+    #[test]
+    fn the_replay_rate_counts_from_the_snapshot_point_not_from_zero() {
+        // The first acknowledgement jumps to the snapshot point (50,000):
+        // that is no replay. Counted from 0, 10,000 records "replayed" in
+        // 100 ms let a 1,000-record lag look like a 10 ms tail (seen:
+        // rates of 270,000–610,000 records/s and tails of 135–290 ms).
+        let mut c = CatchUp::new(50_000);
+        let t0 = c.started;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!c.ready_at(1_000, 0, t0));
+        assert!(
+            !c.ready_at(1_000, 50_000, at(50)),
+            "restored, not replaying yet"
+        );
+        assert!(!c.ready_at(1_000, 50_100, at(100)));
+        assert!(!c.ready_at(1_000, 50_300, at(300)), "1,000 s⁻¹: a 1 s tail");
+        assert!((c.rate_at(50_300, at(300)) - 1_000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_lag_stalled_for_a_second_goes_if_its_tail_is_short_enough() {
+        // 210 behind at 3,000 records/s (a load the replay only matches):
+        // a 70 ms tail, over 50 ms, so not at 100 ms of stall; at 1 s of
+        // stall a tail up to 150 ms goes; 600 behind (200 ms) never does.
+        let mut c = CatchUp::new(0);
+        let t0 = c.started;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!c.ready_at(210, 1, t0));
+        assert!(!c.ready_at(210, 601, at(200)));
+        assert!(!c.ready_at(210, 2_701, at(900)));
+        assert!(c.ready_at(210, 3_001, at(1_000)));
+        let mut c = CatchUp::new(0);
+        assert!(!c.ready_at(600, 1, t0));
+        assert!(!c.ready_at(600, 3_001, at(1_000)));
     }
 }

@@ -563,7 +563,7 @@ impl<'a> SourceRun<'a> {
 
     async fn catch_up(&mut self) -> Result<()> {
         let journal = self.host.journal.clone();
-        let mut lag = CatchUp::new();
+        let mut lag = CatchUp::new(self.report.snapshot_lsn);
         let snapshot_bytes = self.report.snapshot_bytes;
         let ticker = &mut self.ticker;
         let shipper = self.shipper.as_mut().expect("transferred");
@@ -578,6 +578,12 @@ impl<'a> SourceRun<'a> {
         )
         .await
         .context("the destination did not catch up in time")??;
+        let acked = shipper.stats.acked;
+        tracing::info!(
+            lag = journal.last_lsn().saturating_sub(acked),
+            rate = lag.rate_at(acked, Instant::now()),
+            "caught up; the hand-over starts"
+        );
         self.mark("restore");
         Ok(())
     }
@@ -588,6 +594,7 @@ impl<'a> SourceRun<'a> {
         let exceeded = self.bound_exceeded("the tail");
         let shipper = self.shipper.as_mut().expect("transferred");
         let link = self.link.as_mut().expect("linked");
+        let (acked_before, tail_started) = (shipper.stats.acked, Instant::now());
         let applied =
             tokio::time::timeout(bound, shipper.run_until(link, |s| s.acked >= head)).await;
         let Ok(applied) = applied else {
@@ -598,6 +605,11 @@ impl<'a> SourceRun<'a> {
             );
         };
         applied?;
+        tracing::info!(
+            records = head.saturating_sub(acked_before),
+            ms = tail_started.elapsed().as_secs_f64() * 1000.0,
+            "tail applied"
+        );
         self.report.handover_lsn = head;
         self.report.log_bytes = shipper.stats.wire_bytes;
         self.report.log_raw_bytes = shipper.stats.bytes;
