@@ -45,8 +45,6 @@ const PATIENT_TAIL_BUDGET: Duration = Duration::from_millis(150);
 pub(crate) struct CatchUp {
     best: u64,
     improved: Instant,
-    /// When catch-up began.
-    started: Instant,
     /// The LSN the destination's acknowledgements start from: the
     /// snapshot point (everything up to it is in the snapshot, and the
     /// first acknowledgement jumps past it — no replay).
@@ -63,7 +61,6 @@ impl CatchUp {
         CatchUp {
             best: u64::MAX,
             improved: Instant::now(),
-            started: Instant::now(),
             base: snapshot_lsn,
             replaying_since: None,
         }
@@ -450,14 +447,14 @@ mod tests {
     #[test]
     fn a_small_lag_hands_over_at_once() {
         let mut c = CatchUp::new(0);
-        assert!(c.ready_at(HANDOVER_SMALL_LAG, 0, c.started));
-        assert!(!c.ready_at(HANDOVER_SMALL_LAG + 1, 0, c.started));
+        assert!(c.ready_at(HANDOVER_SMALL_LAG, 0, c.improved));
+        assert!(!c.ready_at(HANDOVER_SMALL_LAG + 1, 0, c.improved));
     }
 
     #[test]
     fn a_lag_that_stopped_shrinking_hands_over_if_short_or_quick_to_replay() {
         let mut c = CatchUp::new(0);
-        let t0 = c.started;
+        let t0 = c.improved;
         let at = |ms| t0 + Duration::from_millis(ms);
         // 300 behind, replaying 3,000 records/s (measured from its first
         // acknowledgement): the tail takes 100 ms, over the budget, so
@@ -470,7 +467,7 @@ mod tests {
         assert!(c.ready_at(300, 1_800, at(250)));
 
         let mut c = CatchUp::new(0);
-        let t0 = c.started;
+        let t0 = c.improved;
         // A lag within HANDOVER_LAG_RECORDS goes once it stalls, however
         // slow the replay.
         assert!(!c.ready_at(HANDOVER_LAG_RECORDS, 0, t0));
@@ -485,7 +482,7 @@ mod tests {
         // 100 ms let a 1,000-record lag look like a 10 ms tail (seen:
         // rates of 270,000–610,000 records/s and tails of 135–290 ms).
         let mut c = CatchUp::new(50_000);
-        let t0 = c.started;
+        let t0 = c.improved;
         let at = |ms| t0 + Duration::from_millis(ms);
         assert!(!c.ready_at(1_000, 0, t0));
         assert!(
@@ -503,7 +500,7 @@ mod tests {
         // a 70 ms tail, over 50 ms, so not at 100 ms of stall; at 1 s of
         // stall a tail up to 150 ms goes; 600 behind (200 ms) never does.
         let mut c = CatchUp::new(0);
-        let t0 = c.started;
+        let t0 = c.improved;
         let at = |ms| t0 + Duration::from_millis(ms);
         assert!(!c.ready_at(210, 1, t0));
         assert!(!c.ready_at(210, 601, at(200)));
