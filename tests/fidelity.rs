@@ -645,6 +645,54 @@ impl Control {
     }
 }
 
+/// What every client's log has: its name, and the error that ended it.
+trait ClientLog: Default + Send + 'static {
+    fn named(name: String) -> Self;
+    fn failed(&mut self, error: String);
+}
+
+/// `ClientLog` for logs with `name` and `errors` fields.
+macro_rules! client_log {
+    ($($log:ty),*) => {$(
+        impl ClientLog for $log {
+            fn named(name: String) -> Self {
+                let mut log = Self::default();
+                log.name = name;
+                log
+            }
+            fn failed(&mut self, error: String) {
+                self.errors.push(error);
+            }
+        }
+    )*};
+}
+client_log!(
+    RedisLog,
+    SeqLog,
+    McLog,
+    stateful::StateLog,
+    noreply::NoreplyLog
+);
+
+/// Runs one client's `session` on its own thread, in the clients'
+/// namespace, with a log named `name`; the error that ends it goes into
+/// the log.
+fn spawn_client<L: ClientLog>(
+    name: &str,
+    ctl: &Control,
+    session: impl FnOnce(&mut L, &Control) -> Result<(), String> + Send + 'static,
+) -> JoinHandle<L> {
+    let (name, ctl) = (name.to_string(), ctl.clone());
+    std::thread::spawn(move || {
+        ctl.enter();
+        let mut log = L::named(name);
+        if let Err(e) = session(&mut log, &ctl) {
+            log.failed(e);
+        }
+        log
+    })
+}
+
 /// What the oracle found for one run: failures, and a line of counts.
 struct Verdict {
     failures: Vec<String>,
@@ -1045,17 +1093,8 @@ fn redis_client(
     addr: SocketAddr,
     ctl: &Control,
 ) -> JoinHandle<RedisLog> {
-    let (name, ctl) = (name.to_string(), ctl.clone());
-    std::thread::spawn(move || {
-        ctl.enter();
-        let mut log = RedisLog {
-            name,
-            ..Default::default()
-        };
-        if let Err(e) = redis_session(&mut log, role, addr, &ctl) {
-            log.errors.push(e);
-        }
-        log
+    spawn_client(name, ctl, move |log, ctl| {
+        redis_session(log, role, addr, ctl)
     })
 }
 
@@ -1384,18 +1423,7 @@ struct SeqLog {
 }
 
 fn seq_client(name: &str, role: SeqRole, addr: SocketAddr, ctl: &Control) -> JoinHandle<SeqLog> {
-    let (name, ctl) = (name.to_string(), ctl.clone());
-    std::thread::spawn(move || {
-        ctl.enter();
-        let mut log = SeqLog {
-            name,
-            ..Default::default()
-        };
-        if let Err(e) = seq_session(&mut log, role, addr, &ctl) {
-            log.errors.push(e);
-        }
-        log
-    })
+    spawn_client(name, ctl, move |log, ctl| seq_session(log, role, addr, ctl))
 }
 
 /// A new connection; its first line must be the greeting.
@@ -1651,18 +1679,7 @@ struct McLog {
 }
 
 fn mc_client(name: &str, role: McRole, addr: SocketAddr, ctl: &Control) -> JoinHandle<McLog> {
-    let (name, ctl) = (name.to_string(), ctl.clone());
-    std::thread::spawn(move || {
-        ctl.enter();
-        let mut log = McLog {
-            name,
-            ..Default::default()
-        };
-        if let Err(e) = mc_session(&mut log, role, addr, &ctl) {
-            log.errors.push(e);
-        }
-        log
-    })
+    spawn_client(name, ctl, move |log, ctl| mc_session(log, role, addr, ctl))
 }
 
 /// A memcached value: its data, and its CAS id (`gets`).

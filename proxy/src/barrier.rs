@@ -305,24 +305,21 @@ impl Closing {
     async fn close(&mut self, shared: &Shared, slot: Arc<ConnSlot>, reason: Reason) {
         slot.evict.cancel();
         let _ = slot.service_write.lock().await.shutdown().await;
-        match reason {
-            Reason::Unanswered => {
-                self.counts.unanswered += 1;
-                shared.metrics.closed_unanswered.increment(1);
-                shared
-                    .closed_at_barrier
-                    .unanswered
-                    .fetch_add(1, Ordering::AcqRel);
-            }
-            Reason::InUse => {
-                self.counts.in_use += 1;
-                shared.metrics.closed_in_use.increment(1);
-                shared
-                    .closed_at_barrier
-                    .in_use
-                    .fetch_add(1, Ordering::AcqRel);
-            }
-        }
+        let (count, metric, total) = match reason {
+            Reason::Unanswered => (
+                &mut self.counts.unanswered,
+                &shared.metrics.closed_unanswered,
+                &shared.closed_at_barrier.unanswered,
+            ),
+            Reason::InUse => (
+                &mut self.counts.in_use,
+                &shared.metrics.closed_in_use,
+                &shared.closed_at_barrier.in_use,
+            ),
+        };
+        *count += 1;
+        metric.increment(1);
+        total.fetch_add(1, Ordering::AcqRel);
         tracing::info!(conn = slot.conn, client = %slot.client, ?reason, "barrier closes the connection");
         self.conns.insert(slot.conn, reason);
     }

@@ -15,13 +15,13 @@ use super::*;
 /// What one suite-k client saw.
 #[derive(Debug, Default)]
 pub(crate) struct NoreplyLog {
-    name: String,
+    pub(super) name: String,
     /// Per key: the last sequence number sent, and the last confirmed.
     writes: BTreeMap<String, (u64, u64)>,
     /// incr answers of the shared counter.
     incrs: Vec<i64>,
     closes: u64,
-    errors: Vec<String>,
+    pub(super) errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -41,17 +41,8 @@ pub(crate) fn noreply_client(
     addr: SocketAddr,
     ctl: &Control,
 ) -> JoinHandle<NoreplyLog> {
-    let (name, ctl) = (name.to_string(), ctl.clone());
-    std::thread::spawn(move || {
-        ctl.enter();
-        let mut log = NoreplyLog {
-            name,
-            ..Default::default()
-        };
-        if let Err(e) = noreply_session(&mut log, role, addr, &ctl) {
-            log.errors.push(e);
-        }
-        log
+    spawn_client(name, ctl, move |log, ctl| {
+        noreply_session(log, role, addr, ctl)
     })
 }
 

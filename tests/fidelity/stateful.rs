@@ -98,7 +98,7 @@ fn auth() -> Vec<&'static str> {
 /// What one suite-j client saw.
 #[derive(Debug, Default)]
 pub(crate) struct StateLog {
-    name: String,
+    pub(super) name: String,
     /// Answers of the shared counter's INCRs (database 3).
     incrs: Vec<i64>,
     /// First answers of each acknowledged two-INCR transaction.
@@ -118,7 +118,7 @@ pub(crate) struct StateLog {
     /// Keys SET in database 3 and acknowledged (suite i).
     selected_keys: Vec<String>,
     closes: u64,
-    errors: Vec<String>,
+    pub(super) errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,17 +161,8 @@ pub(crate) fn state_client(
     addr: SocketAddr,
     ctl: &Control,
 ) -> JoinHandle<StateLog> {
-    let (name, ctl) = (name.to_string(), ctl.clone());
-    std::thread::spawn(move || {
-        ctl.enter();
-        let mut log = StateLog {
-            name,
-            ..Default::default()
-        };
-        if let Err(e) = state_session(&mut log, role, addr, &ctl) {
-            log.errors.push(e);
-        }
-        log
+    spawn_client(name, ctl, move |log, ctl| {
+        state_session(log, role, addr, ctl)
     })
 }
 
