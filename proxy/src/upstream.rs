@@ -67,10 +67,15 @@ impl<'a> Upstream<'a> {
             // hand-over) sees either both or neither. A barrier that closes
             // this connection does so while it holds the gate, so the read
             // just made is dropped unjournaled, never forwarded.
-            let _permit = tokio::select! {
-                biased;
-                _ = self.slot.evict.cancelled() => return Ok(()),
-                permit = self.shared.gate.read() => permit,
+            let _permit = match self.shared.gate.try_read() {
+                // No barrier holds the gate (the usual case): nothing more
+                // to wait on per record.
+                Ok(permit) => permit,
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = self.slot.evict.cancelled() => return Ok(()),
+                    permit = self.shared.gate.read() => permit,
+                },
             };
             if self.slot.evict.is_cancelled() {
                 return Ok(());
