@@ -44,8 +44,18 @@ impl ProxyProcess {
         durability: &str,
         extra: &[&str],
     ) -> Result<ProxyProcess> {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        // Three different ports: two free_port() calls in a row can return
+        // the same port, and then the proxy's second bind fails while the
+        // first listener makes it look up (a flake seen once in CI).
+        let mut ports = vec![backend.port()];
+        while ports.len() < 3 {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let listen: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+        let metrics: SocketAddr = ([127, 0, 0, 1], ports[2]).into();
         let child = replaymig()
             .args(["proxy", "--listen", &listen.to_string()])
             .args(["--backend", &backend.to_string()])
