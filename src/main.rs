@@ -42,6 +42,18 @@ enum Command {
     /// Replay a journal's client input against a service (debugging:
     /// reproduce what a service saw, from any LSN).
     Replay(replay_cmd::ReplayArgs),
+    /// Run a service under a socket holder (the `{holder}` placeholder of a
+    /// service started for CRIU with `carry_connections`): it starts the
+    /// command as its child and keeps the proxy's ends of the service's
+    /// connections across a dump, so CRIU carries them.
+    Holder {
+        /// The service's name (names the holder's socket).
+        #[arg(long)]
+        name: String,
+        /// The service command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run a node agent: its services, the peer link, the admin endpoint.
     Node {
         /// The node's TOML configuration.
@@ -194,6 +206,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // No runtime (no threads): CRIU dumps the holder as it is.
+    if let Command::Holder { name, command } = &cli.command {
+        return match replaymig_snapshot::holder::serve(name, command) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("error: holder for {name}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match build_runtime(cli.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -238,6 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Journal(JournalCommand::Export(args)) => journal_export::run(args).await,
         Command::Replay(args) => replay_cmd::run(args).await,
         Command::Node { config, metrics } => run_node(config, metrics).await,
+        Command::Holder { .. } => unreachable!("run before the runtime"),
         Command::Migrate {
             service,
             to,

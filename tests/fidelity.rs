@@ -155,12 +155,20 @@ enum Svc {
     /// `RedisUndeclared` with a password (`requirepass`): every client
     /// connection keeps its authentication.
     RedisAuth,
+    /// `RedisAuth` checkpointed by CRIU carrying the connections
+    /// themselves (`carry_connections`, the service under the socket
+    /// holder), in a testbed.
+    RedisAuthCarried,
 }
 
 impl Svc {
     fn name(self) -> &'static str {
         match self {
-            Svc::Redis | Svc::RedisCriu | Svc::RedisUndeclared | Svc::RedisAuth => "redis",
+            Svc::Redis
+            | Svc::RedisCriu
+            | Svc::RedisUndeclared
+            | Svc::RedisAuth
+            | Svc::RedisAuthCarried => "redis",
             Svc::Seqsvc | Svc::SeqsvcCriu => "seqsvc",
             Svc::Memcached | Svc::MemcachedThreaded => "memcached",
         }
@@ -172,7 +180,7 @@ impl Svc {
             Svc::Redis | Svc::RedisUndeclared | Svc::RedisAuth => &["redis-server", "redis-cli"],
             Svc::Seqsvc => &[],
             Svc::Memcached | Svc::MemcachedThreaded => &["memcached"],
-            Svc::RedisCriu => &[
+            Svc::RedisCriu | Svc::RedisAuthCarried => &[
                 "redis-server",
                 "redis-cli",
                 "unshare",
@@ -186,7 +194,10 @@ impl Svc {
 
     /// Whether its nodes run in a testbed (two network namespaces).
     fn in_testbed(self) -> bool {
-        matches!(self, Svc::RedisCriu | Svc::SeqsvcCriu)
+        matches!(
+            self,
+            Svc::RedisCriu | Svc::SeqsvcCriu | Svc::RedisAuthCarried
+        )
     }
 
     /// Why this machine cannot run it (a skip reason), if it cannot.
@@ -258,6 +269,25 @@ impl Svc {
                             --dir {data_dir} --save '' --appendonly no",
                     ready: Some("redis-cli -p {port} PING | grep -q PONG"),
                     snapshot: "driver = \"criu\"",
+                    ..Default::default()
+                };
+                write_service_node_config(dir, name, me, other, "a", &spec)
+            }
+            Svc::RedisAuthCarried => {
+                let start = format!(
+                    "unshare --pid --fork {{holder}} redis-server --port {{port}} --bind 127.0.0.1 \
+                     --dir {{data_dir}} --save '' --appendonly no --requirepass {}",
+                    stateful::PASSWORD
+                );
+                let ready = format!(
+                    "REDISCLI_AUTH={} redis-cli -p {{port}} PING | grep -q PONG",
+                    stateful::PASSWORD
+                );
+                let spec = ServiceSpec {
+                    name: "redis",
+                    start: &start,
+                    ready: Some(&ready),
+                    snapshot: "driver = \"criu\"\ncarry_connections = true",
                     ..Default::default()
                 };
                 write_service_node_config(dir, name, me, other, "a", &spec)
@@ -934,6 +964,7 @@ fn suite_label(suite: &str) -> &'static str {
         "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (closed at the snapshot, clients reconnect)",
         "k" => "memcached -t 1: noreply writers (confirmed by mn), a shared counter, one writer tunneled (driver none)",
         "j" => "Redis with requirepass, connection_state undeclared: SELECT+SETNAME, MULTI across the barrier, SUBSCRIBE+PUBLISH, BLPOP 0, 2 MiB SETs sent slowly, an idle connection",
+        "l" => "suite j with CRIU carrying the connections (socket holder): in-use connections continue with their state",
         _ => "",
     }
 }
@@ -1959,5 +1990,16 @@ fn k_memcached_noreply_writers() {
         false,
         noreply::noreply_clients,
         noreply::check_noreply,
+    );
+}
+
+#[test]
+fn l_redis_stateful_clients_carried_by_criu() {
+    campaign(
+        "l",
+        Svc::RedisAuthCarried,
+        false,
+        stateful::state_clients,
+        stateful::check_carried_state,
     );
 }

@@ -55,6 +55,10 @@ pub struct QuiesceOptions {
     pub timeout: Duration,
     /// Which connections it closes rather than waits for or carries.
     pub close: CloseAtBarrier,
+    /// The snapshot carries every connection itself, with its server-side
+    /// state and unread bytes (CRIU with the socket holder,
+    /// the proxy's `carry` module): input without an answer is not waited for.
+    pub carried: bool,
 }
 
 /// Which connections a barrier closes (see the module doc). Off by
@@ -89,6 +93,7 @@ impl Default for QuiesceOptions {
             idle: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
             close: CloseAtBarrier::default(),
+            carried: false,
         }
     }
 }
@@ -165,7 +170,9 @@ pub(crate) async fn quiesce(
             let open = open_slots(shared);
             let unanswered: Vec<_> = open
                 .iter()
-                .filter(|slot| !closing.has(slot) && !slot.answered_last_input())
+                .filter(|slot| {
+                    !options.carried && !closing.has(slot) && !slot.answered_last_input()
+                })
                 .cloned()
                 .collect();
             // Closed only once everything else is quiet: answers the

@@ -79,6 +79,21 @@ impl ProxyControl {
         crate::handover::hand_over(&self.shared, hold, dial).await
     }
 
+    /// A copy of the proxy's end of every journaled service connection,
+    /// for a snapshot that carries them (see the proxy's `carry` module).
+    pub async fn service_sockets(
+        &self,
+        hold: &Quiesced,
+    ) -> std::io::Result<Vec<(replaymig_journal::ConnId, std::os::fd::OwnedFd)>> {
+        crate::carry::service_sockets(&self.shared, hold).await
+    }
+
+    /// Connections that read answer bytes since `hold`'s mark (see
+    /// the `carry` module): a carried snapshot taken meanwhile is ambiguous.
+    pub fn answers_moved(&self, hold: &Quiesced) -> Vec<replaymig_journal::ConnId> {
+        crate::carry::answers_moved(&self.shared, hold)
+    }
+
     /// Client connections journaled now.
     pub fn journaled_connections(&self) -> usize {
         self.shared.open.lock().expect("poisoned").len()

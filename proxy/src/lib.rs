@@ -6,6 +6,7 @@
 pub mod answers;
 pub mod barrier;
 mod cancel;
+mod carry;
 mod connection;
 mod control;
 mod downstream;

@@ -38,6 +38,10 @@
 //! # criu: timeout_secs (whole dump or restore, default 60) and
 //! # freeze_timeout_secs (freezing the tree at a dump, default 2: clients
 //! # wait while it is frozen; a tree that will not freeze fails the dump)
+//! # and carry_connections (default false; true: the start command runs
+//! # the service under "{holder}", e.g. "unshare --pid --fork {holder}
+//! # redis-server ...", and every client connection continues at the
+//! # destination with its server-side state: docs/fidelity.md)
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -184,6 +188,16 @@ pub enum ConnectionState {
     None,
 }
 
+impl ServiceConfig {
+    /// Whether its snapshots carry the client connections themselves
+    /// (CRIU with `carry_connections`): then nothing is closed or waited
+    /// for at the snapshot, and each connection continues at the
+    /// destination on its restored socket.
+    pub fn carries_connections(&self) -> bool {
+        matches!(&self.snapshot, SnapshotConfig::Criu(c) if c.carry_connections)
+    }
+}
+
 fn default_close_connections() -> bool {
     true
 }
@@ -273,6 +287,15 @@ impl NodeConfig {
                     s.hold_attempts
                 );
             }
+            let under_holder = s.start.as_deref().is_some_and(|c| c.contains("{holder}"));
+            if s.carries_connections() && !under_holder {
+                bail!(
+                    "service {}: carry_connections needs the service started under the socket \
+                     holder: put {{holder}} before the service command in start (e.g. \
+                     \"unshare --pid --fork {{holder}} redis-server ...\")",
+                    s.name
+                );
+            }
             if s.owner != self.name && !self.peers.contains_key(&s.owner) {
                 bail!(
                     "service {}: owner {:?} is neither this node nor a known peer",
@@ -353,5 +376,45 @@ mod tests {
         let config: NodeConfig = toml::from_str(&bad).unwrap();
         assert!(config.check().is_err());
         assert!(toml::from_str::<NodeConfig>(&format!("bogus = 1\n{example}")).is_err());
+    }
+
+    #[test]
+    fn carrying_connections_needs_criu_and_the_holder_in_the_start_command() {
+        let base = r#"
+name = "a"
+peer_listen = "127.0.0.1:7100"
+admin_listen = "127.0.0.1:7200"
+secret_env = "S"
+work_dir = "/tmp/w"
+[[service]]
+name = "redis"
+listen = "127.0.0.1:6380"
+backend = "127.0.0.1:6379"
+journal = "/tmp/j"
+owner = "a"
+START
+[service.snapshot]
+driver = "criu"
+carry_connections = true
+"#;
+        let without = base.replace("START", "start = \"unshare --pid --fork redis-server\"");
+        let err = toml::from_str::<NodeConfig>(&without)
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(err.to_string().contains("{holder}"), "{err}");
+        let with = base.replace(
+            "START",
+            "start = \"unshare --pid --fork {holder} redis-server\"",
+        );
+        let config: NodeConfig = toml::from_str(&with).unwrap();
+        config.check().unwrap();
+        assert!(config.services[0].carries_connections());
+        let exec = with.replace(
+            "driver = \"criu\"\ncarry_connections = true",
+            "driver = \"none\"",
+        );
+        let config: NodeConfig = toml::from_str(&exec).unwrap();
+        assert!(!config.services[0].carries_connections());
     }
 }

@@ -95,6 +95,17 @@ impl NodeShared {
         if let Some(dir) = &service.data_dir {
             vars.insert("data_dir".into(), dir.display().to_string());
         }
+        // The socket holder (CRIU carrying connections): this binary's
+        // `holder` command, the service command following it.
+        if let Ok(exe) = std::env::current_exe() {
+            let exe = shlex::try_quote(&exe.display().to_string())
+                .map(|q| q.into_owned())
+                .unwrap_or_default();
+            let name = shlex::try_quote(&service.name)
+                .map(|q| q.into_owned())
+                .unwrap_or_default();
+            vars.insert("holder".into(), format!("{exe} holder --name {name} --"));
+        }
         vars
     }
 

@@ -364,6 +364,18 @@ impl<'a> DestinationRun<'a> {
         options.stateless_connections =
             service.connection_state == crate::config::ConnectionState::None;
         let mut replayer = Replayer::new(options);
+        if service.carries_connections() {
+            let restored = crate::carry::take_restored(&service.name).await?;
+            tracing::info!(
+                connections = restored.len(),
+                "continuing the carried connections"
+            );
+            replayer.carry(
+                restored
+                    .into_iter()
+                    .map(|(conn, fd)| (conn, std::net::TcpStream::from(fd))),
+            );
+        }
         for (first_lsn, count, packed) in std::mem::take(&mut self.early) {
             let entries =
                 logship::journal_packed(&self.host.journal, first_lsn, count, &packed).await?;

@@ -3,6 +3,7 @@
 //! service, and moves services between nodes by replay migration.
 
 mod admin;
+mod carry;
 pub mod config;
 mod context;
 mod destination;
@@ -45,7 +46,7 @@ mod layering {
         &["config", "dial", "ownership", "process", "report"],
         &["telemetry"],
         &["context", "listener"],
-        &["migration", "precopy"],
+        &["carry", "migration", "precopy"],
         &["handover"],
         &["destination", "source", "tunnel"],
         &["admin", "peers"],

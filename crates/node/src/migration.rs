@@ -313,6 +313,10 @@ pub(crate) enum BarrierFor {
 /// Which connections a barrier for `purpose` closes (see
 /// `ServiceConfig::close_connections`).
 pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> CloseAtBarrier {
+    if carried_at(config, purpose) {
+        // The snapshot carries every connection as it is.
+        return CloseAtBarrier::default();
+    }
     let close = config.close_connections;
     CloseAtBarrier {
         unanswered: close,
@@ -320,6 +324,12 @@ pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> C
             && purpose == BarrierFor::Snapshot
             && config.connection_state == ConnectionState::Unknown,
     }
+}
+
+/// Whether a barrier for `purpose` fixes a snapshot that carries the
+/// connections themselves (CRIU with the socket holder).
+pub(crate) fn carried_at(config: &ServiceConfig, purpose: BarrierFor) -> bool {
+    purpose == BarrierFor::Snapshot && config.carries_connections()
 }
 
 /// The barrier, tried up to `hold_attempts` times, each holding client
@@ -346,6 +356,7 @@ pub(crate) async fn quiesce_with_retries(
             idle: Duration::from_millis(host.config.quiet_ms),
             timeout: Duration::from_millis(host.config.max_hold_ms),
             close,
+            carried: carried_at(&host.config, purpose),
         };
         let started = Instant::now();
         match host.proxy.quiesce(options).await {

@@ -140,6 +140,10 @@ pub struct MigrationReport {
     /// (`close_connections`, docs/fidelity.md).
     #[serde(default)]
     pub connections_closed: ConnectionsClosed,
+    /// Client connections the snapshot carried with their server-side
+    /// state (CRIU with `carry_connections`): none of them was closed.
+    #[serde(default)]
+    pub connections_carried: usize,
 }
 
 /// Connections a migration's barriers closed, by reason.
@@ -171,6 +175,13 @@ impl fmt::Display for MigrationReport {
                 f,
                 "  failed barriers   {:>10} ({:.3} s held, in the interruption)",
                 self.failed_holds, self.failed_hold_seconds
+            )?;
+        }
+        if self.connections_carried > 0 {
+            writeln!(
+                f,
+                "  carried by CRIU   {:>10} connections, with their state",
+                self.connections_carried
             )?;
         }
         let closed = self.connections_closed;

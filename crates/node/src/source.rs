@@ -477,7 +477,19 @@ impl<'a> SourceRun<'a> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-out-", self.host.config.name))
             .tempdir_in(ensure_dir(&self.node.config.work_dir)?)?;
-        self.driver.fix_point(dir.path(), &self.vars).await?;
+        match self.hold.as_ref() {
+            Some(hold) if self.host.config.carries_connections() => {
+                self.report.connections_carried = crate::carry::dump_carrying(
+                    self.host,
+                    hold,
+                    &self.driver,
+                    dir.path(),
+                    &self.vars,
+                )
+                .await?;
+            }
+            _ => self.driver.fix_point(dir.path(), &self.vars).await?,
+        }
         self.dir = Some(dir);
         Ok(())
     }

@@ -231,6 +231,9 @@ pub struct ReplayReport {
     pub data_bytes: u64,
     /// Target connections opened.
     pub connections: u64,
+    /// Of those, connections continued on a restored socket of the
+    /// original (a snapshot that carried them: [`Replayer::carry`]).
+    pub carried: u64,
     /// Answer bytes consumed from the target.
     pub answer_bytes: u64,
     /// Journaled answer segments compared (`compare_answers`).
@@ -301,6 +304,9 @@ pub struct Replayer {
     /// Greetings of the connections open at the starting point (length,
     /// CRC-32), from its `preambles` marker.
     preambles: std::collections::HashMap<ConnId, (u64, u32)>,
+    /// Restored sockets of connections open at the starting point, not
+    /// taken up yet (see [`Replayer::carry`]).
+    carried: std::collections::HashMap<ConnId, std::net::TcpStream>,
     /// First LSN applied.
     first_lsn: Option<Lsn>,
     /// Divergences found by the connection tasks.
@@ -331,6 +337,7 @@ impl Replayer {
             total_base: None,
             bases: Default::default(),
             preambles: Default::default(),
+            carried: Default::default(),
             first_lsn: None,
             failures: Default::default(),
             closing: Vec::new(),
@@ -360,6 +367,32 @@ impl Replayer {
             .iter()
             .map(|(c, l, crc)| (*c, (*l, *crc)))
             .collect();
+    }
+
+    /// The restored target ends of connections open at the starting point
+    /// (a process snapshot that carried them with their state and unread
+    /// bytes): each continues on its own socket instead of a fresh one —
+    /// no greeting is expected again, and its state needs no declaring —
+    /// taken up when the replay meets the snapshot mark (so answers pushed
+    /// to it before any input of its own are read and checked too), or at
+    /// its first record. One that the journal closes unused is closed.
+    pub fn carry(&mut self, conns: impl IntoIterator<Item = (ConnId, std::net::TcpStream)>) {
+        self.carried.extend(conns);
+    }
+
+    /// Takes up every carried connection (after the mark set the bases).
+    async fn open_carried(&mut self) {
+        let conns: Vec<ConnId> = self.carried.keys().copied().collect();
+        for conn in conns {
+            let base = self.bases.get(&conn).copied().unwrap_or(0);
+            if let Err(kind) = self.open(conn, base).await {
+                let lsn = self.report.last_lsn.unwrap_or_default();
+                self.failures
+                    .lock()
+                    .expect("poisoned")
+                    .push(Divergence { lsn, conn, kind });
+            }
+        }
     }
 
     /// The original client of `conn` has received `delivered` answer bytes
@@ -426,6 +459,7 @@ impl Replayer {
             if let Some(mark) = SnapshotMark::from_record(&entry.record) {
                 if starts_here(mark.lsn) {
                     self.start_at(&mark);
+                    self.open_carried().await;
                 }
             }
             if let Some((at, preambles)) = Preambles::from_record(&entry.record) {
@@ -522,7 +556,10 @@ impl Replayer {
     /// `stateless_connections`) when those were more than its greeting —
     /// it was in use, so it may hold state a fresh connection lacks.
     fn check_carried(&self, conn: ConnId, base: u64) -> Result<(), DivergenceKind> {
-        if self.options.stateless_connections || self.conns.contains_key(&conn) {
+        if self.options.stateless_connections
+            || self.conns.contains_key(&conn)
+            || self.carried.contains_key(&conn)
+        {
             return Ok(());
         }
         let greeting = self.preambles.get(&conn).map_or(0, |(len, _)| *len);
@@ -538,11 +575,19 @@ impl Replayer {
     /// answer bytes the original had delivered before the starting point.
     async fn open(&mut self, conn: ConnId, base: u64) -> Result<&mut ReplayConn, DivergenceKind> {
         if !self.conns.contains_key(&conn) {
-            let stream = TcpStream::connect(self.options.target).await.map_err(|e| {
-                DivergenceKind::TargetIo {
-                    error: e.to_string(),
+            let io = |e: std::io::Error| DivergenceKind::TargetIo {
+                error: e.to_string(),
+            };
+            let carried = self.carried.remove(&conn);
+            let was_carried = carried.is_some();
+            let stream = match carried {
+                Some(restored) => {
+                    restored.set_nonblocking(true).map_err(io)?;
+                    self.report.carried += 1;
+                    TcpStream::from_std(restored).map_err(io)?
                 }
-            })?;
+                None => TcpStream::connect(self.options.target).await.map_err(io)?,
+            };
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
             let answers = Arc::new(AnswerReader::spawn(
@@ -555,7 +600,10 @@ impl Replayer {
                     compare: self.options.compare_answers,
                     strict: self.options.verify_answers,
                     warn: self.options.stop_on_divergence,
-                    greeting: self.preambles.get(&conn).copied(),
+                    // A carried connection got its greeting long ago.
+                    greeting: (!was_carried)
+                        .then(|| self.preambles.get(&conn).copied())
+                        .flatten(),
                 },
             ));
             let turn = Arc::new(tokio::sync::Notify::new());
@@ -682,6 +730,8 @@ impl Replayer {
         conn: ConnId,
         resp_total: u64,
     ) -> Result<(), DivergenceKind> {
+        // Carried but never used: closed as the original was.
+        self.carried.remove(&conn);
         let Some(c) = self.conns.remove(&conn) else {
             return Ok(());
         };

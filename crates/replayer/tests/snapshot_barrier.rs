@@ -228,6 +228,7 @@ async fn a_closing_barrier_closes_stuck_and_used_connections_and_keeps_the_other
             unanswered: true,
             in_use: true,
         },
+        carried: false,
     };
     let held = proxy
         .control

@@ -106,6 +106,15 @@ pub struct CriuDriver {
     /// migration, the source serving on) instead of stalling clients.
     #[serde(default = "default_freeze_timeout_secs")]
     pub freeze_timeout_secs: u64,
+    /// Carry the client connections themselves (`--tcp-established`): the
+    /// service runs under the socket holder (`{holder}` in its start
+    /// command, see [`crate::holder`]), which holds the proxy's ends during
+    /// the dump, so each connection continues at the destination with its
+    /// server-side state, partial requests and unread bytes. Off: the
+    /// service's connections are closed in the image (`--tcp-close`) and
+    /// the destination opens fresh ones.
+    #[serde(default)]
+    pub carry_connections: bool,
 }
 
 fn default_freeze_timeout_secs() -> u64 {
@@ -251,11 +260,23 @@ impl CriuDriver {
         }
     }
 
+    /// How the dump treats established connections: carried (a connection
+    /// the service has not accepted yet is left out: its client's connect
+    /// is still in the proxy's hands and retried there) or closed.
+    fn tcp_flags(&self) -> &'static str {
+        if self.carry_connections {
+            "--tcp-established --skip-in-flight"
+        } else {
+            "--tcp-close"
+        }
+    }
+
     async fn dump(&self, snapshot_dir: &Path, vars: &Placeholders) -> Result<(), DriverError> {
         let template = format!(
-            "{}{{criu}} dump -t {{pid}} -D {{snapshot_dir}} --leave-running --tcp-close --network-lock skip \
+            "{}{{criu}} dump -t {{pid}} -D {{snapshot_dir}} --leave-running {} --network-lock skip \
              --timeout {} -v3 -o dump.log",
             Self::in_netns(self.netns.as_deref()),
+            self.tcp_flags(),
             self.freeze_timeout_secs.max(1)
         );
         let mut vars = vars.clone();
@@ -294,8 +315,9 @@ impl CriuDriver {
         vars.insert("snapshot_dir".into(), snapshot_dir.display().to_string());
         vars.insert("pidfile".into(), pidfile.display().to_string());
         let template = format!(
-            "{}{{criu}} restore -D {{snapshot_dir}} --tcp-close --network-lock skip -d --pidfile {{pidfile}} -o restore.log",
-            Self::in_netns(netns)
+            "{}{{criu}} restore -D {{snapshot_dir}} {} --network-lock skip -d --pidfile {{pidfile}} -o restore.log",
+            Self::in_netns(netns),
+            if self.carry_connections { "--tcp-established" } else { "--tcp-close" }
         );
         let result = run(
             &substitute(&template, &vars)?,
@@ -340,6 +362,11 @@ fn with_criu_log(result: Result<(), DriverError>, log: &Path) -> Result<(), Driv
     }
 }
 
+/// Placeholders whose value is a command prefix of already quoted words
+/// (`{holder}`: the socket holder the service runs under), inserted as
+/// they are.
+const PREFIX_PLACEHOLDERS: &[&str] = &["holder"];
+
 /// Replaces each `{name}` with the shell-quoted value of `name`.
 pub fn substitute(template: &str, vars: &Placeholders) -> Result<String, DriverError> {
     let mut out = String::with_capacity(template.len());
@@ -358,11 +385,15 @@ pub fn substitute(template: &str, vars: &Placeholders) -> Result<String, DriverE
                 command: template.to_string(),
                 name: name.to_string(),
             })?;
-        let quoted = shlex::try_quote(value).map_err(|_| DriverError::UnknownPlaceholder {
-            command: template.to_string(),
-            name: format!("{name} (value has a NUL byte)"),
-        })?;
-        out.push_str(&quoted);
+        if PREFIX_PLACEHOLDERS.contains(&name) {
+            out.push_str(value);
+        } else {
+            let quoted = shlex::try_quote(value).map_err(|_| DriverError::UnknownPlaceholder {
+                command: template.to_string(),
+                name: format!("{name} (value has a NUL byte)"),
+            })?;
+            out.push_str(&quoted);
+        }
         rest = &after[close + 1..];
     }
     out.push_str(rest);
@@ -436,6 +467,13 @@ mod tests {
             substitute("echo {nope}", &vars),
             Err(DriverError::UnknownPlaceholder { name, .. }) if name == "nope"
         ));
+        // A command prefix goes in as its (already quoted) words.
+        let mut vars = vars;
+        vars.insert("holder".into(), "'/opt/x y' holder --name r --".into());
+        assert_eq!(
+            substitute("unshare --fork {holder} redis-server", &vars).unwrap(),
+            "unshare --fork '/opt/x y' holder --name r -- redis-server"
+        );
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 
 pub mod delta;
 mod driver;
+pub mod holder;
 mod manifest;
 pub mod transfer;
 

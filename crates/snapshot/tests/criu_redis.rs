@@ -115,6 +115,7 @@ async fn criu_moves_a_running_redis_to_the_other_node_with_its_data() {
         netns: Some(ns_a.clone()),
         timeout_secs: 60,
         freeze_timeout_secs: 2,
+        carry_connections: false,
     });
     let images = TempDir::new().unwrap();
     let mut vars = Placeholders::new();

@@ -1,0 +1,64 @@
+//! What a process-level snapshot that carries the connections themselves
+//! needs from the proxy (CRIU `--tcp-established` with the socket holder,
+//! see `replaymig_snapshot::holder`): a copy of the proxy's end of every
+//! journaled service connection, taken while a barrier holds the gate, and
+//! a check that no answer bytes were read from the service while it was
+//! being dumped.
+//!
+//! Why the check: the image holds each connection's unread answer bytes,
+//! and the destination continues the connection from the answer count the
+//! snapshot mark recorded. Bytes the proxy read after the mark but before
+//! the dump copied the socket's queue would be in neither the count nor
+//! the image; bytes read after the copy would be in both. With the gate
+//! held no input reaches the service, so the count moves only when an
+//! answer to earlier input arrives; if it moved, where the image's answer
+//! stream starts is unknown, and the snapshot is refused.
+
+use crate::barrier::Quiesced;
+use crate::shared::Shared;
+use replaymig_journal::ConnId;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+/// A copy of the proxy's end of each open journaled service connection.
+/// `_hold` proves the gate is held, so no forward is using a writing half
+/// and the set of journaled connections is fixed.
+pub(crate) async fn service_sockets(
+    shared: &Shared,
+    _hold: &Quiesced,
+) -> std::io::Result<Vec<(ConnId, OwnedFd)>> {
+    let open: Vec<_> = shared
+        .open
+        .lock()
+        .expect("poisoned")
+        .values()
+        .cloned()
+        .collect();
+    let mut out = Vec::with_capacity(open.len());
+    for slot in open {
+        let half = slot.service_write.lock().await;
+        let stream: &tokio::net::TcpStream = (*half).as_ref();
+        out.push((slot.conn, stream.as_fd().try_clone_to_owned()?));
+    }
+    out.sort_by_key(|(conn, _)| *conn);
+    Ok(out)
+}
+
+/// The connections whose count of answer bytes read from the service is
+/// no longer the one `hold`'s snapshot mark recorded.
+pub(crate) fn answers_moved(shared: &Shared, hold: &Quiesced) -> Vec<ConnId> {
+    let open = shared.open.lock().expect("poisoned");
+    let mut moved: Vec<ConnId> = hold
+        .mark
+        .delivered
+        .iter()
+        .filter(|(conn, at_mark)| {
+            open.get(conn).is_some_and(|slot| {
+                slot.answer_bytes_read_from_service.load(Ordering::Acquire) != **at_mark
+            })
+        })
+        .map(|(conn, _)| *conn)
+        .collect();
+    moved.sort_unstable();
+    moved
+}
