@@ -44,6 +44,35 @@ pub(crate) async fn service_sockets(
     Ok(out)
 }
 
+nix::ioctl_read_bad!(unread_bytes, nix::libc::FIONREAD, nix::libc::c_int);
+
+/// Answer bytes the service has written that the proxy has not read yet,
+/// over all journaled service connections (each socket's receive queue).
+/// At a hand-over whose destination continues every connection, with the
+/// old service paused: once this is 0 and the answer counts still match
+/// the mark, the old service has said its last word, and everything it
+/// said is in the mark.
+pub(crate) async fn answers_unread(shared: &Shared, _hold: &Quiesced) -> std::io::Result<u64> {
+    let open: Vec<_> = shared
+        .open
+        .lock()
+        .expect("poisoned")
+        .values()
+        .cloned()
+        .collect();
+    let mut total = 0u64;
+    for slot in open {
+        let half = slot.service_write.lock().await;
+        let stream: &tokio::net::TcpStream = (*half).as_ref();
+        let mut n: nix::libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer.
+        unsafe { unread_bytes(std::os::fd::AsRawFd::as_raw_fd(stream), &mut n) }
+            .map_err(std::io::Error::from)?;
+        total += n.max(0) as u64;
+    }
+    Ok(total)
+}
+
 /// The connections whose count of answer bytes read from the service is
 /// no longer the one `hold`'s snapshot mark recorded.
 pub(crate) fn answers_moved(shared: &Shared, hold: &Quiesced) -> Vec<ConnId> {

@@ -94,6 +94,12 @@ impl ProxyControl {
         crate::carry::answers_moved(&self.shared, hold)
     }
 
+    /// Answer bytes written by the service and not read by the proxy yet,
+    /// over all journaled connections (see the `carry` module).
+    pub async fn answers_unread(&self, hold: &Quiesced) -> std::io::Result<u64> {
+        crate::carry::answers_unread(&self.shared, hold).await
+    }
+
     /// Client connections journaled now.
     pub fn journaled_connections(&self) -> usize {
         self.shared.open.lock().expect("poisoned").len()

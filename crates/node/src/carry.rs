@@ -7,11 +7,14 @@
 
 use crate::context::ServiceHost;
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use replaymig_journal::ConnId;
 use replaymig_snapshot::{holder, Driver, Placeholders};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The dump of a snapshot that carries the connections, under `hold`
 /// (the gate is held, so the set of connections and their input is
@@ -79,4 +82,65 @@ pub(crate) async fn take_restored(service: &str) -> Result<BTreeMap<ConnId, Owne
     tokio::task::spawn_blocking(move || holder::take(&name))
         .await?
         .context("cannot take the restored connections from the socket holder")
+}
+
+/// The old service, paused for a hand-over of connections its snapshot
+/// carried (see [`pause_for_hand_over`]); resumed when dropped — after
+/// the switch, when what it would still say goes nowhere, or when the
+/// hand-over is given up and it serves on.
+pub(crate) struct PausedService {
+    group: Pid,
+}
+
+impl Drop for PausedService {
+    fn drop(&mut self) {
+        let _ = killpg(self.group, Signal::SIGCONT);
+    }
+}
+
+/// How long the proxy may take to read what the paused service wrote.
+const DRAIN_BOUND: Duration = Duration::from_millis(50);
+
+/// At the hand-over's barrier, when the destination continues every
+/// connection from its own input (all were carried or opened since):
+/// input without an answer need not be waited for — a blocked `BLPOP`, a
+/// value still being sent continue there — but its answer must then come
+/// from one side only. So the old service (the holder's process group,
+/// `group_leader`) is paused, the proxy reads what it had already written,
+/// and the hand-over goes on only if nothing was read since `hold`'s mark:
+/// then every answer byte the old service ever wrote is in the mark (and
+/// in what the clients are told they have), and the rest comes from the
+/// destination. Otherwise this attempt fails (the caller releases the
+/// input and tries again).
+pub(crate) async fn pause_for_hand_over(
+    host: &ServiceHost,
+    hold: &replaymig_proxy::Quiesced,
+    group_leader: u32,
+) -> Result<PausedService> {
+    let group = Pid::from_raw(group_leader as i32);
+    killpg(group, Signal::SIGSTOP).context("cannot pause the service for the hand-over")?;
+    let paused = PausedService { group };
+    let started = Instant::now();
+    loop {
+        let unread = host.proxy.answers_unread(hold).await?;
+        if unread == 0 {
+            break;
+        }
+        if started.elapsed() > DRAIN_BOUND {
+            bail!(
+                "{unread} answer bytes of the paused service were not read within {DRAIN_BOUND:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // A read just done is counted within the same poll of its task.
+    tokio::task::yield_now().await;
+    let moved = host.proxy.answers_moved(hold);
+    if !moved.is_empty() {
+        bail!(
+            "the service answered on {} connection(s) after the hand-over's point",
+            moved.len()
+        );
+    }
+    Ok(paused)
 }

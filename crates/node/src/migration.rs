@@ -269,6 +269,9 @@ pub(crate) async fn restore_service(
 pub(crate) struct Hold {
     inner: replaymig_proxy::Quiesced,
     service: String,
+    /// The old service, paused for a hand-over of carried connections
+    /// (`carry::pause_for_hand_over`); resumed with the release.
+    _paused: Option<crate::carry::PausedService>,
 }
 
 impl std::ops::Deref for Hold {
@@ -326,10 +329,14 @@ pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> C
     }
 }
 
-/// Whether a barrier for `purpose` fixes a snapshot that carries the
-/// connections themselves (CRIU with the socket holder).
+/// Whether a barrier for `purpose` lets the destination continue every
+/// connection as it is, unanswered input included: the snapshot carries
+/// them (CRIU with the socket holder), and at the hand-over each was
+/// carried or opened since — there the old service is paused so that an
+/// answer comes from one side only (`carry::pause_for_hand_over`).
 pub(crate) fn carried_at(config: &ServiceConfig, purpose: BarrierFor) -> bool {
-    purpose == BarrierFor::Snapshot && config.carries_connections()
+    let _ = purpose;
+    config.carries_connections()
 }
 
 /// The barrier, tried up to `hold_attempts` times, each holding client
@@ -340,6 +347,7 @@ pub(crate) fn carried_at(config: &ServiceConfig, purpose: BarrierFor) -> bool {
 pub(crate) async fn quiesce_with_retries(
     host: &ServiceHost,
     purpose: BarrierFor,
+    pause_group: Option<u32>,
     failed: &mut FailedHolds,
 ) -> Result<Hold> {
     let service = &host.config.name;
@@ -359,11 +367,23 @@ pub(crate) async fn quiesce_with_retries(
             carried: carried_at(&host.config, purpose),
         };
         let started = Instant::now();
-        match host.proxy.quiesce(options).await {
-            Ok(inner) => {
+        let attempt_result = match host.proxy.quiesce(options).await {
+            Ok(inner) => match pause_group
+                .filter(|_| purpose == BarrierFor::Replayed && host.config.carries_connections())
+            {
+                Some(group) => crate::carry::pause_for_hand_over(host, &inner, group)
+                    .await
+                    .map(|paused| (inner, Some(paused))),
+                None => Ok((inner, None)),
+            },
+            Err(e) => Err(e.into()),
+        };
+        match attempt_result {
+            Ok((inner, paused)) => {
                 return Ok(Hold {
                     inner,
                     service: service.clone(),
+                    _paused: paused,
                 })
             }
             Err(e) => {
@@ -386,7 +406,7 @@ pub(crate) async fn quiesce_with_retries(
             }
         }
     }
-    let e = anyhow::Error::from(last.expect("at least one attempt"));
+    let e = last.expect("at least one attempt");
     Err(e.context(format!(
         "the barrier did not go quiet in {attempts} attempts of at most {} ms (clients held {:.3} s in all)",
         host.config.max_hold_ms, failed.seconds

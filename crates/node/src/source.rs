@@ -315,7 +315,9 @@ impl<'a> SourceRun<'a> {
                 } else {
                     BarrierFor::Replayed
                 };
-                let hold = quiesce_with_retries(self.host, purpose, &mut self.failed_holds).await?;
+                let hold =
+                    quiesce_with_retries(self.host, purpose, self.plan.pid, &mut self.failed_holds)
+                        .await?;
                 if *state == SourceState::Quiescing {
                     self.report.snapshot_lsn = hold.lsn;
                 }
