@@ -296,6 +296,16 @@ impl NodeConfig {
                     s.name
                 );
             }
+            if let SnapshotConfig::Criu(c) = &s.snapshot {
+                if c.carry_connections && c.netns.is_some() {
+                    bail!(
+                        "service {}: carry_connections needs the node in the service's network \
+                         namespace (the proxy's ends of the connections are dumped with the \
+                         service); drop netns and start the node there",
+                        s.name
+                    );
+                }
+            }
             if s.owner != self.name && !self.peers.contains_key(&s.owner) {
                 bail!(
                     "service {}: owner {:?} is neither this node nor a known peer",
@@ -410,6 +420,12 @@ carry_connections = true
         let config: NodeConfig = toml::from_str(&with).unwrap();
         config.check().unwrap();
         assert!(config.services[0].carries_connections());
+        let elsewhere = with.replace("carry_connections", "netns = \"other\"\ncarry_connections");
+        let err = toml::from_str::<NodeConfig>(&elsewhere)
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(err.to_string().contains("network"), "{err}");
         let exec = with.replace(
             "driver = \"criu\"\ncarry_connections = true",
             "driver = \"none\"",
