@@ -6,7 +6,9 @@
 # every acknowledged write is on b. Cleans up everything it started.
 #
 #   tools/demo.sh                  # exec driver (redis SAVE + restart on the RDB)
-#   DRIVER=criu tools/demo.sh      # CRIU checkpoint/restore of the process
+#   DRIVER=criu tools/demo.sh      # CRIU checkpoint/restore of the process, carrying
+#                                  # the client connections (the service under the
+#                                  # socket holder; CARRY=0: --tcp-close instead)
 #   RATE=100 tools/demo.sh         # shape the link (Mbit/s)
 #   BIN=path/to/replaymig tools/demo.sh   # use that binary (tests do)
 #   PRELOAD_MB=200 tools/demo.sh   # first write that much incompressible data through the proxy
@@ -29,8 +31,14 @@ source tools/nodes.sh
 nodes_up "rmdemo$$" "$RATE"
 start=$REDIS_START snapshot=$REDIS_EXEC_SNAPSHOT
 if [ "$DRIVER" = criu ]; then
-  start="unshare --pid --fork setsid $start"
-  snapshot='driver = "criu"'
+  if [ "${CARRY:-1}" = 1 ]; then
+    start="unshare --pid --fork {holder} $start"
+    snapshot='driver = "criu"
+carry_connections = true'
+  else
+    start="unshare --pid --fork setsid $start"
+    snapshot='driver = "criu"'
+  fi
 fi
 nodes_config redis "$start" "$snapshot" "$REDIS_READY"
 nodes_start

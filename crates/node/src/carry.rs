@@ -7,7 +7,7 @@
 
 use crate::context::ServiceHost;
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use replaymig_journal::ConnId;
 use replaymig_snapshot::{holder, Driver, Placeholders};
@@ -84,10 +84,11 @@ pub(crate) async fn take_restored(service: &str) -> Result<BTreeMap<ConnId, Owne
         .context("cannot take the restored connections from the socket holder")
 }
 
-/// The old service, paused for a hand-over of connections its snapshot
-/// carried (see [`pause_for_hand_over`]); resumed when dropped — after
-/// the switch, when what it would still say goes nowhere, or when the
-/// hand-over is given up and it serves on.
+/// The service, paused at a barrier of a migration that carries the
+/// connections (see [`pause_and_drain`]); resumed when dropped — with
+/// the release of the input: after the dump, after the switch (when what
+/// it would still say goes nowhere), or when the migration gives up and
+/// it serves on.
 pub(crate) struct PausedService {
     group: Pid,
 }
@@ -98,28 +99,41 @@ impl Drop for PausedService {
     }
 }
 
+/// Resumes a restored service: it was dumped paused, and CRIU restores
+/// the state it found.
+pub(crate) fn resume_restored(group_leader: u32) -> Result<()> {
+    killpg(Pid::from_raw(group_leader as i32), Signal::SIGCONT)
+        .context("cannot resume the restored service")
+}
+
 /// How long the proxy may take to read what the paused service wrote.
 const DRAIN_BOUND: Duration = Duration::from_millis(50);
 
-/// At the hand-over's barrier, when the destination continues every
-/// connection from its own input (all were carried or opened since):
-/// input without an answer need not be waited for — a blocked `BLPOP`, a
-/// value still being sent continue there — but its answer must then come
-/// from one side only. So the old service (the holder's process group,
-/// `group_leader`) is paused, the proxy reads what it had already written,
-/// and the hand-over goes on only if nothing was read since `hold`'s mark:
-/// then every answer byte the old service ever wrote is in the mark (and
-/// in what the clients are told they have), and the rest comes from the
-/// destination. Otherwise this attempt fails (the caller releases the
-/// input and tries again).
-pub(crate) async fn pause_for_hand_over(
+/// At a barrier of a migration that carries the connections, the point
+/// must be exact even though input without an answer is not waited for:
+/// each connection continues at the destination at the answer count the
+/// mark recorded (from the image's socket queues at the snapshot; from
+/// the destination's own replay at the hand-over), so no answer byte may
+/// come from the service after the mark. The service (the holder's
+/// process group, `group_leader`) is paused, the proxy reads what it had
+/// already written, and the barrier holds only if nothing was read since
+/// `hold`'s mark: then every answer byte the service wrote is in the mark,
+/// and the rest comes from the destination — a blocked `BLPOP`, a value
+/// still being sent continue there. Otherwise this attempt fails (the
+/// caller releases the input and tries again). CRIU dumps the paused tree
+/// as it is; the destination resumes it after the restore.
+pub(crate) async fn pause_and_drain(
     host: &ServiceHost,
     hold: &replaymig_proxy::Quiesced,
     group_leader: u32,
 ) -> Result<PausedService> {
     let group = Pid::from_raw(group_leader as i32);
-    killpg(group, Signal::SIGSTOP).context("cannot pause the service for the hand-over")?;
+    killpg(group, Signal::SIGSTOP).context("cannot pause the service at the barrier")?;
     let paused = PausedService { group };
+    // The holder (the group's leader) goes on: it takes the sockets for
+    // the dump. Stopping the group first leaves no window in which a
+    // process the service forks escapes the pause.
+    kill(group, Signal::SIGCONT).context("cannot resume the socket holder")?;
     let started = Instant::now();
     loop {
         let unread = host.proxy.answers_unread(hold).await?;
@@ -138,7 +152,7 @@ pub(crate) async fn pause_for_hand_over(
     let moved = host.proxy.answers_moved(hold);
     if !moved.is_empty() {
         bail!(
-            "the service answered on {} connection(s) after the hand-over's point",
+            "the service answered on {} connection(s) after the barrier's point",
             moved.len()
         );
     }

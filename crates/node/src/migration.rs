@@ -254,6 +254,9 @@ pub(crate) async fn restore_service(
     match restored.pid {
         Some(pid) => {
             host.state.lock().await.process = Some(ServiceProcess::adopt(pid));
+            if service.carries_connections() {
+                crate::carry::resume_restored(pid)?;
+            }
             node.wait_service_ready(service).await?;
         }
         None => {
@@ -269,8 +272,8 @@ pub(crate) async fn restore_service(
 pub(crate) struct Hold {
     inner: replaymig_proxy::Quiesced,
     service: String,
-    /// The old service, paused for a hand-over of carried connections
-    /// (`carry::pause_for_hand_over`); resumed with the release.
+    /// The service, paused at a barrier of a migration that carries the
+    /// connections (`carry::pause_and_drain`); resumed with the release.
     _paused: Option<crate::carry::PausedService>,
 }
 
@@ -316,7 +319,7 @@ pub(crate) enum BarrierFor {
 /// Which connections a barrier for `purpose` closes (see
 /// `ServiceConfig::close_connections`).
 pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> CloseAtBarrier {
-    if carried_at(config, purpose) {
+    if carried_at(config) {
         // The snapshot carries every connection as it is.
         return CloseAtBarrier::default();
     }
@@ -329,15 +332,19 @@ pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> C
     }
 }
 
-/// Whether a barrier for `purpose` lets the destination continue every
-/// connection as it is, unanswered input included: the snapshot carries
-/// them (CRIU with the socket holder), and at the hand-over each was
-/// carried or opened since — there the old service is paused so that an
-/// answer comes from one side only (`carry::pause_for_hand_over`).
-pub(crate) fn carried_at(config: &ServiceConfig, purpose: BarrierFor) -> bool {
-    let _ = purpose;
+/// Whether a barrier lets the destination continue every connection as
+/// it is, unanswered input included: the snapshot carries them (CRIU with
+/// the socket holder), and at the hand-over each was carried or opened
+/// since. Either way the service is paused at the point so that no answer
+/// comes from both sides (`carry::pause_and_drain`).
+pub(crate) fn carried_at(config: &ServiceConfig) -> bool {
     config.carries_connections()
 }
+
+/// The quiet window of a barrier that pauses the service: only a guard
+/// against pausing it mid-answer (which fails the attempt, never the
+/// migration), since the pause itself makes the point exact.
+const CARRIED_QUIET: Duration = Duration::from_millis(1);
 
 /// The barrier, tried up to `hold_attempts` times, each holding client
 /// input at most `max_hold_ms` (a burst of answers, a large request in
@@ -360,21 +367,27 @@ pub(crate) async fn quiesce_with_retries(
         // still being sent, or a slow answer, is done after the back-off;
         // what is still unanswered at the next attempt is closed.
         close.unanswered &= attempt > 1 || attempt == attempts;
+        let carried = carried_at(&host.config);
         let options = QuiesceOptions {
-            idle: Duration::from_millis(host.config.quiet_ms),
+            idle: if carried {
+                CARRIED_QUIET
+            } else {
+                Duration::from_millis(host.config.quiet_ms)
+            },
             timeout: Duration::from_millis(host.config.max_hold_ms),
             close,
-            carried: carried_at(&host.config, purpose),
+            carried,
         };
         let started = Instant::now();
         let attempt_result = match host.proxy.quiesce(options).await {
-            Ok(inner) => match pause_group
-                .filter(|_| purpose == BarrierFor::Replayed && host.config.carries_connections())
-            {
-                Some(group) => crate::carry::pause_for_hand_over(host, &inner, group)
+            Ok(inner) => match (carried, pause_group) {
+                (true, Some(group)) => crate::carry::pause_and_drain(host, &inner, group)
                     .await
                     .map(|paused| (inner, Some(paused))),
-                None => Ok((inner, None)),
+                (true, None) => Err(anyhow::anyhow!(
+                    "the service's process is unknown, so it cannot be paused at the barrier"
+                )),
+                (false, _) => Ok((inner, None)),
             },
             Err(e) => Err(e.into()),
         };
