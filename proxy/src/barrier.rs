@@ -125,7 +125,8 @@ pub struct Quiesced {
     pub mark: SnapshotMark,
     /// LSN of the `snapshot` marker journaled for it.
     pub marker_lsn: Lsn,
-    /// When the hold began (client input has waited since).
+    /// When the hold began: when the gate was asked for (client input has
+    /// waited since).
     pub held_since: Instant,
     /// Connections it closed (see the module doc).
     pub closed: ClosedAtBarrier,
@@ -147,7 +148,9 @@ pub(crate) async fn quiesce(
     let gate = tokio::time::timeout(options.timeout, shared.gate.clone().write_owned())
         .await
         .map_err(|_| QuiesceError::GateTimeout(options.timeout))?;
-    let held_since = Instant::now();
+    // Clients wait from the request on, not from its grant: the lock is
+    // fair, so new forwards queue behind it while in-flight ones finish.
+    let held_since = started;
     let mut closing = Closing::default();
     // Quiet = every connection answered its last input, and the answer
     // counter has stood still for a whole idle window since it last moved
