@@ -159,6 +159,9 @@ enum Svc {
     /// themselves (`carry_connections`, the service under the socket
     /// holder), in a testbed.
     RedisAuthCarried,
+    /// `SeqsvcCriu` carrying the connections: greetings, answers in two
+    /// parts 3 ms apart (the pause may split one), undeclared state.
+    SeqsvcCarried,
 }
 
 impl Svc {
@@ -169,7 +172,7 @@ impl Svc {
             | Svc::RedisUndeclared
             | Svc::RedisAuth
             | Svc::RedisAuthCarried => "redis",
-            Svc::Seqsvc | Svc::SeqsvcCriu => "seqsvc",
+            Svc::Seqsvc | Svc::SeqsvcCriu | Svc::SeqsvcCarried => "seqsvc",
             Svc::Memcached | Svc::MemcachedThreaded => "memcached",
         }
     }
@@ -189,6 +192,7 @@ impl Svc {
                 "ip",
             ],
             Svc::SeqsvcCriu => &["unshare", "setsid", "nsenter", "ip"],
+            Svc::SeqsvcCarried => &["unshare", "nsenter", "ip"],
         }
     }
 
@@ -196,7 +200,7 @@ impl Svc {
     fn in_testbed(self) -> bool {
         matches!(
             self,
-            Svc::RedisCriu | Svc::SeqsvcCriu | Svc::RedisAuthCarried
+            Svc::RedisCriu | Svc::SeqsvcCriu | Svc::RedisAuthCarried | Svc::SeqsvcCarried
         )
     }
 
@@ -287,6 +291,19 @@ impl Svc {
                     name: "redis",
                     start: &start,
                     ready: Some(&ready),
+                    snapshot: "driver = \"criu\"\ncarry_connections = true",
+                    ..Default::default()
+                };
+                write_service_node_config(dir, name, me, other, "a", &spec)
+            }
+            Svc::SeqsvcCarried => {
+                let start = format!(
+                    "unshare --pid --fork {{holder}} {} --listen 127.0.0.1:{{port}} --state {{data_dir}}/state",
+                    shell_quote(SEQSVC)
+                );
+                let spec = ServiceSpec {
+                    name: "seqsvc",
+                    start: &start,
                     snapshot: "driver = \"criu\"\ncarry_connections = true",
                     ..Default::default()
                 };
@@ -964,6 +981,7 @@ fn suite_label(suite: &str) -> &'static str {
         "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (closed at the snapshot, clients reconnect)",
         "k" => "memcached -t 1: noreply writers (confirmed by mn), a shared counter, one writer tunneled (driver none)",
         "j" => "Redis with requirepass, connection_state undeclared: SELECT+SETNAME, MULTI across the barrier, SUBSCRIBE+PUBLISH, BLPOP 0, 2 MiB SETs sent slowly, an idle connection",
+        "m" => "suite b with CRIU carrying the connections, connection_state undeclared",
         "l" => "suite j with CRIU carrying the connections (socket holder): in-use connections continue with their state",
         _ => "",
     }
@@ -1654,6 +1672,19 @@ fn b_seqsvc_global_sequence_with_greetings_and_split_answers() {
 #[test]
 fn h_seqsvc_global_sequence_with_criu() {
     campaign("h", Svc::SeqsvcCriu, false, seq_sequence_clients, check_seq);
+}
+
+/// Suite b with CRIU carrying the connections (`connection_state`
+/// undeclared: only carrying lets the used ones continue).
+#[test]
+fn m_seqsvc_global_sequence_carried_by_criu() {
+    campaign(
+        "m",
+        Svc::SeqsvcCarried,
+        false,
+        seq_sequence_clients,
+        check_seq,
+    );
 }
 
 /// Must be refused every time. Until replay compares answer content with

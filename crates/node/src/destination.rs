@@ -363,6 +363,8 @@ impl<'a> DestinationRun<'a> {
         // only if the service keeps nothing per connection.
         options.stateless_connections =
             service.connection_state == crate::config::ConnectionState::None;
+        // Paused, not quiet, at the hand-over: an answer may be half out.
+        options.answers_continue = service.carries_connections();
         let mut replayer = Replayer::new(options);
         if service.carries_connections() {
             let restored = crate::carry::take_restored(&service.name).await?;
