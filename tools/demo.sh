@@ -14,6 +14,7 @@
 #   PRELOAD_MB=200 tools/demo.sh   # first write that much incompressible data through the proxy
 #   LOAD_PAUSE_MS=1 tools/demo.sh  # clients pause between requests (default: as fast as they can)
 #   QUIET_MS=20 tools/demo.sh      # the barrier's quiet window (default 10 ms)
+#   BACK=1 tools/demo.sh           # then migrate it back to node a, under the same load
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 1; }
@@ -117,6 +118,13 @@ sleep 1.5
 echo "== replaymig migrate redis --to b  (on node a, driver $DRIVER)"
 run_on a "$BIN" migrate redis --to b | tee "$work/report"
 sleep 1   # clients go on after the hand-over (through node b)
+owner=b other=a
+if [ "${BACK:-0}" = 1 ]; then
+  echo "== replaymig migrate redis --to a  (on node b: back again)"
+  run_on b "$BIN" migrate redis --to a | tee "$work/report-back"
+  sleep 1
+  owner=a other=b
+fi
 touch "$work/migrated"
 wait "$tally_pid"
 wait "$ping_pid"
@@ -156,7 +164,7 @@ print("== node '"$node"': %d of %d journal appends took over 50 ms" % (count + s
 done
 # Every acknowledged write is on b exactly once: each counter equals its
 # client's tally, each list holds 0..n-1 in order.
-verdict=$(run_on b python3 - "$work/tally" <<'PY'
+verdict=$(run_on "$owner" python3 - "$work/tally" <<'PY'
 import json, socket, sys
 t = json.load(open(sys.argv[1]))
 s = socket.create_connection(("127.0.0.1", 6379)); f = s.makefile("rb")
@@ -191,7 +199,7 @@ print("%d %d %s" % (acked, found, "; ".join(bad)))
 PY
 )
 read -r acked on_b problems <<<"$verdict"
-echo "== the clients got $acked acknowledgements; node b's redis says $on_b"
+echo "== the clients got $acked acknowledgements; node $owner's redis says $on_b"
 [ -z "$problems" ] && [ "$acked" = "$on_b" ] || { echo "MISMATCH: $problems" >&2; exit 1; }
-if run_on a redis-cli -h 127.0.0.1 -p 6379 PING >/dev/null 2>&1; then echo "node a's redis still runs" >&2; exit 1; fi
-echo "== ok: every acknowledged write is on node b, node a's copy is stopped"
+if run_on "$other" redis-cli -h 127.0.0.1 -p 6379 PING >/dev/null 2>&1; then echo "node $other's redis still runs" >&2; exit 1; fi
+echo "== ok: every acknowledged write is on node $owner, node $other's copy is stopped"
