@@ -13,7 +13,28 @@ set -euo pipefail
 PREFIX=${CRIU_PREFIX:-/opt/replaymig/criu}
 WRAPPER=$PREFIX/bin/criu
 
+# CRIU probes the kernel on every run unless it finds its cache
+# /run/criu.kdat — ~25 ms here, more than its whole freeze of a small
+# service (it even creates a veth pair in a scratch namespace), and it runs
+# while clients' input is held. It writes that cache only on a tmpfs, and
+# /run is ext4 on these machines. So the cache is made under a private
+# tmpfs and copied into /run; again after each boot, since a cache from
+# another kernel would mislead CRIU (one from another CRIU build it
+# discards by itself).
+keep_kdat_cache() {
+  local cache=/run/criu.kdat boot made=$PREFIX/criu.kdat.new
+  [ "$(id -u)" -eq 0 ] || return 0
+  [ "$(stat -f -c %T /run)" != tmpfs ] || return 0
+  boot=$(awk '/^btime/ {print $2}' /proc/stat)
+  if [ -s "$cache" ] && [ "$(stat -c %Y "$cache")" -ge "$boot" ]; then return 0; fi
+  rm -f "$made"
+  unshare --mount sh -c 'mount -t tmpfs kdat /run && "$1" check >/dev/null 2>&1; cp /run/criu.kdat "$2"' \
+    sh "$WRAPPER" "$made" 2>/dev/null || true
+  if [ -s "$made" ]; then mv "$made" "$cache"; else echo "install-criu: no kdat cache made (CRIU will probe the kernel on each run)" >&2; fi
+}
+
 if [ -x "$WRAPPER" ] && "$WRAPPER" --version >/dev/null 2>&1; then
+  keep_kdat_cache
   echo "$WRAPPER"
   exit 0
 fi
@@ -54,4 +75,5 @@ exec "$lib/ld-linux-x86-64.so.2" --library-path "$lib:/usr/lib/x86_64-linux-gnu"
 WRAP
 chmod +x "$WRAPPER"
 "$WRAPPER" --version >&2
+keep_kdat_cache
 echo "$WRAPPER"
