@@ -162,6 +162,9 @@ enum Svc {
     /// `SeqsvcCriu` carrying the connections: greetings, answers in two
     /// parts 3 ms apart (the pause may split one), undeclared state.
     SeqsvcCarried,
+    /// memcached `-t 1` checkpointed by CRIU carrying the connections:
+    /// `noreply` input continues instead of being closed.
+    MemcachedCarried,
 }
 
 impl Svc {
@@ -173,7 +176,7 @@ impl Svc {
             | Svc::RedisAuth
             | Svc::RedisAuthCarried => "redis",
             Svc::Seqsvc | Svc::SeqsvcCriu | Svc::SeqsvcCarried => "seqsvc",
-            Svc::Memcached | Svc::MemcachedThreaded => "memcached",
+            Svc::Memcached | Svc::MemcachedThreaded | Svc::MemcachedCarried => "memcached",
         }
     }
 
@@ -193,6 +196,7 @@ impl Svc {
             ],
             Svc::SeqsvcCriu => &["unshare", "setsid", "nsenter", "ip"],
             Svc::SeqsvcCarried => &["unshare", "nsenter", "ip"],
+            Svc::MemcachedCarried => &["memcached", "unshare", "nsenter", "ip"],
         }
     }
 
@@ -200,7 +204,11 @@ impl Svc {
     fn in_testbed(self) -> bool {
         matches!(
             self,
-            Svc::RedisCriu | Svc::SeqsvcCriu | Svc::RedisAuthCarried | Svc::SeqsvcCarried
+            Svc::RedisCriu
+                | Svc::SeqsvcCriu
+                | Svc::RedisAuthCarried
+                | Svc::SeqsvcCarried
+                | Svc::MemcachedCarried
         )
     }
 
@@ -291,6 +299,20 @@ impl Svc {
                     name: "redis",
                     start: &start,
                     ready: Some(&ready),
+                    snapshot: "driver = \"criu\"\ncarry_connections = true",
+                    ..Default::default()
+                };
+                write_service_node_config(dir, name, me, other, "a", &spec)
+            }
+            Svc::MemcachedCarried => {
+                // -u root: CRIU reads each process's rlimits, which needs
+                // CAP_SYS_RESOURCE for a process of another user, and this
+                // machine's root lacks it (docs/ENVIRONMENT.md): with
+                // `-u nobody` every dump fails ("Can't get rlimit").
+                let spec = ServiceSpec {
+                    name: "memcached",
+                    start: "unshare --pid --fork {holder} memcached -t 1 -U 0 -l 127.0.0.1 \
+                            -p {port} -u root",
                     snapshot: "driver = \"criu\"\ncarry_connections = true",
                     ..Default::default()
                 };
@@ -981,6 +1003,7 @@ fn suite_label(suite: &str) -> &'static str {
         "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (closed at the snapshot, clients reconnect)",
         "k" => "memcached -t 1: noreply writers (confirmed by mn), a shared counter, one writer tunneled (driver none)",
         "j" => "Redis with requirepass, connection_state undeclared: SELECT+SETNAME, MULTI across the barrier, SUBSCRIBE+PUBLISH, BLPOP 0, 2 MiB SETs sent slowly, an idle connection",
+        "n" => "suite k with CRIU carrying the connections (no writer closed)",
         "m" => "suite b with CRIU carrying the connections, connection_state undeclared",
         "l" => "suite j with CRIU carrying the connections (socket holder): in-use connections continue with their state",
         _ => "",
@@ -1684,6 +1707,18 @@ fn m_seqsvc_global_sequence_carried_by_criu() {
         false,
         seq_sequence_clients,
         check_seq,
+    );
+}
+
+/// Suite k with CRIU carrying the connections: nothing closed.
+#[test]
+fn n_memcached_noreply_writers_carried_by_criu() {
+    campaign(
+        "n",
+        Svc::MemcachedCarried,
+        false,
+        noreply::noreply_clients,
+        noreply::check_noreply_carried,
     );
 }
 

@@ -8,7 +8,9 @@
 # Redis and seqsvc suites again with the criu driver; issue #15's clients
 # that keep per-connection state — SELECT, AUTH, SETNAME, MULTI across the
 # barrier, SUBSCRIBE, BLPOP 0, slowly sent values — and memcached noreply
-# writers, whose connections the barriers close), RUNS migrations each
+# writers, whose connections the barriers close; and Redis, seqsvc and
+# memcached again with CRIU carrying the connections, where nothing is
+# closed), RUNS migrations each
 # between two real node agents (on loopback; in a testbed's two network
 # namespaces for criu), every reply checked by a client-side oracle. Writes docs/reliability-fidelity.md,
 # which tools/chaos.sh puts into docs/reliability.md.

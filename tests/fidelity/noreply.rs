@@ -130,10 +130,13 @@ fn noreply_session(
 
 pub(crate) fn noreply_clients(c: &Cluster, ctl: &Control) -> Vec<JoinHandle<NoreplyLog>> {
     let a = c.proxy_a();
-    let mut init = LineConn::connect(a).expect("memcached through the proxy");
-    init.send(format!("set {K_COUNTER} 0 0 1\r\n0\r\n").as_bytes())
-        .expect("init");
-    assert_eq!(init.line().expect("init"), "STORED");
+    // From node a's network namespace when the nodes run in a testbed.
+    c.on('a', || {
+        let mut init = LineConn::connect(a).expect("memcached through the proxy");
+        init.send(format!("set {K_COUNTER} 0 0 1\r\n0\r\n").as_bytes())
+            .expect("init");
+        assert_eq!(init.line().expect("init"), "STORED");
+    });
     use NoreplyRole::*;
     vec![
         noreply_client("w1", Writer, a, ctl),
@@ -209,4 +212,21 @@ pub(crate) fn check_noreply(logs: &[NoreplyLog], cluster: &Cluster, holder: char
             logs.iter().map(|l| l.closes).sum::<u64>()
         ),
     }
+}
+
+/// Suite n: suite k's oracle, and no writer was ever closed — CRIU
+/// carried each connection with the `noreply` input it had taken.
+pub(crate) fn check_noreply_carried(
+    logs: &[NoreplyLog],
+    cluster: &Cluster,
+    holder: char,
+) -> Verdict {
+    let mut verdict = check_noreply(logs, cluster, holder);
+    for l in logs.iter().filter(|l| l.closes > 0) {
+        verdict.failures.push(format!(
+            "{}: closed {} times, but its connection was carried and must continue",
+            l.name, l.closes
+        ));
+    }
+    verdict
 }
