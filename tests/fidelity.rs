@@ -768,6 +768,16 @@ struct Verdict {
     summary: String,
 }
 
+/// For suites whose connections CRIU carries: every client that saw its
+/// connection closed (`(name, closes)`) is a failure.
+fn fail_closed<'a>(verdict: &mut Verdict, clients: impl Iterator<Item = (&'a str, u64)>) {
+    for (name, closes) in clients.filter(|(_, closes)| *closes > 0) {
+        verdict.failures.push(format!(
+            "{name}: closed {closes} times, but its connection was carried and must continue"
+        ));
+    }
+}
+
 /// Adds `items` as failures, at most SHOWN of them, then a count.
 fn report_some(failures: &mut Vec<String>, items: Vec<String>) {
     let n = items.len();

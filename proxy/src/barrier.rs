@@ -170,7 +170,7 @@ pub(crate) async fn quiesce(
             last_change = Instant::now();
         }
         if last_change.elapsed() >= options.idle {
-            let open = open_slots(shared);
+            let open = shared.open_slots();
             let unanswered: Vec<_> = open
                 .iter()
                 .filter(|slot| {
@@ -208,7 +208,8 @@ pub(crate) async fn quiesce(
             }
         }
         if started.elapsed() > options.timeout {
-            let draining = open_slots(shared)
+            let draining = shared
+                .open_slots()
                 .iter()
                 .filter(|slot| closing.has(slot))
                 .count();
@@ -219,7 +220,7 @@ pub(crate) async fn quiesce(
             });
         }
     }
-    let open = open_slots(shared);
+    let open = shared.open_slots();
     // Journaled with the mark, after the point: every connection's answers
     // so far as a segment (a replay from here compares what follows from
     // the right offset, and a hand-over here checks every answer up to
@@ -273,17 +274,6 @@ pub(crate) async fn quiesce(
         closed: closing.counts,
         _gate: gate,
     })
-}
-
-/// The journaled connections open now.
-fn open_slots(shared: &Shared) -> Vec<Arc<ConnSlot>> {
-    shared
-        .open
-        .lock()
-        .expect("poisoned")
-        .values()
-        .cloned()
-        .collect()
 }
 
 /// Why a barrier closed a connection.

@@ -27,13 +27,7 @@ pub(crate) async fn service_sockets(
     shared: &Shared,
     _hold: &Quiesced,
 ) -> std::io::Result<Vec<(ConnId, OwnedFd)>> {
-    let open: Vec<_> = shared
-        .open
-        .lock()
-        .expect("poisoned")
-        .values()
-        .cloned()
-        .collect();
+    let open = shared.open_slots();
     let mut out = Vec::with_capacity(open.len());
     for slot in open {
         let half = slot.service_write.lock().await;
@@ -53,15 +47,8 @@ nix::ioctl_read_bad!(unread_bytes, nix::libc::FIONREAD, nix::libc::c_int);
 /// the mark, the old service has said its last word, and everything it
 /// said is in the mark.
 pub(crate) async fn answers_unread(shared: &Shared, _hold: &Quiesced) -> std::io::Result<u64> {
-    let open: Vec<_> = shared
-        .open
-        .lock()
-        .expect("poisoned")
-        .values()
-        .cloned()
-        .collect();
     let mut total = 0u64;
-    for slot in open {
+    for slot in shared.open_slots() {
         let half = slot.service_write.lock().await;
         let stream: &tokio::net::TcpStream = (*half).as_ref();
         let mut n: nix::libc::c_int = 0;

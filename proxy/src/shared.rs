@@ -157,6 +157,19 @@ impl Preamble {
     }
 }
 
+impl Shared {
+    /// The journaled connections open now (a copy of the set: the lock is
+    /// not held while the caller works on them).
+    pub fn open_slots(&self) -> Vec<Arc<ConnSlot>> {
+        self.open
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 impl ConnSlot {
     /// The service has answered since the last input forwarded to it: the
     /// barrier's per-connection half of "quiet".

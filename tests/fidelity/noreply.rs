@@ -222,11 +222,9 @@ pub(crate) fn check_noreply_carried(
     holder: char,
 ) -> Verdict {
     let mut verdict = check_noreply(logs, cluster, holder);
-    for l in logs.iter().filter(|l| l.closes > 0) {
-        verdict.failures.push(format!(
-            "{}: closed {} times, but its connection was carried and must continue",
-            l.name, l.closes
-        ));
-    }
+    fail_closed(
+        &mut verdict,
+        logs.iter().map(|l| (l.name.as_str(), l.closes)),
+    );
     verdict
 }

@@ -665,11 +665,9 @@ pub(crate) fn check_selected(logs: &[StateLog], cluster: &Cluster, holder: char)
 /// unanswered — a blocked `BLPOP`, a value still being sent).
 pub(crate) fn check_carried_state(logs: &[StateLog], cluster: &Cluster, holder: char) -> Verdict {
     let mut verdict = check_state(logs, cluster, holder);
-    for l in logs.iter().filter(|l| l.closes > 0) {
-        verdict.failures.push(format!(
-            "{}: closed {} times, but its connection was carried and must continue",
-            l.name, l.closes
-        ));
-    }
+    fail_closed(
+        &mut verdict,
+        logs.iter().map(|l| (l.name.as_str(), l.closes)),
+    );
     verdict
 }
