@@ -162,6 +162,10 @@ struct ProxyArgs {
     /// The service's name: the `service` label of every metric.
     #[arg(long, default_value = "default")]
     service: String,
+    /// The `node` label of every metric (the Grafana dashboard selects by
+    /// it, as for a node agent's services); default: this host's name.
+    #[arg(long)]
+    node: Option<String>,
     /// Refuse client input (closing the client, forwarding nothing) while
     /// the journal's filesystem has fewer free bytes than this, and take
     /// it again once there are; default 5% of the filesystem, 4–64 MiB.
@@ -287,7 +291,18 @@ async fn run(cli: Cli) -> Result<()> {
 async fn run_proxy(args: ProxyArgs) -> Result<()> {
     // First, so the journal writer's metric handles go to the exporter.
     if let Some(addr) = args.metrics {
-        install_prometheus_exporter(addr, Default::default())?;
+        let node = match &args.node {
+            Some(node) => node.clone(),
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "proxy".into()),
+        };
+        let options = replaymig_proxy::metrics::ExporterOptions {
+            global_labels: vec![("node".to_string(), node)],
+            ..Default::default()
+        };
+        install_prometheus_exporter(addr, options)?;
     }
     let journal = Journal::open_for(
         &args.journal,

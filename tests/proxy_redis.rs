@@ -206,3 +206,35 @@ fn journal_stat_reports_what_was_recorded() {
         3
     );
 }
+
+/// A standalone proxy's metrics carry a `node` label like a node agent's
+/// (the Grafana dashboard selects by it): `--node`, else the host's name.
+#[test]
+fn a_standalone_proxy_labels_its_metrics_with_a_node() {
+    let redis = RedisServer::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let runs = [
+        (vec!["--node", "edge-7"], "edge-7"),
+        (vec![], host.as_str()),
+    ];
+    for (i, (extra, node)) in runs.into_iter().enumerate() {
+        let journal = dir.path().join(format!("journal-{node}"));
+        let mut proxy = ProxyProcess::start_with(redis.addr, &journal, "batch", &extra).unwrap();
+        let mut c = RespClient::connect(proxy.listen).unwrap();
+        assert_eq!(c.cmd(&["INCR", "n"]).unwrap(), Reply::Int(i as i64 + 1));
+        let page = proxy.scrape();
+        let proxy_series: Vec<&String> = page
+            .0
+            .keys()
+            .filter(|k| k.starts_with("replaymig_proxy_"))
+            .collect();
+        assert!(!proxy_series.is_empty(), "no proxy metrics");
+        let label = format!("node=\"{node}\"");
+        for series in &proxy_series {
+            assert!(series.contains(&label), "{series} lacks {label}");
+        }
+        drop(c);
+        proxy.stop();
+    }
+}
