@@ -34,6 +34,8 @@ pub struct Generated {
     pub font: PathBuf,
     /// Every target check, as written in the report.
     pub checks: Vec<Check>,
+    /// P3 per workload, rate and method (`report::link_table`).
+    pub link_table: String,
 }
 
 /// Reads `csv`, writes the figures and `results.md` into `out_dir` (created
@@ -61,5 +63,6 @@ pub fn generate(csv: &Path, out_dir: &Path, font: Option<&Path>) -> anyhow::Resu
         markdown,
         font,
         checks,
+        link_table: report::link_table(&summary),
     })
 }

@@ -79,6 +79,8 @@ pub fn render_markdown(source: &str, runs: &[Run], summary: &Summary, checks: &[
         }
     }
 
+    md.push_str(&link_table(summary));
+
     let _ = writeln!(md, "\n## Phases\n");
     let _ = writeln!(
         md,
@@ -193,6 +195,32 @@ fn render_runs(md: &mut String, runs: &[Run]) {
 
 /// Shorthand used by tests and the binary: a one-line tally of the target
 /// checks (`met/missed/no data`).
+/// P3 per workload, rate and method: median total ÷ (median link bytes ÷
+/// rate + median restore), as a Markdown table (results.md, and printed by
+/// `replaymig-bench-report`).
+pub fn link_table(summary: &Summary) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "\n## Total ÷ (bytes on the link ÷ rate + restore)\n");
+    let _ = writeln!(
+        md,
+        "P3 of issue #16 (target ≤ 1.15 at every rate): 1.00 would be a migration that took only what moving its bytes over the link and restoring take.\n"
+    );
+    let _ = writeln!(md, "| workload | method | rate (Mbit/s) | P3 |");
+    let _ = writeln!(md, "|---|---|---:|---:|");
+    for g in &summary.groups {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            g.workload,
+            g.method,
+            fmt_rate(g.rate_mbit),
+            num(g.link_ratio(), 2)
+        );
+    }
+    md
+}
+
+/// "N met, M missed, K without data" over `checks`.
 pub fn tally(checks: &[Check]) -> String {
     let count = |o: Outcome| checks.iter().filter(|c| c.outcome == o).count();
     format!(
@@ -242,5 +270,15 @@ iterative,redis,100,1,true,10.0,2.0,8.0,50000000,0,0,3,2.0,6.0,1.0,0,0.01
             "{md}"
         );
         assert_eq!(tally(&checks), "3 met, 0 missed, 0 without data");
+        // P3: 1.0 s ÷ (0.84 s + 0.05 s) = 1.12; iterative: 10 ÷ (4 + 1) = 2.00.
+        assert!(md.contains("| redis | replay | 100 | 1.12 |"), "{md}");
+        assert!(md.contains("| redis | iterative | 100 | 2.00 |"), "{md}");
+        assert_eq!(
+            link_table(&summary)
+                .lines()
+                .filter(|l| l.starts_with("| redis"))
+                .count(),
+            2
+        );
     }
 }

@@ -136,6 +136,16 @@ impl Group {
         }
     }
 
+    /// P3: median total ÷ (median bytes on the link ÷ rate + median
+    /// restore) — how close the migration came to what the link alone
+    /// forces (issue #16's target: ≤ 1.15 at every rate).
+    pub fn link_ratio(&self) -> Option<f64> {
+        let total = Group::med(self.total_s)?;
+        let wire = Group::med(self.link_bytes)? * 8.0 / (self.rate_mbit * 1e6);
+        let bound = wire + Group::med(self.restore_s)?;
+        (bound > 0.0).then(|| total / bound)
+    }
+
     /// Median of a spread-valued field, the number tables print.
     pub fn med(field: Option<Spread>) -> Option<f64> {
         field.map(|s| s.median)

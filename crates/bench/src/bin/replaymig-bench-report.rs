@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 println!("wrote {}", f.display());
             }
             println!("wrote {}", g.markdown.display());
+            print!("{}", g.link_table);
             println!("targets: {}", replaymig_bench::report::tally(&g.checks));
             ExitCode::SUCCESS
         }
