@@ -15,6 +15,7 @@
 #   LOAD_PAUSE_MS=1 tools/demo.sh  # clients pause between requests (default: as fast as they can)
 #   QUIET_MS=20 tools/demo.sh      # the barrier's quiet window (default 10 ms)
 #   BACK=1 tools/demo.sh           # then migrate it back to node a, under the same load
+#   METHOD=iterative tools/demo.sh # the paper's baseline (pre-copy rounds) instead of replay
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 1; }
@@ -116,7 +117,7 @@ PY
 ping_pid=$!
 sleep 1.5
 echo "== replaymig migrate redis --to b  (on node a, driver $DRIVER)"
-run_on a "$BIN" migrate redis --to b | tee "$work/report"
+run_on a "$BIN" migrate redis --to b ${METHOD:+--method "$METHOD"} | tee "$work/report"
 sleep 1   # clients go on after the hand-over (through node b)
 owner=b other=a
 if [ "${BACK:-0}" = 1 ]; then
