@@ -122,7 +122,10 @@ fn one_run(
         let m = scrape(metrics)?;
         let refused = m.get("replaymig_journal_refused_records_total");
         if refused > 0.0
-            || m.get("replaymig_errors_total{service=\"default\",kind=\"journal_append\"}") > 0.0
+            || m.get_labelled(
+                "replaymig_errors_total",
+                &[("service", "default"), ("kind", "journal_append")],
+            ) > 0.0
         {
             break refused as u64;
         }
@@ -165,9 +168,10 @@ fn one_run(
     let mut acked = load.finish_checked().map_err(anyhow::Error::msg)?;
     acked.extend(after.finish_checked().map_err(anyhow::Error::msg)?);
     acked.push((probe_key, 1));
-    let reopens = scrape(metrics)?
-        .get("replaymig_journal_reopens_total{service=\"default\",outcome=\"ok\"}")
-        as u64;
+    let reopens = scrape(metrics)?.get_labelled(
+        "replaymig_journal_reopens_total",
+        &[("service", "default"), ("outcome", "ok")],
+    ) as u64;
 
     proxy.signal(nix::sys::signal::Signal::SIGTERM)?;
     let status = proxy.wait_timeout(Duration::from_secs(15))?;

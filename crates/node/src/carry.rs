@@ -38,6 +38,10 @@ pub(crate) async fn dump_carrying(
     let count = sockets.len();
     let name = service.clone();
     let held = tokio::task::spawn_blocking(move || {
+        // Copies left by an attempt whose node died before letting them go
+        // would keep closed connections open for the service: none may
+        // enter this image.
+        holder::release(&name)?;
         let conns: Vec<_> = sockets.iter().map(|(c, fd)| (*c, fd.as_fd())).collect();
         holder::hold(&name, &conns)
     })

@@ -256,6 +256,7 @@ pub fn serve(service: &str, command: &[String]) -> io::Result<i32> {
     let child = Pid::from_raw(child.id() as i32);
     let mut held: Vec<(ConnId, OwnedFd)> = Vec::new();
     let mut forwarded = false;
+    let mut watchdog = PauseWatchdog::default();
     loop {
         let sig = STOP_SIGNAL.load(Ordering::SeqCst);
         if sig != 0 && !forwarded {
@@ -264,6 +265,7 @@ pub fn serve(service: &str, command: &[String]) -> io::Result<i32> {
                 let _ = signal::kill(child, sig);
             }
         }
+        watchdog.check(child);
         while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             match status {
                 WaitStatus::Exited(pid, code) if pid == child => return Ok(code),
@@ -298,6 +300,53 @@ fn accept_one(listener: &OwnedFd, held: &mut Vec<(ConnId, OwnedFd)>) -> io::Resu
     let conn = unsafe { OwnedFd::from_raw_fd(conn) };
     with_timeouts(&conn, REQUEST_TIMEOUT)?;
     answer(&conn, held)
+}
+
+/// A node pauses the service (SIGSTOP to the holder's process group) for
+/// the length of a bounded hold; if it dies meanwhile nobody resumes it
+/// and every client hangs. So the holder resumes a service it has seen
+/// stopped for this long — far beyond any hold, where the worst a resume
+/// can do is fail the migration that paused it (its answer check sees
+/// the service answer after the point, and refuses).
+pub const PAUSE_WATCHDOG: Duration = Duration::from_secs(10);
+
+/// Tracks how long the service has been stopped.
+#[derive(Default)]
+struct PauseWatchdog {
+    stopped_since: Option<std::time::Instant>,
+}
+
+impl PauseWatchdog {
+    /// Looks at the service's state; resumes its process group after
+    /// [`PAUSE_WATCHDOG`] stopped.
+    fn check(&mut self, child: Pid) {
+        if !is_stopped(child) {
+            self.stopped_since = None;
+            return;
+        }
+        let since = *self
+            .stopped_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= PAUSE_WATCHDOG {
+            eprintln!(
+                "replaymig holder: the service was stopped for {PAUSE_WATCHDOG:?} with nobody \
+                 resuming it (its node died during a hold?); resuming it"
+            );
+            let _ = signal::killpg(nix::unistd::getpgrp(), Signal::SIGCONT);
+            self.stopped_since = None;
+        }
+    }
+}
+
+/// Whether `pid` is stopped by a signal (state `T` in /proc).
+fn is_stopped(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| rest.starts_with('T'))
+        })
+        .unwrap_or(false)
 }
 
 /// Serves one request on `conn`.
@@ -411,6 +460,37 @@ mod tests {
         assert!(receive(fd.as_fd()).is_err());
         release(&service).unwrap();
         assert_eq!(holder.join().unwrap(), (true, true));
+    }
+
+    #[test]
+    fn a_stopped_process_is_seen_stopped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        assert!(!is_stopped(pid));
+        signal::kill(pid, Signal::SIGSTOP).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !is_stopped(pid) {
+            assert!(std::time::Instant::now() < deadline, "never seen stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut watchdog = PauseWatchdog::default();
+        watchdog.check(pid);
+        assert!(watchdog.stopped_since.is_some(), "the stop is timed");
+        signal::kill(pid, Signal::SIGCONT).unwrap();
+        while is_stopped(pid) {
+            assert!(std::time::Instant::now() < deadline, "never resumed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        watchdog.check(pid);
+        assert!(
+            watchdog.stopped_since.is_none(),
+            "a resumed service resets it"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -23,6 +23,25 @@ impl Metrics {
             .map(|(_, v)| v)
             .sum()
     }
+    /// The sum of the family's series that carry every one of `labels`
+    /// (whatever other labels they have, in whatever order: a node's or a
+    /// proxy's global `node` label, say).
+    pub fn get_labelled(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+        let prefix = format!("{family}{{");
+        self.0
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix(&prefix).is_some_and(|rest| {
+                    let set: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+                    labels
+                        .iter()
+                        .all(|(name, value)| set.contains(&format!("{name}=\"{value}\"").as_str()))
+                })
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// Whether any series of the family exists.
     pub fn has_family(&self, prefix: &str) -> bool {
         self.0.keys().any(|k| k.starts_with(prefix))
@@ -52,4 +71,29 @@ pub fn scrape(addr: SocketAddr) -> anyhow::Result<Metrics> {
         }
     }
     Ok(Metrics(samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labelled_lookups_ignore_other_labels_and_their_order() {
+        let m = Metrics(
+            [
+                (r#"e_total{node="a",service="s",kind="x"}"#.to_string(), 2.0),
+                (r#"e_total{kind="x",service="t"}"#.to_string(), 3.0),
+                (r#"e_total{service="s",kind="y"}"#.to_string(), 5.0),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!(
+            m.get_labelled("e_total", &[("service", "s"), ("kind", "x")]),
+            2.0
+        );
+        assert_eq!(m.get_labelled("e_total", &[("kind", "x")]), 5.0);
+        assert_eq!(m.get_labelled("e_total", &[("kind", "z")]), 0.0);
+        assert_eq!(m.get_labelled("other", &[]), 0.0);
+    }
 }
