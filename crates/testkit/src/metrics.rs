@@ -11,15 +11,26 @@ pub struct Metrics(pub BTreeMap<String, f64>);
 
 impl Metrics {
     /// The value of a series written exactly as on the page; a bare family
-    /// name sums its labelled series (0 if absent).
+    /// name sums its labelled series; `family{a="x",b="y"}` not on the page
+    /// as written sums the series carrying those labels among others (a
+    /// global `node` label, say: see [`Metrics::get_labelled`]). 0 if absent.
     pub fn get(&self, series: &str) -> f64 {
         if let Some(v) = self.0.get(series) {
             return *v;
         }
+        if let Some((family, labels)) = series.split_once('{') {
+            let pairs: Vec<(&str, &str)> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(name, value)| (name, value.trim_matches('"')))
+                .collect();
+            return self.get_labelled(family, &pairs);
+        }
         let prefix = format!("{series}{{");
         self.0
             .iter()
-            .filter(|(k, _)| !series.contains('{') && k.starts_with(&prefix))
+            .filter(|(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| v)
             .sum()
     }
@@ -95,5 +106,12 @@ mod tests {
         assert_eq!(m.get_labelled("e_total", &[("kind", "x")]), 5.0);
         assert_eq!(m.get_labelled("e_total", &[("kind", "z")]), 0.0);
         assert_eq!(m.get_labelled("other", &[]), 0.0);
+        assert_eq!(
+            m.get(r#"e_total{service="s",kind="x"}"#),
+            2.0,
+            "other labels ignored"
+        );
+        assert_eq!(m.get(r#"e_total{kind="x",service="t"}"#), 3.0, "as written");
+        assert_eq!(m.get("e_total"), 10.0, "the family");
     }
 }
