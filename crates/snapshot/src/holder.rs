@@ -120,7 +120,7 @@ fn receive(sock: BorrowedFd<'_>) -> io::Result<(u8, Vec<ConnId>, Vec<OwnedFd>)> 
     }
     let truncated = msg
         .flags
-        .contains(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
     let len = msg.bytes;
     if len == 0 {
         return Err(io::Error::new(
@@ -491,6 +491,23 @@ mod tests {
         );
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_message_beyond_the_batch_is_refused_whole() {
+        let service = format!("unit-big-{}", std::process::id());
+        let listener = listen_as(&service).unwrap();
+        let holder = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let result = accept_one(&listener, &mut held);
+            (result.is_err(), held.len())
+        });
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ids: Vec<ConnId> = (0..BATCH as u64 + 10).collect();
+        let raw: Vec<RawFd> = ids.iter().map(|_| tcp.as_raw_fd()).collect();
+        let fd = dial(&service).unwrap();
+        send(fd.as_fd(), &encode(OP_HOLD, &ids), &raw).unwrap();
+        assert_eq!(holder.join().unwrap(), (true, 0), "refused, nothing held");
     }
 
     #[test]
