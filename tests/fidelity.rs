@@ -165,6 +165,9 @@ enum Svc {
     /// memcached `-t 1` checkpointed by CRIU carrying the connections:
     /// `noreply` input continues instead of being closed.
     MemcachedCarried,
+    /// `RedisAuthCarried` moved by the iterative method (pre-copy rounds
+    /// dump the service alone; the final dump carries the connections).
+    RedisAuthCarriedIterative,
 }
 
 impl Svc {
@@ -174,7 +177,8 @@ impl Svc {
             | Svc::RedisCriu
             | Svc::RedisUndeclared
             | Svc::RedisAuth
-            | Svc::RedisAuthCarried => "redis",
+            | Svc::RedisAuthCarried
+            | Svc::RedisAuthCarriedIterative => "redis",
             Svc::Seqsvc | Svc::SeqsvcCriu | Svc::SeqsvcCarried => "seqsvc",
             Svc::Memcached | Svc::MemcachedThreaded | Svc::MemcachedCarried => "memcached",
         }
@@ -186,7 +190,7 @@ impl Svc {
             Svc::Redis | Svc::RedisUndeclared | Svc::RedisAuth => &["redis-server", "redis-cli"],
             Svc::Seqsvc => &[],
             Svc::Memcached | Svc::MemcachedThreaded => &["memcached"],
-            Svc::RedisCriu | Svc::RedisAuthCarried => &[
+            Svc::RedisCriu | Svc::RedisAuthCarried | Svc::RedisAuthCarriedIterative => &[
                 "redis-server",
                 "redis-cli",
                 "unshare",
@@ -200,6 +204,14 @@ impl Svc {
         }
     }
 
+    /// Extra `replaymig migrate` arguments (the method).
+    fn migrate_args(self) -> &'static [&'static str] {
+        match self {
+            Svc::RedisAuthCarriedIterative => &["--method", "iterative"],
+            _ => &[],
+        }
+    }
+
     /// Whether its nodes run in a testbed (two network namespaces).
     fn in_testbed(self) -> bool {
         matches!(
@@ -209,6 +221,7 @@ impl Svc {
                 | Svc::RedisAuthCarried
                 | Svc::SeqsvcCarried
                 | Svc::MemcachedCarried
+                | Svc::RedisAuthCarriedIterative
         )
     }
 
@@ -285,7 +298,7 @@ impl Svc {
                 };
                 write_service_node_config(dir, name, me, other, "a", &spec)
             }
-            Svc::RedisAuthCarried => {
+            Svc::RedisAuthCarried | Svc::RedisAuthCarriedIterative => {
                 let start = format!(
                     "unshare --pid --fork {{holder}} redis-server --port {{port}} --bind 127.0.0.1 \
                      --dir {{data_dir}} --save '' --appendonly no --requirepass {}",
@@ -608,6 +621,7 @@ impl Cluster {
             .replaymig_on('a')
             .args(["migrate", self.svc.name(), "--to", "b", "--admin"])
             .arg(format!("127.0.0.1:{}", self.pa.admin))
+            .args(self.svc.migrate_args())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -1013,6 +1027,7 @@ fn suite_label(suite: &str) -> &'static str {
         "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (closed at the snapshot, clients reconnect)",
         "k" => "memcached -t 1: noreply writers (confirmed by mn), a shared counter, one writer tunneled (driver none)",
         "j" => "Redis with requirepass, connection_state undeclared: SELECT+SETNAME, MULTI across the barrier, SUBSCRIBE+PUBLISH, BLPOP 0, 2 MiB SETs sent slowly, an idle connection",
+        "o" => "suite l by the iterative method (pre-copy rounds, then one hold to the hand-over)",
         "n" => "suite k with CRIU carrying the connections (no writer closed)",
         "m" => "suite b with CRIU carrying the connections, connection_state undeclared",
         "l" => "suite j with CRIU carrying the connections (socket holder): in-use connections continue with their state",
@@ -1717,6 +1732,19 @@ fn m_seqsvc_global_sequence_carried_by_criu() {
         false,
         seq_sequence_clients,
         check_seq,
+    );
+}
+
+/// Suite l by the iterative method: its final dump carries the
+/// connections (the pre-copy rounds dump the service alone).
+#[test]
+fn o_redis_stateful_clients_carried_by_criu_iterative() {
+    campaign(
+        "o",
+        Svc::RedisAuthCarriedIterative,
+        false,
+        stateful::state_clients,
+        stateful::check_carried_state,
     );
 }
 
