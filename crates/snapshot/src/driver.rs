@@ -13,6 +13,9 @@
 //!   `criu restore -d` from inside the destination's, which gives the
 //!   restored process its old PIDs in a fresh PID namespace while the
 //!   original still runs (see ENVIRONMENT.md and tools/install-criu.sh).
+//!   With `carry_connections` the init is the socket holder
+//!   ([`crate::holder`]) and the connections are dumped and restored
+//!   established (`--tcp-established`), both of their ends in the image.
 //! * `none`: a stateless service; nothing to dump, replay starts at LSN 1.
 
 use serde::Deserialize;
