@@ -20,44 +20,53 @@ use replaymig_journal::ConnId;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
-/// A copy of the proxy's end of each open journaled service connection.
-/// `_hold` proves the gate is held, so no forward is using a writing half
-/// and the set of journaled connections is fixed.
+/// Applies `f` to the proxy's end of each open journaled service
+/// connection, in connection order. Under a barrier's hold (the gate is
+/// held), so no forward is using a writing half and the set of journaled
+/// connections is fixed.
+async fn each_service_socket<T>(
+    shared: &Shared,
+    mut f: impl FnMut(ConnId, &tokio::net::TcpStream) -> std::io::Result<T>,
+) -> std::io::Result<Vec<T>> {
+    let mut open = shared.open_slots();
+    open.sort_by_key(|slot| slot.conn);
+    let mut out = Vec::with_capacity(open.len());
+    for slot in open {
+        let half = slot.service_write.lock().await;
+        out.push(f(slot.conn, (*half).as_ref())?);
+    }
+    Ok(out)
+}
+
+/// A copy of the proxy's end of each open journaled service connection
+/// (`_hold` proves the gate is held).
 pub(crate) async fn service_sockets(
     shared: &Shared,
     _hold: &Quiesced,
 ) -> std::io::Result<Vec<(ConnId, OwnedFd)>> {
-    let open = shared.open_slots();
-    let mut out = Vec::with_capacity(open.len());
-    for slot in open {
-        let half = slot.service_write.lock().await;
-        let stream: &tokio::net::TcpStream = (*half).as_ref();
-        out.push((slot.conn, stream.as_fd().try_clone_to_owned()?));
-    }
-    out.sort_by_key(|(conn, _)| *conn);
-    Ok(out)
+    each_service_socket(shared, |conn, stream| {
+        Ok((conn, stream.as_fd().try_clone_to_owned()?))
+    })
+    .await
 }
 
 nix::ioctl_read_bad!(unread_bytes, nix::libc::FIONREAD, nix::libc::c_int);
 
 /// Answer bytes the service has written that the proxy has not read yet,
 /// over all journaled service connections (each socket's receive queue).
-/// At a hand-over whose destination continues every connection, with the
-/// old service paused: once this is 0 and the answer counts still match
-/// the mark, the old service has said its last word, and everything it
-/// said is in the mark.
+/// With the service paused: once this is 0 and the answer counts still
+/// match the mark, the service has said its last word before the point,
+/// and everything it said is in the mark.
 pub(crate) async fn answers_unread(shared: &Shared, _hold: &Quiesced) -> std::io::Result<u64> {
-    let mut total = 0u64;
-    for slot in shared.open_slots() {
-        let half = slot.service_write.lock().await;
-        let stream: &tokio::net::TcpStream = (*half).as_ref();
+    let unread = each_service_socket(shared, |_, stream| {
         let mut n: nix::libc::c_int = 0;
         // SAFETY: FIONREAD writes one int through the pointer.
         unsafe { unread_bytes(std::os::fd::AsRawFd::as_raw_fd(stream), &mut n) }
             .map_err(std::io::Error::from)?;
-        total += n.max(0) as u64;
-    }
-    Ok(total)
+        Ok(n.max(0) as u64)
+    })
+    .await?;
+    Ok(unread.iter().sum())
 }
 
 /// The connections whose count of answer bytes read from the service is

@@ -319,7 +319,7 @@ pub(crate) enum BarrierFor {
 /// Which connections a barrier for `purpose` closes (see
 /// `ServiceConfig::close_connections`).
 pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> CloseAtBarrier {
-    if carried_at(config) {
+    if config.carries_connections() {
         // The snapshot carries every connection as it is.
         return CloseAtBarrier::default();
     }
@@ -330,15 +330,6 @@ pub(crate) fn close_at_barrier(config: &ServiceConfig, purpose: BarrierFor) -> C
             && purpose == BarrierFor::Snapshot
             && config.connection_state == ConnectionState::Unknown,
     }
-}
-
-/// Whether a barrier lets the destination continue every connection as
-/// it is, unanswered input included: the snapshot carries them (CRIU with
-/// the socket holder), and at the hand-over each was carried or opened
-/// since. Either way the service is paused at the point so that no answer
-/// comes from both sides (`carry::pause_and_drain`).
-pub(crate) fn carried_at(config: &ServiceConfig) -> bool {
-    config.carries_connections()
 }
 
 /// The quiet window of a barrier that pauses the service: only a guard
@@ -367,7 +358,11 @@ pub(crate) async fn quiesce_with_retries(
         // still being sent, or a slow answer, is done after the back-off;
         // what is still unanswered at the next attempt is closed.
         close.unanswered &= attempt > 1 || attempt == attempts;
-        let carried = carried_at(&host.config);
+        // Every connection continues as it is, unanswered input included
+        // (carried by the snapshot, or opened since at the hand-over): the
+        // service is paused at the point instead of waited for, so no
+        // answer comes from both sides (`carry::pause_and_drain`).
+        let carried = host.config.carries_connections();
         let options = QuiesceOptions {
             idle: if carried {
                 CARRIED_QUIET
