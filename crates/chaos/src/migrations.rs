@@ -290,6 +290,10 @@ fn status(admin: u16) -> Result<serde_json::Value> {
     s.write_all(b"{\"status\": {}}\n")?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
+    anyhow::ensure!(
+        !line.trim().is_empty(),
+        "node with admin port {admin} closed the status request unanswered"
+    );
     let v: serde_json::Value = serde_json::from_str(&line)?;
     Ok(v["services"][0].clone())
 }
@@ -465,7 +469,19 @@ fn one_run(target: &Target, fault: Fault, options: &FaultedMigrations) -> Result
     pair.relay.set(PASS);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (sa, sb) = (status(pair.pa.admin)?, status(pair.pb.admin)?);
+        // A node still settling the fault (discarding its copy, restarting)
+        // may close an admin connection unanswered: asked again until the
+        // deadline, which still fails the run.
+        let (sa, sb) = match (status(pair.pa.admin), status(pair.pb.admin)) {
+            (Ok(sa), Ok(sb)) => (sa, sb),
+            (Err(e), _) | (_, Err(e)) => {
+                if Instant::now() > deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         let settled = sb["migrating"] == false && sb["prepared"].is_null();
         if settled || Instant::now() > deadline {
             if sa["owner"] != "a" || sb["owner"] != "a" || sa["epoch"] != 1 || sb["epoch"] != 1 {
