@@ -256,7 +256,7 @@ impl Svc {
                 );
                 let spec = ServiceSpec {
                     name: "redis",
-                    start: "redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no",
+                    start: "redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --enable-protected-configs local",
                     ready: Some("redis-cli -p {port} PING | grep -q PONG"),
                     snapshot: &snapshot,
                     ..Default::default()
@@ -272,7 +272,7 @@ impl Svc {
                 );
                 let start = format!(
                     "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' \
-                     --appendonly no --requirepass {}",
+                     --appendonly no --enable-protected-configs local --requirepass {}",
                     stateful::PASSWORD
                 );
                 let ready = format!("{auth} -p {{port}} PING | grep -q PONG");

@@ -77,14 +77,15 @@ nodes_start() {
 # Redis as a node service (for nodes_config): its start command, its
 # readiness check, and the exec driver's BGSAVE snapshot — BGSAVE fixes
 # the snapshot point at its fork, so input is held only that long; the
-# child writes the RDB while the service serves again.
-REDIS_START="redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --protected-mode no"
+# child writes the RDB straight into the snapshot directory (CONFIG SET
+# dir, allowed from loopback by --enable-protected-configs local) while the
+# service serves again, and the node streams the file as it grows.
+REDIS_START="redis-server --port {port} --bind 127.0.0.1 --dir {data_dir} --save '' --appendonly no --protected-mode no --enable-protected-configs local"
 REDIS_READY="redis-cli -p {port} PING | grep -q PONG"
 REDIS_EXEC_SNAPSHOT='driver = "exec"
 dump = [
-  "redis-cli -p {port} BGSAVE | grep -q saving.started",
-  "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q rdb_last_bgsave_status:ok",
-  "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
+  "printf '"'"'CONFIG SET dir %s\\nBGSAVE\\n'"'"' {snapshot_dir} | redis-cli -p {port} | tr -d '"'"'\\n'"'"' | grep -q ^OKBackground.saving.started$",
+  "while redis-cli -p {port} INFO persistence | grep -q rdb_bgsave_in_progress:1; do sleep 0.01; done; ok=$(redis-cli -p {port} INFO persistence | grep -c rdb_last_bgsave_status:ok); redis-cli -p {port} CONFIG SET dir {data_dir} >/dev/null; [ $ok = 1 ]",
 ]
 point_fixed_after = 1
 restore = ["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb"]'

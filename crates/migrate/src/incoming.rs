@@ -14,7 +14,7 @@ pub enum Incoming {
     },
     /// `MigrateReady`.
     Ready,
-    /// `SnapshotBegin`, `SnapshotChunk` or `SnapshotEnd`.
+    /// `SnapshotBegin`, `SnapshotChunk`, `SnapshotEnd` or a streamed piece.
     Snapshot,
     /// `LogBatch`.
     LogBatch,
@@ -54,7 +54,9 @@ impl From<&Message> for Incoming {
             Message::MigrateReady => Incoming::Ready,
             Message::SnapshotBegin { .. }
             | Message::SnapshotChunk { .. }
-            | Message::SnapshotEnd => Incoming::Snapshot,
+            | Message::SnapshotEnd
+            | Message::SnapshotStreamChunk { .. }
+            | Message::SnapshotStreamsNamed { .. } => Incoming::Snapshot,
             Message::LogBatch { .. } => Incoming::LogBatch,
             Message::LogApplied { .. } => Incoming::LogApplied,
             Message::HandOver { epoch, .. } => Incoming::HandOver { epoch: *epoch },

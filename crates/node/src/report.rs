@@ -121,6 +121,10 @@ pub struct MigrationReport {
     pub snapshot_bytes: u64,
     /// Snapshot bytes before compression.
     pub snapshot_raw_bytes: u64,
+    /// Of those, bytes sent while the dump was still being written
+    /// (`ExecDriver::stream`): the part of the transfer the dump overlapped.
+    #[serde(default)]
+    pub snapshot_streamed_bytes: u64,
     /// Journal bytes on the link (compressed batches).
     pub log_bytes: u64,
     /// The same records before compression.
@@ -210,8 +214,8 @@ impl fmt::Display for MigrationReport {
         )?;
         writeln!(
             f,
-            "  bytes: snapshot   {:>10} ({} before compression)",
-            self.snapshot_bytes, self.snapshot_raw_bytes
+            "  bytes: snapshot   {:>10} ({} before compression, {} of them while dumping)",
+            self.snapshot_bytes, self.snapshot_raw_bytes, self.snapshot_streamed_bytes
         )?;
         writeln!(
             f,

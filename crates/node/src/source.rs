@@ -21,10 +21,16 @@ use replaymig_migrate::Incoming;
 use replaymig_peer::{Message, PeerLink};
 use replaymig_proxy::{AnswerJournaling, ClosedAtBarrier, Route};
 use replaymig_snapshot::delta::BlockIndex;
+use replaymig_snapshot::stream::DumpStream;
 use replaymig_snapshot::transfer::SnapshotChunks;
 use replaymig_snapshot::{Driver, Manifest, Placeholders};
 use std::collections::VecDeque;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// How often a streamed dump looks for newly written pieces when none was
+/// ready: short against a dump's length, long enough not to spin.
+const STREAM_POLL: Duration = Duration::from_millis(5);
 
 /// Runs a migration of `service` from this node to `to`.
 pub async fn migrate_out(
@@ -173,6 +179,8 @@ struct SourceRun<'a> {
     settled: Option<SettledForwarding<'a>>,
     dir: Option<tempfile::TempDir>,
     manifest: Option<Manifest>,
+    /// The files sent while the dump was written (`ExecDriver::stream`).
+    streamed: Option<DumpStream>,
     shipper: Option<Shipper>,
     dial: Option<Route>,
     process: Option<ServiceProcess>,
@@ -218,6 +226,7 @@ impl<'a> SourceRun<'a> {
             settled: None,
             dir: None,
             manifest: None,
+            streamed: None,
             shipper: None,
             dial: None,
             process: None,
@@ -529,10 +538,19 @@ impl<'a> SourceRun<'a> {
     }
 
     async fn finish_dump(&mut self) -> Result<()> {
-        let dir = self.dir.as_ref().expect("the point is fixed");
-        self.driver.finish_dump(dir.path(), &self.vars).await?;
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("the point is fixed")
+            .path()
+            .to_path_buf();
+        if self.driver.streams_dump() && self.held_at_destination.is_none() {
+            self.dump_streaming(&dir).await?;
+        } else {
+            self.driver.finish_dump(&dir, &self.vars).await?;
+        }
         self.manifest = Some(Manifest::build(
-            dir.path(),
+            &dir,
             &self.host.config.name,
             self.driver.name(),
             self.report.snapshot_lsn,
@@ -541,22 +559,70 @@ impl<'a> SourceRun<'a> {
         Ok(())
     }
 
+    /// The rest of the dump, its files sent as they grow meanwhile (with
+    /// the log after the snapshot point between pieces).
+    async fn dump_streaming(&mut self, dir: &Path) -> Result<()> {
+        let (driver, vars, at) = (self.driver.clone(), self.vars.clone(), dir.to_path_buf());
+        // A failed send ends this step: the dump's commands die with it.
+        let mut dump = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            driver.finish_dump(&at, &vars).await
+        }));
+        let mut stream = DumpStream::new(dir, true);
+        let mut shipper = Shipper::new(&self.host.journal, self.report.snapshot_lsn + 1)?;
+        let link = self.link.as_mut().expect("linked");
+        while !dump.is_finished() {
+            let Some(msg) = stream.next_message()? else {
+                shipper.ship_ready(link, 4).await?;
+                tokio::time::sleep(STREAM_POLL).await;
+                continue;
+            };
+            link.send(msg).await?;
+            shipper.ship_ready(link, 4).await?;
+            let head = self.host.journal.last_lsn();
+            let sent = stream.stats.wire_bytes;
+            self.ticker.tick(sent, shipper.stats.records, 0, head);
+        }
+        (&mut dump).await.context("the dump task failed")??;
+        self.shipper = Some(shipper);
+        self.streamed = Some(stream);
+        Ok(())
+    }
+
     async fn transfer(&mut self) -> Result<()> {
         let dir = self.dir.as_ref().expect("dumped").path().to_path_buf();
         let manifest = self.manifest.as_ref().expect("dumped");
         // The log after s travels with the snapshot: between chunks,
         // whatever the journal holds by then is shipped too.
-        let mut shipper = Shipper::new(&self.host.journal, self.report.snapshot_lsn + 1)?;
-        let mut chunks = match &self.held_at_destination {
-            Some(held) => {
+        let mut shipper = match self.shipper.take() {
+            Some(shipper) => shipper,
+            None => Shipper::new(&self.host.journal, self.report.snapshot_lsn + 1)?,
+        };
+        let link = self.link.as_mut().expect("linked");
+        let mut chunks = match (&self.held_at_destination, self.streamed.as_mut()) {
+            (Some(held), _) => {
                 let index = BlockIndex::of(&dir, manifest)?;
                 let (ranges, _) = index.changed_since(manifest, Some(held));
                 SnapshotChunks::delta(&dir, manifest, true, ranges)
             }
-            None => SnapshotChunks::new(&dir, manifest, true),
+            (None, Some(streamed)) => {
+                let settled = streamed.settle(manifest)?;
+                self.report.snapshot_bytes += streamed.stats.wire_bytes;
+                self.report.snapshot_raw_bytes += streamed.stats.raw_bytes;
+                self.report.snapshot_streamed_bytes = streamed.stats.raw_bytes;
+                tracing::info!(
+                    streamed = streamed.stats.raw_bytes,
+                    stale = settled.stale_bytes,
+                    "snapshot streamed while dumping; the rest follows"
+                );
+                link.send(Message::SnapshotStreamsNamed {
+                    names: settled.names,
+                })
+                .await?;
+                SnapshotChunks::delta(&dir, manifest, true, settled.ranges)
+            }
+            (None, None) => SnapshotChunks::new(&dir, manifest, true),
         };
         let before = self.report.snapshot_bytes;
-        let link = self.link.as_mut().expect("linked");
         while let Some(msg) = chunks.next_message()? {
             link.send(msg).await?;
             shipper.ship_ready(link, 4).await?;

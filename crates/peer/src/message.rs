@@ -55,6 +55,28 @@ pub enum Message {
     },
     /// Every chunk was sent.
     SnapshotEnd,
+    /// A piece of a file the dump was still writing, sent before the
+    /// manifest exists: the file is known by a stream number until
+    /// `SnapshotStreamsNamed` says which file it became.
+    SnapshotStreamChunk {
+        /// The sender's number for the file being written.
+        stream: u32,
+        /// Where the piece starts in the file.
+        offset: u64,
+        /// Whether `data` is zstd-compressed.
+        compressed: bool,
+        /// The bytes (compressed or not).
+        data: Vec<u8>,
+        /// CRC-32 of the uncompressed bytes.
+        crc32: u32,
+    },
+    /// The dump finished: which streamed file is which snapshot file (the
+    /// rest were temporary and are dropped). `SnapshotBegin` follows; its
+    /// chunks fill in what the stream lacks or got wrong.
+    SnapshotStreamsNamed {
+        /// (stream number, file name relative to the snapshot directory).
+        names: Vec<(u32, String)>,
+    },
     /// Journal records after the snapshot point, in LSN order, each in the
     /// journal's own checksummed encoding (verified on arrival).
     LogBatch {
@@ -167,6 +189,8 @@ impl Message {
             Message::SnapshotBegin { .. } => "snapshot_begin",
             Message::SnapshotChunk { .. } => "snapshot_chunk",
             Message::SnapshotEnd => "snapshot_end",
+            Message::SnapshotStreamChunk { .. } => "snapshot_stream_chunk",
+            Message::SnapshotStreamsNamed { .. } => "snapshot_streams_named",
             Message::LogBatch { .. } => "log_batch",
             Message::LogApplied { .. } => "log_applied",
             Message::MigrateBegin { .. } => "migrate_begin",

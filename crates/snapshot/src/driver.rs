@@ -84,6 +84,17 @@ pub struct ExecDriver {
     /// Default: all of them (the hold lasts the whole dump).
     #[serde(default)]
     pub point_fixed_after: Option<usize>,
+    /// Send the files that appear in `{snapshot_dir}` while the commands
+    /// after the fixed point run, as they grow (see [`crate::stream`]):
+    /// the dump overlaps the transfer. Pays off when those commands write
+    /// straight into `{snapshot_dir}`; the manifest's checksums keep it
+    /// exact whatever they do.
+    #[serde(default = "default_stream")]
+    pub stream: bool,
+}
+
+fn default_stream() -> bool {
+    true
 }
 
 fn default_timeout_secs() -> u64 {
@@ -197,6 +208,12 @@ impl Driver {
             }
             Driver::Criu(_) | Driver::None => Ok(()),
         }
+    }
+
+    /// Whether the dump goes on after the snapshot point is fixed and its
+    /// files are to be sent while it does (`ExecDriver::stream`).
+    pub fn streams_dump(&self) -> bool {
+        matches!(self, Driver::Exec(e) if e.stream && !e.dump_after_fixed().is_empty())
     }
 
     /// Puts the state in `snapshot_dir` in place for the service (CRIU:
@@ -487,6 +504,7 @@ mod tests {
             restore: vec!["sleep 5".into()],
             timeout_secs: 1,
             point_fixed_after: None,
+            stream: true,
         };
         let d = Driver::Exec(exec);
         let err = d.dump(dir.path(), &Placeholders::new()).await.unwrap_err();

@@ -11,6 +11,7 @@
 
 use crate::delta::Range;
 use crate::manifest::{safe_relative, Manifest, ManifestError};
+use crate::stream::StreamedFiles;
 use replaymig_peer::{LinkError, Message, PeerLink};
 
 use std::path::Path;
@@ -149,25 +150,86 @@ impl<'a> SnapshotChunks<'a> {
         if start + (n as u64) < end {
             pending.push_front((start + n as u64, end));
         }
-        let raw = &mut self.buf[..n];
-        std::os::unix::fs::FileExt::read_exact_at(file, raw, start)?;
-        let raw = &self.buf[..n];
-        let crc32 = crc32fast::hash(raw);
-        let (data, compressed) = if self.compress {
-            (zstd::bulk::compress(raw, 3)?, true)
-        } else {
-            (raw.to_vec(), false)
-        };
-        self.stats.wire_bytes += data.len() as u64;
-        self.stats.raw_bytes += n as u64;
-        self.stats.chunks += 1;
+        let piece = Piece::read(file, start, &mut self.buf[..n], self.compress)?;
+        self.stats.count(&piece);
         Ok(Some(Message::SnapshotChunk {
             file: index as u32,
             offset: start,
-            compressed,
-            data,
-            crc32,
+            compressed: piece.compressed,
+            data: piece.data,
+            crc32: piece.crc32,
         }))
+    }
+}
+
+/// One chunk's payload as it goes on the link.
+pub(crate) struct Piece {
+    /// The bytes, zstd-compressed if `compressed`.
+    pub data: Vec<u8>,
+    /// Whether `data` is compressed.
+    pub compressed: bool,
+    /// CRC-32 of the uncompressed bytes.
+    pub crc32: u32,
+    /// Uncompressed length.
+    pub raw_len: u64,
+}
+
+impl Piece {
+    /// Reads `buf.len()` bytes of `file` at `offset` into a piece.
+    pub(crate) fn read(
+        file: &std::fs::File,
+        offset: u64,
+        buf: &mut [u8],
+        compress: bool,
+    ) -> Result<Piece, TransferError> {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)?;
+        let crc32 = crc32fast::hash(buf);
+        let (data, compressed) = if compress {
+            (zstd::bulk::compress(buf, 3)?, true)
+        } else {
+            (buf.to_vec(), false)
+        };
+        Ok(Piece {
+            data,
+            compressed,
+            crc32,
+            raw_len: buf.len() as u64,
+        })
+    }
+
+    /// The uncompressed bytes of a received piece of `name` at `offset`,
+    /// checked against their CRC-32.
+    pub(crate) fn check(
+        name: &str,
+        offset: u64,
+        compressed: bool,
+        data: Vec<u8>,
+        crc32: u32,
+    ) -> Result<Vec<u8>, TransferError> {
+        let corrupt = |reason: String| TransferError::CorruptChunk {
+            file: name.to_string(),
+            offset,
+            reason,
+        };
+        let raw = if compressed {
+            zstd::bulk::decompress(&data, CHUNK_BYTES)
+                .map_err(|e| corrupt(format!("does not decompress: {e}")))?
+        } else {
+            data
+        };
+        if crc32fast::hash(&raw) != crc32 {
+            return Err(corrupt("CRC-32 mismatch".into()));
+        }
+        Ok(raw)
+    }
+}
+
+impl TransferStats {
+    /// Counts a piece sent.
+    pub(crate) fn count(&mut self, piece: &Piece) {
+        self.wire_bytes += piece.data.len() as u64;
+        self.raw_bytes += piece.raw_len;
+        self.chunks += 1;
     }
 }
 
@@ -209,17 +271,34 @@ pub async fn receive_with(
     dir: &Path,
     mut aside: impl FnMut(Message) -> Result<(), TransferError>,
 ) -> Result<(Manifest, TransferStats), TransferError> {
-    let manifest: Manifest = match link.recv_timeout(STEP_TIMEOUT).await? {
-        Message::SnapshotBegin { manifest } => Manifest::parse(&manifest)
-            .map_err(|e| TransferError::Protocol(format!("malformed manifest: {e}")))?,
-        other => {
-            return Err(TransferError::Protocol(format!(
-                "expected snapshot_begin, got {}",
-                other.name()
-            )))
+    std::fs::create_dir_all(dir)?;
+    let mut stats = TransferStats::default();
+    // Pieces streamed while the dump was still being written come first,
+    // under stream numbers; the sender then says which file each became.
+    let mut streamed = StreamedFiles::new(dir);
+    let manifest: Manifest = loop {
+        match link.recv_timeout(STEP_TIMEOUT).await? {
+            Message::SnapshotBegin { manifest } => {
+                break Manifest::parse(&manifest)
+                    .map_err(|e| TransferError::Protocol(format!("malformed manifest: {e}")))?
+            }
+            Message::SnapshotStreamChunk {
+                stream,
+                offset,
+                compressed,
+                data,
+                crc32,
+            } => {
+                stats.wire_bytes += data.len() as u64;
+                let raw = streamed.write(stream, offset, compressed, data, crc32)?;
+                stats.raw_bytes += raw;
+                stats.chunks += 1;
+            }
+            Message::SnapshotStreamsNamed { names } => streamed.name(&names)?,
+            other => aside(other)?,
         }
     };
-    std::fs::create_dir_all(dir)?;
+    streamed.finish()?;
     remove_unnamed(dir, &manifest)?;
     let mut files = Vec::with_capacity(manifest.files.len());
     for entry in &manifest.files {
@@ -235,7 +314,6 @@ pub async fn receive_with(
         file.set_len(entry.size)?;
         files.push(file);
     }
-    let mut stats = TransferStats::default();
     loop {
         match link.recv_timeout(STEP_TIMEOUT).await? {
             Message::SnapshotChunk {
@@ -252,23 +330,14 @@ pub async fn receive_with(
                     .ok_or_else(|| {
                         TransferError::Protocol(format!("chunk for unknown file #{file}"))
                     })?;
-                let corrupt = |reason: String| TransferError::CorruptChunk {
-                    file: entry.name.clone(),
-                    offset,
-                    reason,
-                };
                 stats.wire_bytes += data.len() as u64;
-                let raw = if compressed {
-                    zstd::bulk::decompress(&data, CHUNK_BYTES)
-                        .map_err(|e| corrupt(format!("does not decompress: {e}")))?
-                } else {
-                    data
-                };
-                if crc32fast::hash(&raw) != crc32 {
-                    return Err(corrupt("CRC-32 mismatch".into()));
-                }
+                let raw = Piece::check(&entry.name, offset, compressed, data, crc32)?;
                 if offset.saturating_add(raw.len() as u64) > entry.size {
-                    return Err(corrupt("runs past the file size in the manifest".into()));
+                    return Err(TransferError::CorruptChunk {
+                        file: entry.name.clone(),
+                        offset,
+                        reason: "runs past the file size in the manifest".into(),
+                    });
                 }
                 std::os::unix::fs::FileExt::write_all_at(&*out, &raw, offset)?;
                 stats.raw_bytes += raw.len() as u64;

@@ -25,6 +25,7 @@ fn redis_exec_driver() -> Driver {
         restore: vec!["cp {snapshot_dir}/dump.rdb {data_dir}/dump.rdb".into()],
         timeout_secs: 30,
         point_fixed_after: None,
+        stream: true,
     })
 }
 
@@ -208,4 +209,92 @@ async fn delta_rounds_patch_the_receivers_copy_into_the_new_dump() {
         !into.path().join("old.img").exists(),
         "a file the new dump lacks is removed"
     );
+}
+
+/// A dump whose file is written in steps under a temporary name, renamed
+/// into place and then patched at its start (the way a dump may fix up a
+/// header): the pieces written meanwhile are streamed before the dump
+/// ends, the patched piece and the tail follow as chunks, and the receiver
+/// ends with exactly the dumped bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_streamed_while_it_is_written_arrives_exact() {
+    use replaymig_snapshot::stream::DumpStream;
+    use replaymig_snapshot::transfer::SnapshotChunks;
+
+    let driver = Driver::Exec(ExecDriver {
+        dump: vec![
+            "true".into(),
+            // 12 × 512 KiB with pauses, renamed, first bytes rewritten.
+            "for i in $(seq 12); do head -c 524288 /dev/urandom; sleep 0.03; done \
+             >{snapshot_dir}/tmp.part && mv {snapshot_dir}/tmp.part {snapshot_dir}/state.bin \
+             && printf patched | dd of={snapshot_dir}/state.bin conv=notrunc status=none"
+                .into(),
+        ],
+        restore: vec![],
+        timeout_secs: 30,
+        point_fixed_after: Some(1),
+        stream: true,
+    });
+    assert!(driver.streams_dump());
+    let snap = TempDir::new().unwrap();
+    let vars = Placeholders::new();
+    driver.fix_point(snap.path(), &vars).await.unwrap();
+
+    let (mut a, mut b) = link_pair().await;
+    let received = TempDir::new().unwrap();
+    let into = received.path().join("snap");
+    let receiving = tokio::spawn(async move { transfer::receive(&mut b, &into).await });
+
+    let dump = {
+        let (driver, dir) = (driver.clone(), snap.path().to_path_buf());
+        tokio::spawn(async move { driver.finish_dump(&dir, &Placeholders::new()).await })
+    };
+    let mut stream = DumpStream::new(snap.path(), true);
+    while !dump.is_finished() {
+        match stream.next_message().unwrap() {
+            Some(msg) => a.send(msg).await.unwrap(),
+            None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    }
+    dump.await.unwrap().unwrap();
+    let manifest = Manifest::build(snap.path(), "svc", "exec", 5).unwrap();
+    let settled = stream.settle(&manifest).unwrap();
+    assert_eq!(settled.names, vec![(0, "state.bin".to_string())]);
+    assert!(
+        stream.stats.raw_bytes >= 2 << 20,
+        "pieces were sent while the dump ran: {:?}",
+        stream.stats
+    );
+    assert_eq!(
+        settled.stale_bytes,
+        transfer::CHUNK_BYTES as u64,
+        "the patched first piece is sent again"
+    );
+    a.send(Message::SnapshotStreamsNamed {
+        names: settled.names.clone(),
+    })
+    .await
+    .unwrap();
+    let mut chunks = SnapshotChunks::delta(snap.path(), &manifest, true, settled.ranges);
+    while let Some(msg) = chunks.next_message().unwrap() {
+        a.send(msg).await.unwrap();
+    }
+    let (got, stats) = receiving.await.unwrap().unwrap();
+    assert_eq!(got, manifest);
+    assert_eq!(
+        stats.raw_bytes,
+        stream.stats.raw_bytes + chunks.stats.raw_bytes,
+        "the receiver counts streamed pieces and chunks"
+    );
+    assert_eq!(
+        stream.stats.raw_bytes + chunks.stats.raw_bytes - settled.stale_bytes,
+        manifest.total_bytes(),
+        "nothing but the patched piece is sent twice"
+    );
+    let dir = received.path().join("snap");
+    assert_eq!(
+        std::fs::read(dir.join("state.bin")).unwrap(),
+        std::fs::read(snap.path().join("state.bin")).unwrap()
+    );
+    assert!(!dir.join(".replaymig-streams").exists());
 }

@@ -33,12 +33,14 @@ impl NodePorts {
 }
 
 /// The exec driver's dump for Redis: `BGSAVE` fixes the snapshot point at
-/// its fork (so client input is held only that long), then wait for the
-/// child to finish and copy the RDB.
+/// its fork (so client input is held only that long); its child writes
+/// the RDB straight into the snapshot directory (`CONFIG SET dir`, which
+/// needs `--enable-protected-configs local` in the start command), so the
+/// node streams it while it is written; then wait for the child and put
+/// the directory back.
 pub const REDIS_BGSAVE_DUMP: &str = r#"dump = [
-  "redis-cli -p {port} BGSAVE | grep -q 'Background saving started'",
-  "while redis-cli -p {port} INFO persistence | grep -q 'rdb_bgsave_in_progress:1'; do sleep 0.02; done; redis-cli -p {port} INFO persistence | grep -q 'rdb_last_bgsave_status:ok'",
-  "cp {data_dir}/dump.rdb {snapshot_dir}/dump.rdb",
+  "printf 'CONFIG SET dir %s\nBGSAVE\n' {snapshot_dir} | redis-cli -p {port} | tr -d '\n' | grep -q '^OKBackground saving started$'",
+  "while redis-cli -p {port} INFO persistence | grep -q 'rdb_bgsave_in_progress:1'; do sleep 0.01; done; ok=$(redis-cli -p {port} INFO persistence | grep -c 'rdb_last_bgsave_status:ok'); redis-cli -p {port} CONFIG SET dir {data_dir} >/dev/null; [ \"$ok\" = 1 ]",
 ]
 point_fixed_after = 1"#;
 
@@ -76,7 +78,7 @@ owner = "{owner}"
 data_dir = "{data}"
 # The tests' redis clients keep no per-connection state.
 connection_state = "none"
-start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no"
+start = "redis-server --port {{port}} --bind 127.0.0.1 --dir {{data_dir}} --save '' --appendonly no --enable-protected-configs local"
 ready = "redis-cli -p {{port}} PING | grep -q PONG"
 [service.snapshot]
 driver = "exec"
