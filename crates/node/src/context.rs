@@ -167,7 +167,9 @@ impl NodeShared {
                     service.name
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Each try is a process; 10 ms keeps a restore from waiting
+            // on the poll rather than on the service.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -131,7 +131,8 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A restore waits on this: a coarse poll adds to every migration.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     bail!("the service did not accept connections on {addr} within {timeout:?}")
 }
