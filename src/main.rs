@@ -201,6 +201,7 @@ enum JournalCommand {
 }
 
 fn main() -> ExitCode {
+    replaymig_journal::allocator::tune_for_journal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REPLAYMIG_LOG")

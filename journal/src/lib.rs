@@ -18,6 +18,7 @@
 //!
 //! The public API has no sled types: the storage can change underneath.
 
+pub mod allocator;
 pub mod durability;
 pub mod error;
 pub mod fault;

@@ -42,6 +42,9 @@ pub(crate) const MAX_GROUP_BYTES: usize = 4 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// A staging file this large triggers a checkpoint early.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// A group this large is staged and stored on a blocking thread; a
+/// smaller one inline, where the hand-off would cost more than it frees.
+pub(crate) const OFFLOAD_BYTES: usize = 8 << 10;
 /// How often a failed storage is reopened.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -452,32 +455,43 @@ impl Writer {
         }
     }
 
-    /// Staging write (+ fdatasync), then the sled insert. Once the group is
-    /// staged it is also inserted even if the fdatasync failed, so a later
-    /// checkpoint never deletes the only copy of LSNs already spent (which
-    /// would leave a gap); the callers still get the error.
+    /// Staging write (+ fdatasync), then the sled insert, on a blocking
+    /// thread: they are a fifth of a busy proxy's thread (sled's encoding
+    /// and fresh buffers), and while they run the proxy relays on and the
+    /// next group fills up. One hand-off per group, not per record. Once
+    /// the group is staged it is also inserted even if the fdatasync
+    /// failed, so a later checkpoint never deletes the only copy of LSNs
+    /// already spent (which would leave a gap); the callers still get the
+    /// error.
     async fn persist(&mut self, first_lsn: Lsn) -> Result<(), Failure> {
-        let mut synced = Ok(());
-        if let Some(staging) = self.staging.as_mut() {
-            staging
-                .append(first_lsn, &self.segment)
-                .map_err(Failure::BeforeStaging)?;
-            if self.durability == Durability::Sync {
-                synced = match staging.file_handle() {
-                    Ok(file) => tokio::task::spawn_blocking(move || file.sync_data())
-                        .await
-                        .map_err(|e| JournalError::Io(std::io::Error::other(e)))
-                        .and_then(|r| r.map_err(JournalError::from)),
-                    Err(e) => Err(e),
-                };
-            }
+        let sync = self.durability == Durability::Sync;
+        if self.segment.len() < OFFLOAD_BYTES {
+            let staging = self.staging.as_mut();
+            return persist_segment(&self.store, staging, sync, first_lsn, &self.segment);
         }
-        let inserted = self.store.insert_segment(first_lsn, &self.segment);
-        match (self.staging.is_some(), inserted, synced) {
-            // Without a staging log nothing is spent until sled has it.
-            (false, Err(e), _) => Err(Failure::BeforeStaging(e)),
-            (true, Err(e), _) | (_, Ok(()), Err(e)) => Err(Failure::AfterStaging(e)),
-            (_, Ok(()), Ok(())) => Ok(()),
+        let mut staging = self.staging.take();
+        let segment = std::mem::take(&mut self.segment);
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let outcome = persist_segment(&store, staging.as_mut(), sync, first_lsn, &segment);
+            (outcome, staging, segment)
+        })
+        .await;
+        match stored {
+            Ok((outcome, staging, segment)) => {
+                self.staging = staging;
+                self.segment = segment;
+                outcome
+            }
+            // The staging log went with the panicked task: no append may
+            // go unstaged, so the storage is reopened (with a new one).
+            Err(e) => {
+                let error = format!("journal store task failed: {e}");
+                self.fault(error.clone());
+                Err(Failure::AfterStaging(JournalError::Io(
+                    std::io::Error::other(error),
+                )))
+            }
         }
     }
 
@@ -701,6 +715,36 @@ fn new_staging(store: &Store, durability: Durability) -> Result<Option<StagingLo
             0,
             mode == Durability::Sync,
         )?)),
+    }
+}
+
+/// [`Writer::persist`]'s work, on a blocking thread: stage `segment`
+/// (and fdatasync it with `sync`), then insert it into sled.
+fn persist_segment(
+    store: &Store,
+    staging: Option<&mut StagingLog>,
+    sync: bool,
+    first_lsn: Lsn,
+    segment: &[u8],
+) -> Result<(), Failure> {
+    let staged = staging.is_some();
+    let mut synced = Ok(());
+    if let Some(staging) = staging {
+        staging
+            .append(first_lsn, segment)
+            .map_err(Failure::BeforeStaging)?;
+        if sync {
+            synced = staging
+                .file_handle()
+                .and_then(|file| file.sync_data().map_err(JournalError::from));
+        }
+    }
+    let inserted = store.insert_segment(first_lsn, segment);
+    match (staged, inserted, synced) {
+        // Without a staging log nothing is spent until sled has it.
+        (false, Err(e), _) => Err(Failure::BeforeStaging(e)),
+        (true, Err(e), _) | (_, Ok(()), Err(e)) => Err(Failure::AfterStaging(e)),
+        (_, Ok(()), Ok(())) => Ok(()),
     }
 }
 
