@@ -415,9 +415,7 @@ async fn large_groups_stored_off_thread_keep_order_and_bytes() {
             } else {
                 3 * crate::writer::OFFLOAD_BYTES
             };
-            let body: String = std::iter::repeat((b'a' + i as u8) as char)
-                .take(len)
-                .collect();
+            let body: String = std::iter::repeat_n((b'a' + i as u8) as char, len).collect();
             j.append(data(conn, &body)).await.unwrap();
             expected.push(body);
         }
