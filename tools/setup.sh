@@ -14,10 +14,14 @@ set -euo pipefail
 # prometheus: tests/observability.rs scrapes two nodes with a real one.
 # memcached: tests/fidelity.rs migrates a single-threaded one (`-t 1`) under
 # a shared-key CAS / incr / append load.
+# etcd-server/etcd-client: fleet mode's registry (crates/fleet): its tests and
+# tools start real etcd members (3.4 in Debian 12) and check keys with etcdctl.
+# protobuf-compiler, libprotobuf-dev (the well-known types it imports): the
+# etcd-client crate's build compiles etcd's .proto files.
 # nodejs/npm: tools/validate-grafana.sh checks the dashboard against
 # Grafana's published schema (@grafana/schema, type-checked by tsc); the
 # machine usually has them already.
-packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core tshark prometheus memcached)
+packages=(redis-server redis-tools haproxy iproute2 iptables curl procps fonts-dejavu-core tshark prometheus memcached etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -59,7 +63,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 
-for tool in redis-server redis-cli redis-benchmark haproxy ip prometheus memcached node npm; do
+for tool in redis-server redis-cli redis-benchmark haproxy ip prometheus memcached etcd etcdctl protoc node npm; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing" >&2; exit 1; }
 done
 echo "setup: ok ($(redis-server --version | awk '{print $3}'), $(haproxy -v | head -1 | awk '{print $1, $3}'))"

@@ -2,6 +2,7 @@
 //! in temp dirs, child processes killed by PID when a test ends (also on
 //! panic), free loopback ports, and a small blocking RESP client.
 
+mod etcd;
 mod inproc;
 pub mod journal_view;
 mod load;
@@ -15,6 +16,7 @@ mod resp;
 pub mod seqsvc;
 mod tmpfs;
 
+pub use etcd::EtcdCluster;
 pub use inproc::InProcessProxy;
 pub use load::IncrLoad;
 pub use metrics::{scrape, Metrics};
