@@ -29,4 +29,4 @@ pub use keys::Keys;
 pub use membership::{Membership, NodeInfo};
 pub use ownership::{CommitOutcome, Owned, OwnerEntry};
 pub use registry::Registry;
-pub use routes::OwnerMap;
+pub use routes::{MemberMap, OwnerMap, PrefixMap, Versioned};

@@ -1,14 +1,16 @@
-//! The owner map every node keeps: each service's current entry, from a
-//! listing of the services' prefix followed by a watch from the revision
-//! after it. The `etcd-client` crate does not resume a watch: when the
+//! The maps every node keeps of the registry — services and their owners
+//! ([`OwnerMap`]), nodes and their addresses ([`MemberMap`]): a listing of
+//! the prefix followed by a watch from the revision after it. The `etcd-client` crate does not resume a watch: when the
 //! stream breaks (its member died, lost its leader, or the watch was
 //! cancelled) it is created again from the last revision seen + 1, on
 //! whichever member answers; if that revision was compacted away, the map
 //! is listed afresh. Readers never wait on etcd: they see the last map.
 
-use crate::ownership::Owned;
+use crate::membership::NodeInfo;
+use crate::ownership::{Owned, OwnerEntry};
 use crate::registry::{parse, Registry};
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,15 +23,39 @@ const STEP_DEADLINE: Duration = Duration::from_secs(5);
 /// Pause before trying again after a failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// Services and their owners, as the registry last said (cheap to clone;
-/// the watch stops with the last clone).
-#[derive(Clone)]
-pub struct OwnerMap {
-    owners: Arc<RwLock<HashMap<String, Owned>>>,
+/// A value under a key, with the key's modification revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// The key's modification revision.
+    pub revision: i64,
+}
+
+/// Every key under a prefix, by the name after the prefix, as the registry
+/// last said (cheap to clone; the watch stops with the last clone).
+pub struct PrefixMap<T> {
+    entries: Arc<RwLock<HashMap<String, Versioned<T>>>>,
     /// The store revision the map reflects (0 before the first listing).
     revision: watch::Receiver<i64>,
     _task: Arc<AbortOnDrop>,
 }
+
+impl<T> Clone for PrefixMap<T> {
+    fn clone(&self) -> Self {
+        PrefixMap {
+            entries: self.entries.clone(),
+            revision: self.revision.clone(),
+            _task: self._task.clone(),
+        }
+    }
+}
+
+/// Services and their owners.
+pub type OwnerMap = PrefixMap<OwnerEntry>;
+
+/// Nodes that are alive and their addresses.
+pub type MemberMap = PrefixMap<NodeInfo>;
 
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -40,48 +66,69 @@ impl Drop for AbortOnDrop {
 }
 
 impl Registry {
-    /// Starts keeping an owner map.
+    /// Starts keeping a map of the services' owners.
     pub fn owner_map(&self) -> OwnerMap {
-        let owners = Arc::new(RwLock::new(HashMap::new()));
+        PrefixMap::follow(self.clone(), self.keys.services())
+    }
+
+    /// Starts keeping a map of the registered nodes.
+    pub fn member_map(&self) -> MemberMap {
+        PrefixMap::follow(self.clone(), self.keys.nodes())
+    }
+}
+
+impl OwnerMap {
+    /// The service's entry, as last seen.
+    pub fn owner(&self, service: &str) -> Option<Owned> {
+        self.get(service).map(|v| Owned {
+            entry: v.value,
+            revision: v.revision,
+        })
+    }
+}
+
+impl<T: DeserializeOwned + Clone + Send + Sync + 'static> PrefixMap<T> {
+    fn follow(registry: Registry, prefix: String) -> PrefixMap<T> {
+        let entries = Arc::new(RwLock::new(HashMap::new()));
         let (revision_tx, revision) = watch::channel(0i64);
-        let task = tokio::spawn(follow(self.clone(), owners.clone(), revision_tx));
-        OwnerMap {
-            owners,
+        let task = tokio::spawn(follow(registry, prefix, entries.clone(), revision_tx));
+        PrefixMap {
+            entries,
             revision,
             _task: Arc::new(AbortOnDrop(task)),
         }
     }
 }
 
-impl OwnerMap {
-    /// The service's entry, as last seen.
-    pub fn get(&self, service: &str) -> Option<Owned> {
-        self.owners.read().expect("poisoned").get(service).cloned()
+impl<T: Clone> PrefixMap<T> {
+    /// The entry named `name`, as last seen.
+    pub fn get(&self, name: &str) -> Option<Versioned<T>> {
+        self.entries.read().expect("poisoned").get(name).cloned()
     }
 
-    /// Every service's entry, as last seen.
-    pub fn all(&self) -> HashMap<String, Owned> {
-        self.owners.read().expect("poisoned").clone()
+    /// Every entry, as last seen.
+    pub fn all(&self) -> HashMap<String, Versioned<T>> {
+        self.entries.read().expect("poisoned").clone()
     }
 
-    /// The store revision the map reflects.
+    /// The store revision the map reflects (0: not listed yet).
     pub fn revision(&self) -> i64 {
         *self.revision.borrow()
     }
 
-    /// Waits until the service's entry satisfies `ready`, at most
-    /// `timeout`; the entry then, or `None` on timeout.
+    /// Waits until entry `name` satisfies `ready`, at most `timeout`; the
+    /// entry then, or `None` on timeout.
     pub async fn wait_for(
         &self,
-        service: &str,
+        name: &str,
         timeout: Duration,
-        ready: impl Fn(&Owned) -> bool,
-    ) -> Option<Owned> {
+        ready: impl Fn(&Versioned<T>) -> bool,
+    ) -> Option<Versioned<T>> {
         let mut changes = self.revision.clone();
         tokio::time::timeout(timeout, async {
             loop {
-                if let Some(owned) = self.get(service).filter(|o| ready(o)) {
-                    return owned;
+                if let Some(entry) = self.get(name).filter(|e| ready(e)) {
+                    return entry;
                 }
                 if changes.changed().await.is_err() {
                     std::future::pending::<()>().await;
@@ -91,35 +138,71 @@ impl OwnerMap {
         .await
         .ok()
     }
+
+    /// Waits until the map has been listed once, at most `timeout`.
+    pub async fn listed_within(&self, timeout: Duration) -> bool {
+        let mut changes = self.revision.clone();
+        tokio::time::timeout(timeout, changes.wait_for(|r| *r > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
-/// Lists, then watches from the listing's revision on; again after any
-/// break.
-async fn follow(
+type Entries<T> = RwLock<HashMap<String, Versioned<T>>>;
+
+fn versioned<T: DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>, crate::FleetError> {
+    Ok(Versioned {
+        value: parse(kv)?,
+        revision: kv.mod_revision(),
+    })
+}
+
+/// Lists `prefix`, then watches it from the listing's revision on; again
+/// after any break.
+async fn follow<T: DeserializeOwned>(
     registry: Registry,
-    owners: Arc<RwLock<HashMap<String, Owned>>>,
+    prefix: String,
+    entries: Arc<Entries<T>>,
     revision: watch::Sender<i64>,
 ) {
-    let prefix = registry.keys.services();
     loop {
-        let (listed, at) = match registry.owners(STEP_DEADLINE).await {
+        let listing = registry
+            .etcd
+            .call("a registry listing", STEP_DEADLINE, |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await;
+        let mut listing = match listing {
             Ok(listing) => listing,
             Err(e) => {
-                tracing::warn!(error = %e, "owner map: listing failed; retrying");
+                tracing::warn!(%prefix, error = %e, "registry map: listing failed; retrying");
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
         };
-        *owners.write().expect("poisoned") = listed.into_iter().collect();
+        let at = listing.header().map_or(0, |h| h.revision());
+        let mut listed = HashMap::new();
+        for kv in listing.take_kvs() {
+            let Some(name) = crate::Keys::name_in(&prefix, kv.key()) else {
+                continue;
+            };
+            match versioned(&kv) {
+                Ok(v) => {
+                    listed.insert(name.to_string(), v);
+                }
+                Err(e) => tracing::warn!(error = %e, "registry map: ignoring a malformed entry"),
+            }
+        }
+        *entries.write().expect("poisoned") = listed;
         revision.send_replace(at);
         // Watch (and re-watch) until the history we need is gone.
-        let mut seen = at;
         loop {
-            match watch_from(&registry, &prefix, seen, &owners, &revision).await {
+            let seen = *revision.borrow();
+            match watch_from(&registry, &prefix, seen, &entries, &revision).await {
                 Ok(WatchEnd::Compacted) => break,
-                Ok(WatchEnd::Broken(last)) | Err(last) => {
-                    seen = *revision.borrow();
-                    tracing::info!(from = seen + 1, reason = %last, "owner map: watch broke; watching again");
+                Ok(WatchEnd::Broken(why)) | Err(why) => {
+                    tracing::info!(%prefix, from = seen + 1, reason = %why, "registry map: watch broke; watching again");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
@@ -136,16 +219,16 @@ enum WatchEnd {
 }
 
 /// One watch of `prefix` from `seen + 1`, applied to `owners` until it ends.
-async fn watch_from(
+async fn watch_from<T: DeserializeOwned>(
     registry: &Registry,
     prefix: &str,
     seen: i64,
-    owners: &RwLock<HashMap<String, Owned>>,
+    entries: &Entries<T>,
     revision: &watch::Sender<i64>,
 ) -> Result<WatchEnd, String> {
     let mut stream = registry
         .etcd
-        .call("the owner watch", STEP_DEADLINE, |mut c| {
+        .call("a registry watch", STEP_DEADLINE, |mut c| {
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(seen + 1)
@@ -170,24 +253,20 @@ async fn watch_from(
                 response.cancel_reason()
             )));
         }
-        let mut map = owners.write().expect("poisoned");
+        let mut map = entries.write().expect("poisoned");
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
             let Some(name) = crate::Keys::name_in(prefix, kv.key()) else {
                 continue;
             };
             match event.event_type() {
-                EventType::Put => match parse(kv) {
-                    Ok(entry) => {
-                        map.insert(
-                            name.to_string(),
-                            Owned {
-                                entry,
-                                revision: kv.mod_revision(),
-                            },
-                        );
+                EventType::Put => match versioned(kv) {
+                    Ok(v) => {
+                        map.insert(name.to_string(), v);
                     }
-                    Err(e) => tracing::warn!(error = %e, "owner map: ignoring a malformed entry"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry map: ignoring a malformed entry")
+                    }
                 },
                 EventType::Delete => {
                     map.remove(name);

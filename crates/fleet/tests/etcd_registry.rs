@@ -88,6 +88,7 @@ async fn membership_lasts_as_long_as_its_lease_is_kept() {
         admin: None,
     };
     let ttl = Duration::from_secs(2);
+    let members = reg.member_map();
     let mut a = reg.register(info("a"), ttl);
     let mut b = reg.register(info("bb"), ttl);
     assert!(a.registered_within(D).await && b.registered_within(D).await);
@@ -100,6 +101,11 @@ async fn membership_lasts_as_long_as_its_lease_is_kept() {
         .collect();
     names.sort();
     assert_eq!(names, ["a", "bb"]);
+    let seen = members
+        .wait_for("bb", D, |_| true)
+        .await
+        .expect("the member map sees bb");
+    assert_eq!(seen.value, info("bb"));
     // Kept alive past several TTLs.
     tokio::time::sleep(ttl * 2).await;
     assert_eq!(reg.members().await.unwrap().len(), 2);
@@ -109,6 +115,14 @@ async fn membership_lasts_as_long_as_its_lease_is_kept() {
     // a crash) is gone once its lease runs out.
     a.leave().await.unwrap();
     assert_eq!(reg.members().await.unwrap(), vec![info("bb")]);
+    let left_by = Instant::now() + D;
+    while members.get("a").is_some() {
+        assert!(
+            Instant::now() < left_by,
+            "the member map did not see a leave"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(b);
     let gone_by = Instant::now() + ttl + Duration::from_secs(2);
     while !reg.members().await.unwrap().is_empty() {
@@ -126,7 +140,7 @@ async fn with_a_member_killed_requests_fail_over_and_the_owner_map_keeps_up() {
     let reg = registry(&cluster, "/t3");
     let map = reg.owner_map();
     let read = reg.claim("svc", &entry("a", 1, 0), D).await.unwrap();
-    let seen = map.wait_for("svc", D, |o| o.entry.owner == "a").await;
+    let seen = map.wait_for("svc", D, |o| o.value.owner == "a").await;
     assert!(
         seen.is_some(),
         "map: {:?} at revision {}",
@@ -142,10 +156,10 @@ async fn with_a_member_killed_requests_fail_over_and_the_owner_map_keeps_up() {
         CommitOutcome::Committed
     );
     let seen = map
-        .wait_for("svc", D, |o| o.entry.epoch == 2)
+        .wait_for("svc", D, |o| o.value.epoch == 2)
         .await
         .expect("the owner map saw the commit through another member");
-    assert_eq!(seen.entry, next);
+    assert_eq!(seen.value, next);
 
     // Back, and the other two killed in turn: the map follows each change.
     cluster.restart(0).unwrap();
@@ -158,7 +172,7 @@ async fn with_a_member_killed_requests_fail_over_and_the_owner_map_keeps_up() {
             CommitOutcome::Committed
         );
         assert!(
-            map.wait_for("svc", D, |o| o.entry == next).await.is_some(),
+            map.wait_for("svc", D, |o| o.value == next).await.is_some(),
             "the owner map missed {owner}'s commit with member {victim} down"
         );
         cluster.restart(victim).unwrap();
