@@ -575,6 +575,16 @@ pub mod seeds {
                 crc32: crc32(&[b"REDIS0011"]),
             },
             Message::SnapshotEnd,
+            Message::SnapshotStreamChunk {
+                stream: 0,
+                offset: 1 << 20,
+                compressed: false,
+                data: b"REDIS0011".to_vec(),
+                crc32: crc32(&[b"REDIS0011"]),
+            },
+            Message::SnapshotStreamsNamed {
+                names: vec![(0, "dump.rdb".into())],
+            },
             Message::LogBatch {
                 first_lsn: 42,
                 count: 2,

@@ -55,28 +55,6 @@ pub enum Message {
     },
     /// Every chunk was sent.
     SnapshotEnd,
-    /// A piece of a file the dump was still writing, sent before the
-    /// manifest exists: the file is known by a stream number until
-    /// `SnapshotStreamsNamed` says which file it became.
-    SnapshotStreamChunk {
-        /// The sender's number for the file being written.
-        stream: u32,
-        /// Where the piece starts in the file.
-        offset: u64,
-        /// Whether `data` is zstd-compressed.
-        compressed: bool,
-        /// The bytes (compressed or not).
-        data: Vec<u8>,
-        /// CRC-32 of the uncompressed bytes.
-        crc32: u32,
-    },
-    /// The dump finished: which streamed file is which snapshot file (the
-    /// rest were temporary and are dropped). `SnapshotBegin` follows; its
-    /// chunks fill in what the stream lacks or got wrong.
-    SnapshotStreamsNamed {
-        /// (stream number, file name relative to the snapshot directory).
-        names: Vec<(u32, String)>,
-    },
     /// Journal records after the snapshot point, in LSN order, each in the
     /// journal's own checksummed encoding (verified on arrival).
     LogBatch {
@@ -175,6 +153,30 @@ pub enum Message {
     Ping(u64),
     /// Answer to a probe.
     Pong(u64),
+    // New variants go last: bincode numbers them by position, so the
+    // older ones keep their wire numbers.
+    /// A piece of a file the dump was still writing, sent before the
+    /// manifest exists: the file is known by a stream number until
+    /// `SnapshotStreamsNamed` says which file it became.
+    SnapshotStreamChunk {
+        /// The sender's number for the file being written.
+        stream: u32,
+        /// Where the piece starts in the file.
+        offset: u64,
+        /// Whether `data` is zstd-compressed.
+        compressed: bool,
+        /// The bytes (compressed or not).
+        data: Vec<u8>,
+        /// CRC-32 of the uncompressed bytes.
+        crc32: u32,
+    },
+    /// The dump finished: which streamed file is which snapshot file (the
+    /// rest were temporary and are dropped). `SnapshotBegin` follows; its
+    /// chunks fill in what the stream lacks or got wrong.
+    SnapshotStreamsNamed {
+        /// (stream number, file name relative to the snapshot directory).
+        names: Vec<(u32, String)>,
+    },
 }
 
 impl Message {
