@@ -103,6 +103,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Fleet mode: every registered node and every service in the
+        /// registry (owner, epoch, last hand-over), as that node sees them.
+        #[arg(long)]
+        fleet: bool,
     },
 }
 
@@ -285,7 +289,16 @@ async fn run(cli: Cli) -> Result<()> {
             };
             migrate(service, to, admin, json, method, unverified).await
         }
-        Command::Status { admin, json } => status(admin, json).await,
+        Command::Status {
+            admin,
+            json,
+            fleet: false,
+        } => status(admin, json).await,
+        Command::Status {
+            admin,
+            json,
+            fleet: true,
+        } => fleet_status(admin, json).await,
     }
 }
 
@@ -531,6 +544,57 @@ async fn migrate(
         Some(Err(e)) => anyhow::bail!("migration failed: {e}"),
         None => anyhow::bail!("the node closed the admin connection without a result"),
     }
+}
+
+async fn fleet_status(admin: AdminArgs, json: bool) -> Result<()> {
+    let mut fleet = None;
+    admin_request(&admin, serde_json::json!({"fleet": {}}), |line| {
+        if let Some(error) = line.get("error") {
+            anyhow::bail!("{}", error.as_str().unwrap_or("the node refused"));
+        }
+        fleet = line.get("fleet").cloned();
+        Ok(())
+    })
+    .await?;
+    let fleet = fleet.context("no fleet status in the node's answer")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fleet)?);
+        return Ok(());
+    }
+    let fleet: replaymig_node::FleetStatus = serde_json::from_value(fleet)?;
+    println!(
+        "nodes (alive: registered under a lease), etcd revision {}",
+        fleet.revision
+    );
+    println!("{:<16} {:<22} {:<22}", "node", "peer", "admin");
+    for n in &fleet.nodes {
+        println!(
+            "{:<16} {:<22} {:<22}",
+            n.name,
+            n.peer,
+            n.admin.as_deref().unwrap_or("-")
+        );
+    }
+    println!();
+    println!(
+        "{:<16} {:<16} {:>6} {:>14} {:>23}",
+        "service", "owner", "epoch", "handover lsn", "journal here"
+    );
+    for s in &fleet.services {
+        let owner = if s.owner_alive {
+            s.owner.clone()
+        } else {
+            format!("{} (down)", s.owner)
+        };
+        let journal = s.journal.map_or("-".to_string(), |(first, last)| {
+            format!("{first} ..= {last}")
+        });
+        println!(
+            "{:<16} {:<16} {:>6} {:>14} {:>23}",
+            s.name, owner, s.epoch, s.handover_lsn, journal
+        );
+    }
+    Ok(())
 }
 
 async fn status(admin: AdminArgs, json: bool) -> Result<()> {

@@ -111,6 +111,12 @@ impl<T: Clone> PrefixMap<T> {
         self.entries.read().expect("poisoned").clone()
     }
 
+    /// A receiver that wakes whenever the map changes (its value: the
+    /// store revision the map reflects).
+    pub fn changes(&self) -> watch::Receiver<i64> {
+        self.revision.clone()
+    }
+
     /// The store revision the map reflects (0: not listed yet).
     pub fn revision(&self) -> i64 {
         *self.revision.borrow()

@@ -3,7 +3,9 @@
 //! `"method": {"iterative": {"dirty_threshold_bytes_per_second": N,
 //! "max_iterations": N}}`) streams
 //! `{"phase": "..."}` lines and ends with `{"report": {...}}` or
-//! `{"error": "..."}`; `{"status": {}}` answers `{"services": [...]}`.
+//! `{"error": "..."}`; `{"status": {}}` answers `{"services": [...]}`;
+//! `{"fleet": {}}` answers `{"fleet": {"nodes": [...], "services": [...]}}`
+//! in fleet mode.
 //!
 //! Who may ask: without an admin token, only loopback peers (anyone else
 //! gets an error line and nothing done); with one (`admin_token_file`),
@@ -43,6 +45,9 @@ pub enum Request {
     },
     /// Report services, owners, epochs, journal heads.
     Status {},
+    /// Fleet mode: the registry's nodes and services (see
+    /// `FleetStatus`).
+    Fleet {},
 }
 
 /// The admin listener: one request per connection (see `listener` for the
@@ -126,6 +131,15 @@ async fn handle(
     match request {
         Request::Status {} => {
             let body = json!({"services": status(&node).await});
+            let _ = write.write_all(format!("{body}\n").as_bytes()).await;
+        }
+        Request::Fleet {} => {
+            let body = match crate::fleet::status(&node) {
+                Some(fleet) => json!({ "fleet": fleet }),
+                None => {
+                    json!({ "error": "this node is not in fleet mode (no [fleet] in its configuration)" })
+                }
+            };
             let _ = write.write_all(format!("{body}\n").as_bytes()).await;
         }
         Request::Migrate {

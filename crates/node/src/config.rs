@@ -10,6 +10,15 @@
 //! [peers]
 //! b = "10.77.0.2:7100"
 //!
+//! # Fleet mode (instead of, or besides, [peers]): nodes register in etcd
+//! # under a lease, ownership lives there (compare-and-swap at every
+//! # hand-over), and peers are found through it.
+//! # [fleet]
+//! # etcd = ["http://10.77.0.10:2379", "http://10.77.0.11:2379"]
+//! # prefix = "/replaymig"      # every key of this fleet lives under it
+//! # lease_ttl_secs = 5         # a dead node leaves the member list after this
+//! # advertise_peer = "10.77.0.1:7100"   # if peer_listen is a wildcard
+//!
 //! [[service]]
 //! name = "redis"
 //! listen = "0.0.0.0:6380"                    # clients connect here, on every node
@@ -82,9 +91,46 @@ pub struct NodeConfig {
     /// Other nodes by name.
     #[serde(default)]
     pub peers: BTreeMap<String, SocketAddr>,
+    /// Fleet mode: the etcd registry (membership, ownership, routing).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
     /// The services this node can host.
     #[serde(rename = "service", default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// Fleet mode's registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Client URLs of the etcd members.
+    pub etcd: Vec<String>,
+    /// Where this fleet's keys live.
+    #[serde(default = "default_fleet_prefix")]
+    pub prefix: String,
+    /// The membership lease: a node that stops renewing it (dead, or cut
+    /// off from etcd) leaves the member list this long after.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+    /// The peer address other nodes dial (default `peer_listen`, which
+    /// must then not be a wildcard).
+    #[serde(default)]
+    pub advertise_peer: Option<SocketAddr>,
+}
+
+fn default_fleet_prefix() -> String {
+    "/replaymig".into()
+}
+
+fn default_lease_ttl_secs() -> u64 {
+    5
+}
+
+impl FleetConfig {
+    /// The peer address to publish for node `config`.
+    pub fn peer_address(&self, config: &NodeConfig) -> SocketAddr {
+        self.advertise_peer.unwrap_or(config.peer_listen)
+    }
 }
 
 /// One service.
@@ -253,6 +299,24 @@ impl NodeConfig {
     }
 
     fn check(&self) -> Result<()> {
+        if let Some(fleet) = &self.fleet {
+            if fleet.etcd.is_empty() {
+                bail!("[fleet] etcd lists no endpoints");
+            }
+            if fleet.peer_address(self).ip().is_unspecified() {
+                bail!(
+                    "[fleet]: peer_listen {} is a wildcard address; set advertise_peer to the \
+                     address other nodes dial",
+                    self.peer_listen
+                );
+            }
+            if !(1..=600).contains(&fleet.lease_ttl_secs) {
+                bail!(
+                    "[fleet] lease_ttl_secs must be 1..=600, not {}",
+                    fleet.lease_ttl_secs
+                );
+            }
+        }
         if self.secret_file.is_none() && self.secret_env.is_none() {
             bail!("set secret_file or secret_env (the peer secret never goes on the command line)");
         }
@@ -306,7 +370,8 @@ impl NodeConfig {
                     );
                 }
             }
-            if s.owner != self.name && !self.peers.contains_key(&s.owner) {
+            // In fleet mode peers are found in the registry.
+            if s.owner != self.name && !self.peers.contains_key(&s.owner) && self.fleet.is_none() {
                 bail!(
                     "service {}: owner {:?} is neither this node nor a known peer",
                     s.name,

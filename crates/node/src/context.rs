@@ -68,6 +68,7 @@ impl ServiceState {
             owner: self.owner.clone(),
             epoch: self.epoch,
             prepared: self.prepared.clone(),
+            committing: None,
         }
     }
 
@@ -84,6 +85,8 @@ pub(crate) struct NodeShared {
     pub services: BTreeMap<String, Arc<ServiceHost>>,
     /// Every admin request must carry it, when set (see `admin`).
     pub admin_token: Option<replaymig_peer::Secret>,
+    /// Fleet mode: the registry, its maps and this node's registration.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 impl NodeShared {
@@ -109,6 +112,20 @@ impl NodeShared {
         vars
     }
 
+    /// Where node `name` listens for peers: its `[peers]` entry, or in
+    /// fleet mode its registration.
+    pub fn peer_addr(&self, name: &str) -> Result<std::net::SocketAddr> {
+        if let Some(addr) = self.config.peers.get(name) {
+            return Ok(*addr);
+        }
+        match &self.fleet {
+            Some(fleet) => fleet.peer(name).with_context(|| {
+                format!("node {name:?} is not registered in the fleet (not alive, or never joined)")
+            }),
+            None => anyhow::bail!("unknown node {name:?} (not in [peers])"),
+        }
+    }
+
     /// The route to the node that owns a service under `epoch` (tunnels
     /// carry the epoch, so a stale owner refuses them).
     pub fn route_to(&self, owner: &str, epoch: u64, service: &ServiceConfig) -> Result<Route> {
@@ -117,11 +134,14 @@ impl NodeShared {
                 backend: service.backend,
             });
         }
-        let addr = *self
-            .config
-            .peers
-            .get(owner)
-            .with_context(|| format!("unknown node {owner:?}"))?;
+        let addr = match (self.config.peers.get(owner), &self.fleet) {
+            (Some(addr), _) => crate::dial::PeerAddress::Fixed(*addr),
+            (None, Some(fleet)) => crate::dial::PeerAddress::Registered {
+                name: owner.to_string(),
+                members: fleet.members.clone(),
+            },
+            (None, None) => anyhow::bail!("unknown node {owner:?} (not in [peers])"),
+        };
         Ok(Route::Remote {
             dial: crate::dial::dialer(self.auth.clone(), addr, service.name.clone(), epoch),
         })

@@ -12,12 +12,46 @@ use std::time::Duration;
 /// Bound on the tunnel handshake.
 const TUNNEL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the owner listens for peers.
+#[derive(Clone)]
+pub enum PeerAddress {
+    /// A configured address (`[peers]`).
+    Fixed(SocketAddr),
+    /// Fleet mode: looked up in the member map at each dial, so an owner
+    /// that registers (or moves) after the route was set is still found.
+    Registered {
+        /// The owner's name.
+        name: String,
+        /// The registry's members.
+        members: replaymig_fleet::MemberMap,
+    },
+}
+
+impl PeerAddress {
+    fn resolve(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            PeerAddress::Fixed(addr) => Ok(*addr),
+            PeerAddress::Registered { name, members } => members
+                .get(name)
+                .and_then(|m| m.value.peer.parse().ok())
+                .ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "node {name} owns the service but is not registered in the fleet"
+                    ))
+                }),
+        }
+    }
+}
+
 /// A dialer that opens tunnels for `service` to the node at `owner`, which
 /// owns it under `epoch`.
-pub fn dialer(auth: Authenticator, owner: SocketAddr, service: String, epoch: u64) -> Dialer {
+pub fn dialer(auth: Authenticator, owner: PeerAddress, service: String, epoch: u64) -> Dialer {
     Arc::new(move |request: TunnelRequest| {
-        let (auth, service) = (auth.clone(), service.clone());
-        Box::pin(async move { open(&auth, owner, &service, epoch, request).await })
+        let (auth, service, owner) = (auth.clone(), service.clone(), owner.clone());
+        Box::pin(async move {
+            let owner = owner.resolve()?;
+            open(&auth, owner, &service, epoch, request).await
+        })
     })
 }
 

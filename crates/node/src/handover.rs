@@ -115,6 +115,11 @@ pub(crate) async fn ask_until_decided(
         if host.state.lock().await.prepared_epoch() != Some(prepared.epoch) {
             return None;
         }
+        if let Some(decision) = ask_registry(node, host, prepared).await {
+            telemetry::resolved(&host.config.name, decision.name());
+            tracing::info!(service = %host.config.name, outcome = decision.name(), "the registry decided the hand-over");
+            return Some(decision);
+        }
         match ask_owner(node, &prepared.from, &host.config.name).await {
             Ok((owner, epoch, migrating)) => {
                 let decision = resolve(&node.config.name, prepared.epoch, &owner, epoch, migrating);
@@ -142,13 +147,35 @@ pub(crate) async fn ask_until_decided(
     }
 }
 
+/// Fleet mode: the registry's word on a prepared hand-over, when it has
+/// one — it names this node under the prepared epoch (committed), or an
+/// epoch at or past it for someone else (moved on). While it still names
+/// the source under the old epoch, only the source can say whether it is
+/// still committing or gave up.
+async fn ask_registry(
+    node: &NodeShared,
+    host: &ServiceHost,
+    prepared: &Prepared,
+) -> Option<Resolution> {
+    let fleet = node.fleet.as_ref()?;
+    let now = fleet
+        .registry
+        .owner(&host.config.name, crate::fleet::REGISTRY_STEP)
+        .await
+        .ok()??
+        .entry;
+    if now.owner == node.config.name && now.epoch == prepared.epoch {
+        Some(Resolution::Commit)
+    } else if now.epoch >= prepared.epoch {
+        Some(Resolution::Discard)
+    } else {
+        None
+    }
+}
+
 /// One `OwnerQuery` to node `from`.
 async fn ask_owner(node: &NodeShared, from: &str, service: &str) -> Result<(String, u64, bool)> {
-    let addr = *node
-        .config
-        .peers
-        .get(from)
-        .with_context(|| format!("unknown node {from:?}"))?;
+    let addr = node.peer_addr(from)?;
     let linked = PeerLink::connect(addr, &node.auth).await;
     crate::telemetry::peer_link(from, linked.is_ok());
     let mut link = linked?;

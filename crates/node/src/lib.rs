@@ -8,6 +8,7 @@ pub mod config;
 mod context;
 mod destination;
 mod dial;
+mod fleet;
 mod handover;
 mod listener;
 mod migration;
@@ -24,6 +25,7 @@ mod tunnel;
 pub use admin::Request as AdminRequest;
 pub use config::{NodeConfig, ServiceConfig, SnapshotConfig};
 pub use context::ServiceStatus;
+pub use fleet::{FleetService, FleetStatus};
 pub use node::Node;
 
 /// Arms the fail points named in the `FAILPOINTS` environment variable

@@ -239,6 +239,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) method: Method,
     /// The destination checks every replayed answer (answers journaled).
     pub(crate) verify_answers: bool,
+    /// Fleet mode: the registry's entry when the migration started (the
+    /// commit compares against it).
+    pub(crate) registry_read: Option<replaymig_fleet::Owned>,
 }
 
 /// Restores the service from the snapshot in `dir` and starts it; the

@@ -36,6 +36,10 @@ impl Node {
         let mut tasks = JoinSet::new();
         let mut services = BTreeMap::new();
         let mut proxies = Vec::new();
+        let fleet = match &config.fleet {
+            Some(fleet) => Some(crate::fleet::Fleet::start(&config, fleet)?),
+            None => None,
+        };
         for service in &config.services {
             let options = JournalOptions {
                 min_free_bytes: service.journal_min_free,
@@ -44,11 +48,21 @@ impl Node {
             let journal = Journal::open_for(&service.journal, options, &service.name)
                 .with_context(|| format!("cannot open the journal of {}", service.name))?;
             let ownership = OwnershipFile::beside(&service.journal);
-            let record = ownership.load()?.unwrap_or_else(|| OwnershipRecord {
+            let mut record = ownership.load()?.unwrap_or_else(|| OwnershipRecord {
                 owner: service.owner.clone(),
                 epoch: 1,
                 prepared: None,
+                committing: None,
             });
+            if let Some(fleet) = &fleet {
+                // The registry is the truth; the file, what this node knew.
+                let known = record.clone();
+                record = fleet.reconcile_at_start(&service.name, record).await?;
+                if record != known {
+                    tracing::info!(service = %service.name, owner = %record.owner, epoch = record.epoch, "ownership taken from the registry");
+                    ownership.save(&record)?;
+                }
+            }
             let mut proxy_config = ProxyConfig::new(service.listen, service.backend);
             proxy_config.journal_responses = service.journal_responses;
             proxy_config.service = service.name.clone();
@@ -84,6 +98,7 @@ impl Node {
             auth,
             services,
             admin_token,
+            fleet,
         });
         for (proxy, host) in proxies.into_iter().zip(shared.services.values()) {
             let (owner, epoch, prepared) = {
@@ -126,6 +141,12 @@ impl Node {
                 )
             })?;
         tasks.spawn(crate::peers::serve(peer, shared.clone(), shutdown.clone()));
+        if shared.fleet.is_some() {
+            tasks.spawn(crate::fleet::follow_owners(
+                shared.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(admin::serve(
             admin,
             ADMIN_LISTENER,
@@ -176,6 +197,9 @@ impl Node {
         // 2. Drain: the listeners and proxies return only once their
         // connections ended or were aborted.
         while self.tasks.join_next().await.is_some() {}
+        if let Some(fleet) = &self.shared.fleet {
+            fleet.leave().await;
+        }
         // 3 and 4, service by service.
         for host in self.shared.services.values() {
             if let Some(process) = host.state.lock().await.process.take() {

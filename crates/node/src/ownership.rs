@@ -24,6 +24,30 @@ pub struct OwnershipRecord {
     /// This node prepared to own the service and waits for the commit.
     #[serde(default)]
     pub prepared: Option<Prepared>,
+    /// Fleet mode: this node (the owner) was committing a hand-over in the
+    /// registry; settled from the registry before it serves again.
+    #[serde(default)]
+    pub committing: Option<Committing>,
+}
+
+/// A hand-over being committed in the fleet's registry: what the source
+/// read there and what it writes, so a restart can settle it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committing {
+    /// The new owner.
+    pub to: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The hand-over LSN written with it.
+    pub handover_lsn: u64,
+    /// The entry read: its owner (this node) ...
+    pub from: String,
+    /// ... its epoch ...
+    pub from_epoch: u64,
+    /// ... its hand-over LSN ...
+    pub from_handover_lsn: u64,
+    /// ... and the key's revision then (the commit's compare).
+    pub read_revision: i64,
 }
 
 /// A prepared hand-over to this node.
@@ -105,6 +129,17 @@ pub enum Resolution {
     Wait,
 }
 
+impl Resolution {
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::Commit => "commit",
+            Resolution::Discard => "discard",
+            Resolution::Wait => "wait",
+        }
+    }
+}
+
 /// Decides a prepared hand-over of `prepared_epoch` to node `me` from the
 /// source's answer (`owner`, `epoch`, `migrating`).
 pub fn resolve(
@@ -139,6 +174,7 @@ mod tests {
                 snapshot_dir: "/tmp/snap".into(),
                 snapshot_lsn: 17,
             }),
+            committing: None,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::migration::{
     ensure_dir, host, quiesce_with_retries, tell_abort, BarrierFor, CatchUp, FailedHolds, Hold,
     HoldSteps, Phases, Plan, ProgressFn, SettledForwarding, Ticker, CATCH_UP_TIMEOUT, STEP_TIMEOUT,
 };
-use crate::ownership::OwnershipRecord;
+use crate::ownership::{Committing, OwnershipRecord};
 use crate::precopy;
 use crate::process::ServiceProcess;
 use crate::report::{ConnectionsClosed, Method, MigrationReport, Phase, Progress};
@@ -65,12 +65,26 @@ pub async fn migrate_out(
             state.process.as_ref().map(|p| p.snapshot_pid()),
         )
     };
+    let registry_read = match &node.fleet {
+        Some(fleet) => match fleet
+            .read_for_migration(service, &node.config.name, epoch - 1)
+            .await
+        {
+            Ok(read) => Some(read),
+            Err(e) => {
+                host.state.lock().await.migrating = false;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let plan = Plan {
         to,
         epoch,
         pid,
         method,
         verify_answers: replays && answers_journaled,
+        registry_read,
     };
     let outcome = drive(node, host, &plan, progress).await;
     host.state.lock().await.migrating = false;
@@ -437,12 +451,7 @@ impl<'a> SourceRun<'a> {
 
     async fn link_up(&mut self) -> Result<()> {
         let to = self.plan.to;
-        let peer = *self
-            .node
-            .config
-            .peers
-            .get(to)
-            .with_context(|| format!("unknown node {to:?}"))?;
+        let peer = self.node.peer_addr(to)?;
         let linked = PeerLink::connect(peer, &self.node.auth).await;
         telemetry::peer_link(to, linked.is_ok());
         self.link = Some(linked?);
@@ -746,16 +755,48 @@ impl<'a> SourceRun<'a> {
     /// The commit point: this node gives the service up — durably first,
     /// so a restart cannot take it back; the destination owns it from its
     /// commit (the next message, the first tunnel, or its question after a
-    /// loss).
+    /// loss). In fleet mode the commit point is the registry's transaction,
+    /// with the intent recorded locally before it (see `fleet`).
     async fn record_commit(&mut self) -> Result<()> {
         let (to, epoch) = (self.plan.to, self.plan.epoch);
-        let mut state = self.host.state.lock().await;
-        self.host
-            .ownership
+        let (host, node, plan) = (self.host, self.node, self.plan);
+        let service = &host.config.name;
+        let mut state = host.state.lock().await;
+        if let (Some(fleet), Some(read)) = (&node.fleet, &plan.registry_read) {
+            let next = replaymig_fleet::OwnerEntry {
+                owner: to.to_string(),
+                epoch,
+                handover_lsn: self.report.handover_lsn,
+            };
+            let intent = Committing {
+                to: to.to_string(),
+                epoch,
+                handover_lsn: next.handover_lsn,
+                from: read.entry.owner.clone(),
+                from_epoch: read.entry.epoch,
+                from_handover_lsn: read.entry.handover_lsn,
+                read_revision: read.revision,
+            };
+            let mut record = state.record();
+            record.committing = Some(intent);
+            host.ownership
+                .save(&record)
+                .context("cannot record the hand-over's intent; keeping the service")?;
+            if let Err(e) = fleet.commit(service, read, &next).await {
+                // Definitely not committed: nothing changed anywhere.
+                if let Err(save) = host.ownership.save(&state.record()) {
+                    tracing::error!(error = %format!("{save:#}"), "could not clear the hand-over's intent; a restart settles it from the registry");
+                }
+                return Err(e);
+            }
+            self.mark("registry");
+        }
+        host.ownership
             .save(&OwnershipRecord {
                 owner: to.to_string(),
                 epoch,
                 prepared: None,
+                committing: None,
             })
             .context("cannot record the hand-over; keeping the service")?;
         fail::fail_point!("source-after-commit-record", |_| {

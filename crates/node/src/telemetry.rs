@@ -164,6 +164,10 @@ fn describe() {
         RESOLVED_TOTAL,
         "Prepared hand-overs resolved by asking the source"
     );
+    describe_counter!(
+        FLEET_COMMIT_UNKNOWN_TOTAL,
+        "Fleet mode: hand-over commits whose outcome etcd left unknown (settled before serving on)"
+    );
     describe_gauge!(
         PEER_LINK_UP,
         "1 if the last link attempt with the peer node succeeded"
@@ -208,6 +212,9 @@ pub(crate) fn register(config: &crate::NodeConfig) {
         gauge!(REPLAY_LAG_SECONDS, "service" => s()).set(0.0);
         for outcome in ["commit", "discard"] {
             counter!(RESOLVED_TOTAL, "service" => s(), "outcome" => outcome).absolute(0);
+        }
+        if config.fleet.is_some() {
+            counter!(FLEET_COMMIT_UNKNOWN_TOTAL, "service" => s()).absolute(0);
         }
     }
     for side in ["dialer", "listener"] {
@@ -263,6 +270,14 @@ pub const RESOLVED_TOTAL: &str = "replaymig_handover_resolutions_total";
 /// A tunnel refused by the epoch fence.
 pub(crate) fn fenced(service: &str) {
     counter!(FENCED_TOTAL, "service" => service.to_string()).increment(1);
+}
+
+/// Fleet mode: hand-over commits left unknown by etcd.
+pub const FLEET_COMMIT_UNKNOWN_TOTAL: &str = "replaymig_fleet_commit_unknown_total";
+
+/// A fleet commit whose outcome etcd left unknown.
+pub(crate) fn fleet_commit_unknown(service: &str) {
+    counter!(FLEET_COMMIT_UNKNOWN_TOTAL, "service" => service.to_string()).increment(1);
 }
 
 /// A prepared hand-over resolved without the commit message.

@@ -1,0 +1,382 @@
+//! Fleet mode in the node (`[fleet]` in its configuration): the node
+//! registers in etcd under a lease, finds peers there, keeps the owner map
+//! the registry's watch feeds, and takes every ownership decision through
+//! the registry's compare-and-swap — the registry, not the local file, is
+//! the truth; the local file is the last state this node knew, for
+//! restarts.
+//!
+//! The rules (issue #17):
+//! * A migration's commit point is the registry transaction. The source
+//!   records its intent locally first (`OwnershipRecord::committing`), so a
+//!   crash between the two is settled from the registry at the restart.
+//! * An unknown outcome (etcd did not answer) is settled by
+//!   `Registry::pin` before the source serves again; until then the clients
+//!   stay held — never served by two owners.
+//! * A node that cannot reach etcd never takes ownership and never gives
+//!   it up on its own: it keeps what its file says, and refuses to start a
+//!   service whose hand-over it cannot settle.
+
+use crate::config::{FleetConfig, NodeConfig};
+use crate::ownership::{Committing, OwnershipRecord};
+use anyhow::{bail, Context, Result};
+use replaymig_fleet::{
+    CommitOutcome, Etcd, EtcdOptions, MemberMap, Membership, NodeInfo, Owned, OwnerEntry, OwnerMap,
+    Registry,
+};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Bound on one registry request on a migration's path or at start.
+pub(crate) const REGISTRY_STEP: Duration = Duration::from_secs(2);
+/// How long a start waits for the registry before keeping the local
+/// record (or, with a hand-over to settle, refusing to start).
+const START_WAIT: Duration = Duration::from_secs(10);
+/// Between two tries to settle an unknown outcome.
+const SETTLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// The node's view of its fleet.
+pub(crate) struct Fleet {
+    /// The registry.
+    pub registry: Registry,
+    /// Services and owners, as the watch last said.
+    pub owners: OwnerMap,
+    /// Registered nodes, as the watch last said.
+    pub members: MemberMap,
+    /// This node's registration (dropped: the lease lapses).
+    membership: std::sync::Mutex<Option<Membership>>,
+}
+
+impl Fleet {
+    /// Connects to the registry, registers this node and starts the maps.
+    pub(crate) fn start(node: &NodeConfig, fleet: &FleetConfig) -> Result<Fleet> {
+        let etcd = Etcd::new(EtcdOptions::new(fleet.etcd.clone()))?;
+        let registry = Registry::new(etcd, &fleet.prefix);
+        let info = NodeInfo {
+            name: node.name.clone(),
+            peer: fleet.peer_address(node).to_string(),
+            admin: Some(node.admin_listen.to_string()),
+        };
+        let membership = registry.register(info, Duration::from_secs(fleet.lease_ttl_secs));
+        Ok(Fleet {
+            owners: registry.owner_map(),
+            members: registry.member_map(),
+            registry,
+            membership: std::sync::Mutex::new(Some(membership)),
+        })
+    }
+
+    /// Where node `name` listens for peers, if it is registered.
+    pub(crate) fn peer(&self, name: &str) -> Option<SocketAddr> {
+        self.members.get(name)?.value.peer.parse().ok()
+    }
+
+    /// Leaves the member list now (at shutdown).
+    pub(crate) async fn leave(&self) {
+        let membership = self.membership.lock().expect("poisoned").take();
+        if let Some(membership) = membership {
+            if let Err(e) = membership.leave().await {
+                tracing::warn!(error = %e, "could not leave the fleet; the lease will lapse");
+            }
+        }
+    }
+
+    /// The ownership a node should start `service` with: what the registry
+    /// says (creating the entry from `local` if it has none), `local` when
+    /// the registry cannot be reached, and a hand-over recorded before a
+    /// restart settled first.
+    pub(crate) async fn reconcile_at_start(
+        &self,
+        service: &str,
+        mut local: OwnershipRecord,
+    ) -> Result<OwnershipRecord> {
+        if let Some(committing) = local.committing.take() {
+            let (read, next) = committing.entries();
+            let outcome = self
+                .settle(service, &read, &next, START_WAIT)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{service}: a hand-over to {} (epoch {}) was being committed when this \
+                         node stopped, and the registry cannot say whether it was: not starting \
+                         (start again once etcd answers)",
+                        next.owner, next.epoch
+                    )
+                })?;
+            if outcome == CommitOutcome::Committed {
+                local.owner = next.owner.clone();
+                local.epoch = next.epoch;
+            }
+            tracing::info!(
+                service,
+                committed = outcome == CommitOutcome::Committed,
+                "hand-over recorded before the restart settled"
+            );
+        }
+        let initial = OwnerEntry {
+            owner: local.owner.clone(),
+            epoch: local.epoch,
+            handover_lsn: 0,
+        };
+        let now = match self.registry.claim(service, &initial, START_WAIT).await {
+            Ok(now) => now.entry,
+            Err(e) => {
+                tracing::warn!(service, error = %e, owner = %local.owner, epoch = local.epoch, "the registry is unreachable: starting with the last ownership this node knew");
+                return Ok(local);
+            }
+        };
+        if now.epoch < local.epoch {
+            bail!(
+                "{service}: the registry says {} owns it under epoch {}, but this node already \
+                 knew epoch {} ({}): the registry lost history; not starting (fix the entry by hand)",
+                now.owner,
+                now.epoch,
+                local.epoch,
+                local.owner
+            );
+        }
+        local.owner = now.owner;
+        local.epoch = now.epoch;
+        Ok(local)
+    }
+
+    /// The registry's entry for a service this node is about to migrate
+    /// away: it must say this node owns it under `epoch`.
+    pub(crate) async fn read_for_migration(
+        &self,
+        service: &str,
+        me: &str,
+        epoch: u64,
+    ) -> Result<Owned> {
+        let read = self
+            .registry
+            .owner(service, REGISTRY_STEP)
+            .await
+            .context("the registry (etcd) does not answer; a migration cannot commit without it")?
+            .with_context(|| format!("{service} has no entry in the registry"))?;
+        if read.entry.owner != me || read.entry.epoch != epoch {
+            bail!(
+                "the registry says {} owns {service} under epoch {}, this node thinks it owns \
+                 it under epoch {epoch}: not migrating",
+                read.entry.owner,
+                read.entry.epoch
+            );
+        }
+        Ok(read)
+    }
+
+    /// The hand-over's commit point in the registry. `Ok` once the entry
+    /// says the new owner; an error if it definitely does not (nothing
+    /// changed: abort). An unknown outcome is settled first, however long
+    /// etcd takes to answer — the clients stay held meanwhile, which is
+    /// logged — because serving on before knowing could leave two owners.
+    pub(crate) async fn commit(
+        &self,
+        service: &str,
+        read: &Owned,
+        next: &OwnerEntry,
+    ) -> Result<()> {
+        let outcome = match self
+            .registry
+            .commit(service, read, next, REGISTRY_STEP)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(service, error = %e, "the registry commit's outcome is unknown: settling it before serving again (clients stay held)");
+                crate::telemetry::fleet_commit_unknown(service);
+                self.settle(service, read, next, Duration::MAX).await?
+            }
+        };
+        match outcome {
+            CommitOutcome::Committed => Ok(()),
+            CommitOutcome::NotCommitted { now } => bail!(
+                "the registry did not take the hand-over: it says {}; keeping the service",
+                describe(now.as_ref())
+            ),
+        }
+    }
+
+    /// Settles a commit of `next` over `read` whose outcome is unknown,
+    /// trying until `patience` has passed.
+    async fn settle(
+        &self,
+        service: &str,
+        read: &Owned,
+        next: &OwnerEntry,
+        patience: Duration,
+    ) -> Result<CommitOutcome> {
+        let started = Instant::now();
+        let mut last_said = Instant::now();
+        loop {
+            match self.registry.pin(service, read, next, REGISTRY_STEP).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if started.elapsed() >= patience => {
+                    return Err(e).context("the registry did not answer")
+                }
+                Err(e) => {
+                    if last_said.elapsed() >= Duration::from_secs(5) {
+                        tracing::warn!(service, error = %e, waited_s = started.elapsed().as_secs(), "still settling the hand-over with the registry; clients held");
+                        last_said = Instant::now();
+                    }
+                }
+            }
+            tokio::time::sleep(SETTLE_PAUSE).await;
+        }
+    }
+}
+
+/// An entry for messages.
+fn describe(owned: Option<&Owned>) -> String {
+    match owned {
+        Some(o) => format!("{} owns it under epoch {}", o.entry.owner, o.entry.epoch),
+        None => "nothing (no entry)".into(),
+    }
+}
+
+impl Committing {
+    /// The entry the source read and the one it commits.
+    pub(crate) fn entries(&self) -> (Owned, OwnerEntry) {
+        (
+            Owned {
+                entry: OwnerEntry {
+                    owner: self.from.clone(),
+                    epoch: self.from_epoch,
+                    handover_lsn: self.from_handover_lsn,
+                },
+                revision: self.read_revision,
+            },
+            OwnerEntry {
+                owner: self.to.clone(),
+                epoch: self.epoch,
+                handover_lsn: self.handover_lsn,
+            },
+        )
+    }
+}
+
+/// Keeps every service's route where the registry says its owner is: a
+/// node that takes no part in a hand-over learns of it here (its new
+/// client connections go to the new owner; its open tunnels were handed
+/// over by the old owner). An owner the registry moved on from without
+/// it — fenced — stops its copy.
+pub(crate) async fn follow_owners(
+    node: std::sync::Arc<crate::context::NodeShared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let fleet = node.fleet.as_ref().expect("fleet mode");
+    let mut changes = fleet.owners.changes();
+    loop {
+        for host in node.services.values() {
+            let Some(now) = fleet.owners.owner(&host.config.name) else {
+                continue;
+            };
+            if let Err(e) = follow_one(&node, host, &now.entry).await {
+                tracing::warn!(service = %host.config.name, error = %format!("{e:#}"), "could not follow the registry's owner");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Moves one service's route to the registry's owner, if it is newer than
+/// what this node knows and no hand-over runs here.
+async fn follow_one(
+    node: &crate::context::NodeShared,
+    host: &crate::context::ServiceHost,
+    now: &OwnerEntry,
+) -> Result<()> {
+    let me = node.config.name.as_str();
+    let mut state = host.state.lock().await;
+    if now.epoch <= state.epoch || state.migrating || state.prepared.is_some() {
+        return Ok(());
+    }
+    if now.owner == me {
+        // Ownership comes with a restored service, by a hand-over only.
+        tracing::error!(service = %host.config.name, epoch = now.epoch, "the registry says this node owns the service, but no hand-over brought it here; not serving it");
+        return Ok(());
+    }
+    let fenced = state.owner == me;
+    let route = node.route_to(&now.owner, now.epoch, &host.config)?;
+    state.owner = now.owner.clone();
+    state.epoch = now.epoch;
+    let process = state.process.take();
+    host.ownership.save(&state.record())?;
+    host.proxy.set_route(route);
+    drop(state);
+    crate::telemetry::ownership(&host.config.name, now.epoch, false);
+    if fenced {
+        tracing::error!(service = %host.config.name, owner = %now.owner, epoch = now.epoch, "fenced: the registry gave the service to another node; stopping this copy");
+    } else {
+        tracing::info!(service = %host.config.name, owner = %now.owner, epoch = now.epoch, "following the registry: new owner");
+    }
+    if let Some(process) = process {
+        process.stop().await;
+    }
+    Ok(())
+}
+
+/// `replaymig status --fleet`: the registry's view, as this node's maps
+/// hold it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FleetStatus {
+    /// Registered (alive) nodes.
+    pub nodes: Vec<NodeInfo>,
+    /// Every service in the registry.
+    pub services: Vec<FleetService>,
+    /// The etcd revision the maps reflect.
+    pub revision: i64,
+}
+
+/// One service in [`FleetStatus`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FleetService {
+    /// Its name.
+    pub name: String,
+    /// Its owner, per the registry.
+    pub owner: String,
+    /// Whether the owner is registered (alive) now.
+    pub owner_alive: bool,
+    /// The ownership epoch.
+    pub epoch: u64,
+    /// The LSN of its last hand-over (0: never moved).
+    pub handover_lsn: u64,
+    /// This node's journal of it (first and last LSN), if it hosts it —
+    /// the owner's is the service's.
+    pub journal: Option<(u64, u64)>,
+}
+
+/// The fleet's status from this node's maps.
+pub(crate) fn status(node: &crate::context::NodeShared) -> Option<FleetStatus> {
+    let fleet = node.fleet.as_ref()?;
+    let members = fleet.members.all();
+    let mut nodes: Vec<NodeInfo> = members.values().map(|m| m.value.clone()).collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut services: Vec<FleetService> = fleet
+        .owners
+        .all()
+        .into_iter()
+        .map(|(name, owned)| {
+            let journal = node.services.get(&name).map(|host| {
+                let first = host.journal.first_lsn().ok().flatten().unwrap_or(0);
+                (first, host.journal.last_lsn())
+            });
+            FleetService {
+                owner_alive: members.contains_key(&owned.value.owner),
+                owner: owned.value.owner,
+                epoch: owned.value.epoch,
+                handover_lsn: owned.value.handover_lsn,
+                journal,
+                name,
+            }
+        })
+        .collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(FleetStatus {
+        nodes,
+        services,
+        revision: fleet.owners.revision(),
+    })
+}

@@ -1,0 +1,347 @@
+//! Fleet mode end to end: three node agents (real processes, each with its
+//! own Redis) that know no peers but a 3-member etcd cluster (real etcd
+//! 3.4). They register, find each other through it and take every
+//! ownership decision there. Redis is moved a → b → c → a under INCR load
+//! from clients on every node; connections opened before the moves stay
+//! open (tunneled, then handed over), and at the end every acknowledged
+//! INCR is on the owner and each key was counted exactly. The registry's
+//! entry says who owns it under which epoch at each step, and a node that
+//! took no part in a move learns of it from its watch.
+//!
+//! A second test kills an etcd member in the middle of a migration, and a
+//! third refuses a migration while etcd has no quorum — the source keeps
+//! serving and nothing changes in the registry.
+
+mod common;
+
+use common::{replaymig, start_node, StopRedisOnDrop};
+use replaymig_testkit::{
+    write_node_config, ChildGuard, EtcdCluster, IncrLoad, NodePorts, Reply, RespClient,
+};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const PREFIX: &str = "/fleet-test";
+
+/// Three fleet nodes in front of their own Redis, a owning the service.
+struct Fleet {
+    dir: TempDir,
+    ports: Vec<(String, NodePorts)>,
+    _nodes: Vec<ChildGuard>,
+    _redis: StopRedisOnDrop,
+}
+
+impl Fleet {
+    fn start(cluster: &EtcdCluster) -> Fleet {
+        let dir = TempDir::new().unwrap();
+        std::fs::write(
+            dir.path().join("secret"),
+            "fleet-test-secret-0123456789abcdef",
+        )
+        .unwrap();
+        let names = ["a", "b", "c"];
+        let ports: Vec<(String, NodePorts)> = names
+            .iter()
+            .map(|n| (n.to_string(), NodePorts::loopback()))
+            .collect();
+        let endpoints = cluster
+            .endpoints()
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let fleet_section =
+            format!("[fleet]\netcd = [{endpoints}]\nprefix = \"{PREFIX}\"\nlease_ttl_secs = 2\n");
+        let mut nodes = Vec::new();
+        for (i, (name, me)) in ports.iter().enumerate() {
+            let other = &ports[(i + 1) % ports.len()];
+            let config =
+                write_node_config(dir.path(), name, me, (&other.0, &other.1), "a", None, None);
+            fleet_config(&config, &fleet_section);
+            nodes.push(start_node(dir.path(), name, &config, me.admin, &[], &[]));
+        }
+        let backends = ports.iter().map(|(_, p)| p.backend).collect();
+        Fleet {
+            dir,
+            ports,
+            _nodes: nodes,
+            _redis: StopRedisOnDrop(backends),
+        }
+    }
+
+    fn node(&self, name: &str) -> &NodePorts {
+        &self.ports.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    fn listen(&self, name: &str) -> SocketAddr {
+        let p = self.node(name);
+        SocketAddr::new(p.ip, p.listen)
+    }
+
+    fn admin(&self, name: &str) -> String {
+        format!("127.0.0.1:{}", self.node(name).admin)
+    }
+
+    /// `replaymig status --fleet --json` at node `name`.
+    fn fleet_status(&self, name: &str) -> Value {
+        let out = replaymig()
+            .args(["status", "--fleet", "--json", "--admin", &self.admin(name)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until node `name` sees every node registered and the service
+    /// owned by `owner` under `epoch`.
+    fn wait_view(&self, name: &str, owner: &str, epoch: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.fleet_status(name);
+            let nodes = status["nodes"].as_array().map_or(0, |n| n.len());
+            let service = &status["services"][0];
+            if nodes == 3 && service["owner"] == owner && service["epoch"] == epoch {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {name} never saw {owner} own the service under epoch {epoch}: {status}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `replaymig migrate redis --to TO` at node `from`: exit status, and
+    /// stdout + stderr.
+    fn migrate(&self, from: &str, to: &str) -> (bool, String) {
+        let out = replaymig()
+            .args(["migrate", "redis", "--to", to, "--admin", &self.admin(from)])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn logs(&self) -> String {
+        ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                format!(
+                    "--- {n}.log (last lines, newest first)\n{}",
+                    tail.join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Turns a two-node configuration into a fleet one: no `[peers]`, a
+/// `[fleet]` section instead.
+fn fleet_config(path: &Path, fleet_section: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find("[peers]\n").expect("a [peers] section");
+    let end = start + text[start..].find("[[service]]").expect("a service");
+    let edited = format!("{}{}{}", &text[..start], fleet_section, &text[end..]);
+    std::fs::write(path, edited).unwrap();
+}
+
+/// The registry's entry for the service, read with etcdctl.
+fn registry_entry(cluster: &EtcdCluster) -> Value {
+    let raw = cluster
+        .etcdctl(&[
+            "get",
+            &format!("{PREFIX}/services/redis"),
+            "--print-value-only",
+        ])
+        .unwrap();
+    serde_json::from_str(raw.trim()).unwrap()
+}
+
+/// A client on its own connection through `addr`, INCRing `key` one at a
+/// time and checking every answer, until `stop`; its acknowledged count,
+/// and whether its connection broke (a move must not break it).
+fn client(
+    addr: SocketAddr,
+    key: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(String, i64, Option<String>)> {
+    std::thread::spawn(move || {
+        let mut c = RespClient::connect(addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut acked = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            match c.cmd(&["INCR", &key]) {
+                Ok(Reply::Int(n)) if n == acked + 1 => acked = n,
+                Ok(other) => return (key, acked, Some(format!("answer {other:?} after {acked}"))),
+                Err(e) => {
+                    return (
+                        key,
+                        acked,
+                        Some(format!("connection broke after {acked}: {e}")),
+                    )
+                }
+            }
+        }
+        (key, acked, None)
+    })
+}
+
+/// The value of `key`, read through node `at`.
+fn get(addr: SocketAddr, key: &str) -> i64 {
+    let mut c = RespClient::connect(addr).unwrap();
+    match c.cmd(&["GET", key]).unwrap() {
+        Reply::Bulk(v) => String::from_utf8(v).unwrap().parse().unwrap(),
+        Reply::Nil => 0,
+        other => panic!("GET {key}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_service_moves_round_three_nodes_on_etcd_and_every_write_survives() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start(&cluster);
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    assert_eq!(registry_entry(&cluster)["owner"], "a");
+
+    // Clients on every node, their connections kept across all the moves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|n| (0..2).map(move |i| (n, i)))
+        .map(|(n, i)| client(fleet.listen(n), format!("k{n}:{i}"), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut epoch = 1;
+    let mut handover = 0;
+    for (from, to) in [("a", "b"), ("b", "c"), ("c", "a")] {
+        let (ok, text) = fleet.migrate(from, to);
+        assert!(
+            ok,
+            "migrate {from} → {to} failed:\n{text}\n{}",
+            fleet.logs()
+        );
+        epoch += 1;
+        let entry = registry_entry(&cluster);
+        assert_eq!(entry["owner"], to, "{entry}");
+        assert_eq!(entry["epoch"], epoch, "{entry}");
+        let lsn = entry["handover_lsn"].as_u64().unwrap();
+        assert!(
+            lsn > handover,
+            "hand-over LSNs grow: {lsn} after {handover}"
+        );
+        handover = lsn;
+        // Every node follows, the one that took no part too.
+        for n in ["a", "b", "c"] {
+            fleet.wait_view(n, to, epoch);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for c in clients {
+        let (key, n, broke) = c.join().unwrap();
+        assert_eq!(broke, None, "client {key}: {}", fleet.logs());
+        assert!(n > 0, "client {key} got nothing through");
+        acked.push((key, n));
+    }
+    // Every acknowledged INCR is there, exactly (each client waited for
+    // every answer before sending the next, and stopped cleanly).
+    for (key, n) in &acked {
+        assert_eq!(get(fleet.listen("b"), key), *n, "{key}\n{}", fleet.logs());
+    }
+    // A new connection at any node reaches the owner (a) and its data.
+    for n in ["a", "b", "c"] {
+        assert_eq!(get(fleet.listen(n), &acked[0].0), acked[0].1);
+    }
+}
+
+#[test]
+fn an_etcd_member_killed_mid_migration_does_not_stop_the_commit() {
+    let mut cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start(&cluster);
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    let load = IncrLoad::start(fleet.listen("c"), 2, "kill:", 1_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let migration = {
+        let admin = fleet.admin("a");
+        std::thread::spawn(move || {
+            replaymig()
+                .args(["migrate", "redis", "--to", "b", "--admin", &admin])
+                .output()
+                .unwrap()
+        })
+    };
+    // The member listed first — every client's first choice — dies while
+    // the migration runs.
+    std::thread::sleep(Duration::from_millis(150));
+    cluster.kill(0);
+    let out = migration.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        fleet.logs()
+    );
+    assert_eq!(registry_entry(&cluster)["owner"], "b");
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "b", 2);
+    }
+    for (key, n) in load.finish() {
+        assert_eq!(get(fleet.listen("a"), &key), n, "{key}");
+    }
+}
+
+#[test]
+fn without_etcd_quorum_a_migration_is_refused_and_the_source_serves_on() {
+    let mut cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start(&cluster);
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    let load = IncrLoad::start(fleet.listen("a"), 2, "noq:", 1_000_000);
+    cluster.kill(1);
+    cluster.kill(2);
+    let (ok, text) = fleet.migrate("a", "b");
+    assert!(!ok, "a migration without quorum must fail:\n{text}");
+    assert!(
+        text.contains("etcd") || text.contains("registry"),
+        "says why: {text}"
+    );
+    // a serves on, and a new connection through b still reaches it.
+    std::thread::sleep(Duration::from_millis(300));
+    let acked = load.finish();
+    assert!(acked.iter().all(|(_, n)| *n > 0));
+    for (key, n) in &acked {
+        assert_eq!(get(fleet.listen("b"), key), *n, "{key}");
+    }
+    // Quorum back: nothing changed in the registry.
+    cluster.restart(1).unwrap();
+    let entry = registry_entry(&cluster);
+    assert_eq!(
+        (entry["owner"].as_str(), entry["epoch"].as_u64()),
+        (Some("a"), Some(1))
+    );
+}
