@@ -9,6 +9,7 @@ mod context;
 mod destination;
 mod dial;
 mod fleet;
+mod fleet_view;
 mod handover;
 mod listener;
 mod migration;
@@ -25,7 +26,7 @@ mod tunnel;
 pub use admin::Request as AdminRequest;
 pub use config::{NodeConfig, ServiceConfig, SnapshotConfig};
 pub use context::ServiceStatus;
-pub use fleet::{FleetService, FleetStatus};
+pub use fleet_view::{FleetService, FleetStatus};
 pub use node::Node;
 
 /// Arms the fail points named in the `FAILPOINTS` environment variable
@@ -47,10 +48,11 @@ mod layering {
     const LAYERS: &[&[&str]] = &[
         &["config", "dial", "ownership", "process", "report"],
         &["telemetry"],
+        &["fleet"],
         &["context", "listener"],
         &["carry"],
         &["migration", "precopy"],
-        &["handover"],
+        &["handover", "fleet_view"],
         &["destination", "source", "tunnel"],
         &["admin", "peers"],
         &["node"],

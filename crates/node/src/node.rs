@@ -142,7 +142,7 @@ impl Node {
             })?;
         tasks.spawn(crate::peers::serve(peer, shared.clone(), shutdown.clone()));
         if shared.fleet.is_some() {
-            tasks.spawn(crate::fleet::follow_owners(
+            tasks.spawn(crate::fleet_view::follow_owners(
                 shared.clone(),
                 shutdown.clone(),
             ));

@@ -1,0 +1,129 @@
+//! What a fleet node does with the registry's maps beyond migrations:
+//! follows the owner map (routes move to the new owner; a fenced owner
+//! stops its copy) and reports the fleet (`replaymig status --fleet`).
+
+use crate::context::{NodeShared, ServiceHost};
+use anyhow::Result;
+use replaymig_fleet::{NodeInfo, OwnerEntry};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Keeps every service's route where the registry says its owner is: a
+/// node that takes no part in a hand-over learns of it here (its new
+/// client connections go to the new owner; its open tunnels were handed
+/// over by the old owner). An owner the registry moved on from without
+/// it — fenced — stops its copy.
+pub(crate) async fn follow_owners(node: Arc<NodeShared>, stop: CancellationToken) {
+    let fleet = node.fleet.as_ref().expect("fleet mode");
+    let mut changes = fleet.owners.changes();
+    loop {
+        for host in node.services.values() {
+            let Some(now) = fleet.owners.owner(&host.config.name) else {
+                continue;
+            };
+            if let Err(e) = follow_one(&node, host, &now.entry).await {
+                tracing::warn!(service = %host.config.name, error = %format!("{e:#}"), "could not follow the registry's owner");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Moves one service's route to the registry's owner, if it is newer than
+/// what this node knows and no hand-over runs here.
+async fn follow_one(node: &NodeShared, host: &ServiceHost, now: &OwnerEntry) -> Result<()> {
+    let me = node.config.name.as_str();
+    let mut state = host.state.lock().await;
+    if now.epoch <= state.epoch || state.migrating || state.prepared.is_some() {
+        return Ok(());
+    }
+    if now.owner == me {
+        // Ownership comes with a restored service, by a hand-over only.
+        tracing::error!(service = %host.config.name, epoch = now.epoch, "the registry says this node owns the service, but no hand-over brought it here; not serving it");
+        return Ok(());
+    }
+    let fenced = state.owner == me;
+    let route = node.route_to(&now.owner, now.epoch, &host.config)?;
+    state.owner = now.owner.clone();
+    state.epoch = now.epoch;
+    let process = state.process.take();
+    host.ownership.save(&state.record())?;
+    host.proxy.set_route(route);
+    drop(state);
+    crate::telemetry::ownership(&host.config.name, now.epoch, false);
+    if fenced {
+        tracing::error!(service = %host.config.name, owner = %now.owner, epoch = now.epoch, "fenced: the registry gave the service to another node; stopping this copy");
+    } else {
+        tracing::info!(service = %host.config.name, owner = %now.owner, epoch = now.epoch, "following the registry: new owner");
+    }
+    if let Some(process) = process {
+        process.stop().await;
+    }
+    Ok(())
+}
+
+/// `replaymig status --fleet`: the registry's view, as this node's maps
+/// hold it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FleetStatus {
+    /// Registered (alive) nodes.
+    pub nodes: Vec<NodeInfo>,
+    /// Every service in the registry.
+    pub services: Vec<FleetService>,
+    /// The etcd revision the maps reflect.
+    pub revision: i64,
+}
+
+/// One service in [`FleetStatus`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FleetService {
+    /// Its name.
+    pub name: String,
+    /// Its owner, per the registry.
+    pub owner: String,
+    /// Whether the owner is registered (alive) now.
+    pub owner_alive: bool,
+    /// The ownership epoch.
+    pub epoch: u64,
+    /// The LSN of its last hand-over (0: never moved).
+    pub handover_lsn: u64,
+    /// This node's journal of it (first and last LSN), if it hosts it —
+    /// the owner's is the service's.
+    pub journal: Option<(u64, u64)>,
+}
+
+/// The fleet's status from this node's maps.
+pub(crate) fn status(node: &NodeShared) -> Option<FleetStatus> {
+    let fleet = node.fleet.as_ref()?;
+    let members = fleet.members.all();
+    let mut nodes: Vec<NodeInfo> = members.values().map(|m| m.value.clone()).collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut services: Vec<FleetService> = fleet
+        .owners
+        .all()
+        .into_iter()
+        .map(|(name, owned)| {
+            let journal = node.services.get(&name).map(|host| {
+                let first = host.journal.first_lsn().ok().flatten().unwrap_or(0);
+                (first, host.journal.last_lsn())
+            });
+            FleetService {
+                owner_alive: members.contains_key(&owned.value.owner),
+                owner: owned.value.owner,
+                epoch: owned.value.epoch,
+                handover_lsn: owned.value.handover_lsn,
+                journal,
+                name,
+            }
+        })
+        .collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(FleetStatus {
+        nodes,
+        services,
+        revision: fleet.owners.revision(),
+    })
+}
