@@ -30,12 +30,17 @@ const PREFIX: &str = "/fleet-test";
 struct Fleet {
     dir: TempDir,
     ports: Vec<(String, NodePorts)>,
-    _nodes: Vec<ChildGuard>,
+    nodes: Vec<ChildGuard>,
     _redis: StopRedisOnDrop,
 }
 
 impl Fleet {
     fn start(cluster: &EtcdCluster) -> Fleet {
+        Fleet::start_with(cluster, &[])
+    }
+
+    /// [`Fleet::start`], node a with extra environment (`FAILPOINTS`).
+    fn start_with(cluster: &EtcdCluster, a_env: &[(&str, &str)]) -> Fleet {
         let dir = TempDir::new().unwrap();
         std::fs::write(
             dir.path().join("secret"),
@@ -61,15 +66,27 @@ impl Fleet {
             let config =
                 write_node_config(dir.path(), name, me, (&other.0, &other.1), "a", None, None);
             fleet_config(&config, &fleet_section);
-            nodes.push(start_node(dir.path(), name, &config, me.admin, &[], &[]));
+            let env = if name == "a" { a_env } else { &[] };
+            nodes.push(start_node(dir.path(), name, &config, me.admin, env, &[]));
         }
         let backends = ports.iter().map(|(_, p)| p.backend).collect();
         Fleet {
             dir,
             ports,
-            _nodes: nodes,
+            nodes,
             _redis: StopRedisOnDrop(backends),
         }
+    }
+
+    /// Starts node a again (after it died), without extra environment.
+    fn restart_a(&mut self) {
+        let config = self.dir.path().join("a.toml");
+        let admin = self.node("a").admin;
+        self.nodes[0] = start_node(self.dir.path(), "a", &config, admin, &[], &[]);
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     fn node(&self, name: &str) -> &NodePorts {
@@ -344,4 +361,90 @@ fn without_etcd_quorum_a_migration_is_refused_and_the_source_serves_on() {
         (entry["owner"].as_str(), entry["epoch"].as_u64()),
         (Some("a"), Some(1))
     );
+}
+
+/// The registry commit applied but its answer was lost: the source does
+/// not know, settles it (the pin finds it committed) and completes.
+#[test]
+fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start_with(&cluster, &[("FAILPOINTS", "fleet-commit-answer-lost=return")]);
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = client(fleet.listen("c"), "lost:0".into(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, text) = fleet.migrate("a", "b");
+    assert!(ok, "{text}\n{}", fleet.logs());
+    assert!(fleet.log("a").contains("outcome is unknown"), "{}", fleet.logs());
+    let entry = registry_entry(&cluster);
+    assert_eq!((entry["owner"].as_str(), entry["epoch"].as_u64()), (Some("b"), Some(2)));
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "b", 2);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (key, acked, broke) = c.join().unwrap();
+    assert_eq!(broke, None);
+    assert_eq!(get(fleet.listen("a"), &key), acked);
+}
+
+/// The registry commit never left: the pin finds the entry as read, the
+/// migration is refused with the registry's word, the source serves on and
+/// the destination drops its copy.
+#[test]
+fn a_commit_that_never_left_is_settled_as_not_committed() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start_with(&cluster, &[("FAILPOINTS", "fleet-commit-not-sent=return")]);
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = client(fleet.listen("c"), "unsent:0".into(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, text) = fleet.migrate("a", "b");
+    assert!(!ok, "{text}");
+    assert!(text.contains("registry did not take the hand-over"), "{text}");
+    // The pin rewrote the entry as read: same owner and epoch.
+    let entry = registry_entry(&cluster);
+    assert_eq!((entry["owner"].as_str(), entry["epoch"].as_u64()), (Some("a"), Some(1)));
+    std::thread::sleep(Duration::from_millis(500));
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (key, acked, broke) = c.join().unwrap();
+    assert_eq!(broke, None, "{}", fleet.logs());
+    assert_eq!(get(fleet.listen("b"), &key), acked);
+}
+
+/// The source dies right after the registry commit, before its own record
+/// and before telling the destination: the destination learns the outcome
+/// from the registry and serves; the source, restarted, settles its
+/// recorded intent from the registry and does not take the service back.
+#[test]
+fn a_source_dying_after_the_registry_commit_leaves_the_destination_owning() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let mut fleet = Fleet::start_with(&cluster, &[("FAILPOINTS", "fleet-after-registry-commit=return")]);
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    // Writes acknowledged by a before the move.
+    let mut writer = RespClient::connect(fleet.listen("b")).unwrap();
+    for i in 1..=50 {
+        assert_eq!(writer.cmd(&["INCR", "crash:0"]).unwrap(), Reply::Int(i));
+    }
+    drop(writer);
+    let (ok, text) = fleet.migrate("a", "b");
+    assert!(!ok, "the source crashed mid-migration: {text}");
+    // b serves without a (it asked the registry).
+    for n in ["b", "c"] {
+        fleet.wait_view(n, "b", 2);
+    }
+    assert_eq!(get(fleet.listen("c"), "crash:0"), 50, "{}", fleet.logs());
+    fleet.restart_a();
+    fleet.wait_view("a", "b", 2);
+    assert!(fleet.log("a").contains("settled"), "{}", fleet.logs());
+    let mut c = RespClient::connect(fleet.listen("a")).unwrap();
+    assert_eq!(c.cmd(&["INCR", "crash:0"]).unwrap(), Reply::Int(51));
 }

@@ -20,8 +20,8 @@ use crate::config::{FleetConfig, NodeConfig};
 use crate::ownership::{Committing, OwnershipRecord};
 use anyhow::{bail, Context, Result};
 use replaymig_fleet::{
-    CommitOutcome, Etcd, EtcdOptions, MemberMap, Membership, NodeInfo, Owned, OwnerEntry, OwnerMap,
-    Registry,
+    CommitOutcome, Etcd, EtcdOptions, FleetError, MemberMap, Membership, NodeInfo, Owned,
+    OwnerEntry, OwnerMap, Registry,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -175,11 +175,21 @@ impl Fleet {
         read: &Owned,
         next: &OwnerEntry,
     ) -> Result<()> {
-        let outcome = match self
-            .registry
-            .commit(service, read, next, REGISTRY_STEP)
-            .await
-        {
+        // Fault injection (tests): etcd's answer lost, or the request
+        // never sent — both look the same here: no answer.
+        let committed = if fail::eval("fleet-commit-not-sent", |_| ()).is_some() {
+            Err(injected("the commit was never sent"))
+        } else {
+            let committed = self
+                .registry
+                .commit(service, read, next, REGISTRY_STEP)
+                .await;
+            match fail::eval("fleet-commit-answer-lost", |_| ()) {
+                Some(()) => Err(injected("the commit's answer was lost")),
+                None => committed,
+            }
+        };
+        let outcome = match committed {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(service, error = %e, "the registry commit's outcome is unknown: settling it before serving again (clients stay held)");
@@ -222,6 +232,15 @@ impl Fleet {
             }
             tokio::time::sleep(SETTLE_PAUSE).await;
         }
+    }
+}
+
+/// A fault injected by a fail point (tests): etcd "did not answer".
+fn injected(what: &str) -> FleetError {
+    FleetError::Unreachable {
+        what: format!("fail point: {what}"),
+        waited_ms: 0,
+        last: "injected".into(),
     }
 }
 

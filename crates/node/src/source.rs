@@ -790,6 +790,10 @@ impl<'a> SourceRun<'a> {
                 return Err(e);
             }
             self.mark("registry");
+            fail::fail_point!("fleet-after-registry-commit", |_| {
+                tracing::error!("fail point: crashing after the registry commit");
+                std::process::abort()
+            });
         }
         host.ownership
             .save(&OwnershipRecord {
