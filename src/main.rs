@@ -501,7 +501,12 @@ async fn migrate(
         &admin,
         serde_json::json!({"migrate": {"service": service, "to": to, "method": method, "unverified": unverified}}),
         |line| {
-            if let Some(phase) = line.get("phase") {
+            if let Some(owner) = line.get("forwarded") {
+                eprintln!(
+                    "this node does not own {service}; {} (its owner in the fleet's registry) runs the migration",
+                    owner.as_str().unwrap_or("?")
+                );
+            } else if let Some(phase) = line.get("phase") {
                 eprintln!(
                     "[{:>7.3} s] {}",
                     started.elapsed().as_secs_f64(),

@@ -249,8 +249,18 @@ fn a_service_moves_round_three_nodes_on_etcd_and_every_write_survives() {
 
     let mut epoch = 1;
     let mut handover = 0;
-    for (from, to) in [("a", "b"), ("b", "c"), ("c", "a")] {
-        let (ok, text) = fleet.migrate(from, to);
+    // Each move asked at one node's admin: a (the owner), then a again
+    // once b owns it (a forwards the request to b, which runs b → c), then
+    // c (the owner).
+    for (asked, to) in [("a", "b"), ("a", "c"), ("c", "a")] {
+        let from = asked;
+        let (ok, text) = fleet.migrate(asked, to);
+        if to == "c" {
+            assert!(
+                text.contains("b (its owner in the fleet's registry) runs"),
+                "{text}"
+            );
+        }
         assert!(
             ok,
             "migrate {from} → {to} failed:\n{text}\n{}",
@@ -368,7 +378,10 @@ fn without_etcd_quorum_a_migration_is_refused_and_the_source_serves_on() {
 #[test]
 fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
     let cluster = EtcdCluster::start(3).unwrap();
-    let fleet = Fleet::start_with(&cluster, &[("FAILPOINTS", "fleet-commit-answer-lost=return")]);
+    let fleet = Fleet::start_with(
+        &cluster,
+        &[("FAILPOINTS", "fleet-commit-answer-lost=return")],
+    );
     for n in ["a", "b", "c"] {
         fleet.wait_view(n, "a", 1);
     }
@@ -377,9 +390,16 @@ fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
     std::thread::sleep(Duration::from_millis(300));
     let (ok, text) = fleet.migrate("a", "b");
     assert!(ok, "{text}\n{}", fleet.logs());
-    assert!(fleet.log("a").contains("outcome is unknown"), "{}", fleet.logs());
+    assert!(
+        fleet.log("a").contains("outcome is unknown"),
+        "{}",
+        fleet.logs()
+    );
     let entry = registry_entry(&cluster);
-    assert_eq!((entry["owner"].as_str(), entry["epoch"].as_u64()), (Some("b"), Some(2)));
+    assert_eq!(
+        (entry["owner"].as_str(), entry["epoch"].as_u64()),
+        (Some("b"), Some(2))
+    );
     for n in ["a", "b", "c"] {
         fleet.wait_view(n, "b", 2);
     }
@@ -404,10 +424,16 @@ fn a_commit_that_never_left_is_settled_as_not_committed() {
     std::thread::sleep(Duration::from_millis(300));
     let (ok, text) = fleet.migrate("a", "b");
     assert!(!ok, "{text}");
-    assert!(text.contains("registry did not take the hand-over"), "{text}");
+    assert!(
+        text.contains("registry did not take the hand-over"),
+        "{text}"
+    );
     // The pin rewrote the entry as read: same owner and epoch.
     let entry = registry_entry(&cluster);
-    assert_eq!((entry["owner"].as_str(), entry["epoch"].as_u64()), (Some("a"), Some(1)));
+    assert_eq!(
+        (entry["owner"].as_str(), entry["epoch"].as_u64()),
+        (Some("a"), Some(1))
+    );
     std::thread::sleep(Duration::from_millis(500));
     for n in ["a", "b", "c"] {
         fleet.wait_view(n, "a", 1);
@@ -425,7 +451,10 @@ fn a_commit_that_never_left_is_settled_as_not_committed() {
 #[test]
 fn a_source_dying_after_the_registry_commit_leaves_the_destination_owning() {
     let cluster = EtcdCluster::start(3).unwrap();
-    let mut fleet = Fleet::start_with(&cluster, &[("FAILPOINTS", "fleet-after-registry-commit=return")]);
+    let mut fleet = Fleet::start_with(
+        &cluster,
+        &[("FAILPOINTS", "fleet-after-registry-commit=return")],
+    );
     for n in ["a", "b", "c"] {
         fleet.wait_view(n, "a", 1);
     }

@@ -585,6 +585,16 @@ pub mod seeds {
             Message::SnapshotStreamsNamed {
                 names: vec![(0, "dump.rdb".into())],
             },
+            Message::MigrateRequest {
+                service: "redis".into(),
+                to: "c".into(),
+                method: b"\"replay\"".to_vec(),
+                unverified: false,
+            },
+            Message::MigrateResult {
+                report: None,
+                error: Some("the registry did not take the hand-over".into()),
+            },
             Message::LogBatch {
                 first_lsn: 42,
                 count: 2,

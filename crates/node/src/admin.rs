@@ -148,6 +148,19 @@ async fn handle(
             method,
             unverified,
         } => {
+            if let Some(owner) = crate::forward::owner_elsewhere(&node, &service).await {
+                let note = json!({ "forwarded": owner });
+                let _ = write.write_all(format!("{note}\n").as_bytes()).await;
+                let last =
+                    match crate::forward::forward(&node, &owner, &service, &to, method, unverified)
+                        .await
+                    {
+                        Ok(report) => json!({ "report": report }),
+                        Err(e) => json!({ "error": format!("{e:#}") }),
+                    };
+                let _ = write.write_all(format!("{last}\n").as_bytes()).await;
+                return;
+            }
             let (tx, mut rx) = mpsc::unbounded_channel();
             let progress = move |event: crate::Progress| {
                 let line = match event {

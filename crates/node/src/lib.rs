@@ -10,6 +10,7 @@ mod destination;
 mod dial;
 mod fleet;
 mod fleet_view;
+mod forward;
 mod handover;
 mod listener;
 mod migration;
@@ -54,6 +55,7 @@ mod layering {
         &["migration", "precopy"],
         &["handover", "fleet_view"],
         &["destination", "source", "tunnel"],
+        &["forward"],
         &["admin", "peers"],
         &["node"],
     ];

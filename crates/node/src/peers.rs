@@ -89,6 +89,12 @@ async fn peer_connection(
             };
             tunnel::accept(&shared, link, request).await
         }
+        Message::MigrateRequest {
+            service,
+            to,
+            method,
+            unverified,
+        } => crate::forward::serve(&shared, link, service, to, method, unverified).await,
         Message::OwnerQuery { service } => {
             handover::answer_owner_query(&shared, link, &service).await
         }

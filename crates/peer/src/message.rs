@@ -177,6 +177,26 @@ pub enum Message {
         /// (stream number, file name relative to the snapshot directory).
         names: Vec<(u32, String)>,
     },
+    /// Fleet mode: run this migration of a service the receiver owns
+    /// (`replaymig migrate` was asked at another node). One per link; the
+    /// answer is `MigrateResult`.
+    MigrateRequest {
+        /// The service.
+        service: String,
+        /// The destination node.
+        to: String,
+        /// The method, as the admin request's JSON gives it.
+        method: Vec<u8>,
+        /// Replay without checking answers (see the admin request).
+        unverified: bool,
+    },
+    /// The outcome of a `MigrateRequest`.
+    MigrateResult {
+        /// The migration report (JSON), when it succeeded.
+        report: Option<Vec<u8>>,
+        /// Why it failed, otherwise.
+        error: Option<String>,
+    },
 }
 
 impl Message {
@@ -193,6 +213,8 @@ impl Message {
             Message::SnapshotEnd => "snapshot_end",
             Message::SnapshotStreamChunk { .. } => "snapshot_stream_chunk",
             Message::SnapshotStreamsNamed { .. } => "snapshot_streams_named",
+            Message::MigrateRequest { .. } => "migrate_request",
+            Message::MigrateResult { .. } => "migrate_result",
             Message::LogBatch { .. } => "log_batch",
             Message::LogApplied { .. } => "log_applied",
             Message::MigrateBegin { .. } => "migrate_begin",
