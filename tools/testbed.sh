@@ -8,16 +8,27 @@
 #   tools/testbed.sh [--name rmtb] exec a|b CMD...
 #   tools/testbed.sh [--name rmtb] addr a|b         # prints the node's address
 #
+# With --nodes N (fleet mode): N node namespaces NAME-a, NAME-b, ... and
+# --etcd M etcd namespaces NAME-etcd0 ... on one bridge (in its own
+# namespace NAME-br), nodes at 10.77.X.1, .2, ..., etcd members at
+# 10.77.X.101, .102, ...; each node's link shaped to --rate. `exec` and
+# `addr` then take any node or etcd member name (a, c, etcd1).
+#   tools/testbed.sh --name rmfl --nodes 5 --etcd 3 up
+#
 # Idempotent: `up` first removes a testbed of the same name; `down` removes
 # only what this script names (its namespaces; the veth pair goes with them).
 set -euo pipefail
 
 name=rmtb
 rate=""
+nodes=""
+etcd=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) name=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
+    --nodes) nodes=$2; shift 2 ;;
+    --etcd) etcd=$2; shift 2 ;;
     *) break ;;
   esac
 done
@@ -32,6 +43,55 @@ addr_a="10.77.$octet.1"; addr_b="10.77.$octet.2"
 down() {
   ip netns del "$ns_a" 2>/dev/null || true
   ip netns del "$ns_b" 2>/dev/null || true
+  # A bridge testbed's namespaces: exactly the names this script gives.
+  local ns
+  for ns in $(ip netns list | awk '{print $1}'); do
+    case "$ns" in
+      "$name-br" | "$name"-etcd[0-9]* | "$name"-[a-z]) ip netns del "$ns" 2>/dev/null || true ;;
+    esac
+  done
+}
+
+# Bridge mode: member names in order (nodes a, b, ..., then etcd0, ...).
+members() {
+  local i
+  for i in $(seq 0 $((nodes - 1))); do printf "\\$(printf '%03o' $((97 + i)))\n"; done
+  for i in $(seq 0 $((etcd - 1))); do echo "etcd$i"; done
+}
+
+# member_addr NAME: a node's or etcd member's address on the bridge.
+member_addr() {
+  case "$1" in
+    etcd*) echo "10.77.$octet.$((101 + ${1#etcd}))" ;;
+    [a-z]) echo "10.77.$octet.$(( $(printf '%d' "'$1") - 96 ))" ;;
+    *) echo "no member $1" >&2; return 1 ;;
+  esac
+}
+
+up_bridge() {
+  down
+  local br="$name-br" m ns i=0
+  ip netns add "$br"
+  ip -n "$br" link add br0 type bridge
+  ip -n "$br" link set br0 up
+  ip -n "$br" link set lo up
+  for m in $(members); do
+    ns="$name-$m"
+    ip netns add "$ns"
+    # Created inside the bridge's namespace, one end moved to the member's.
+    ip -n "$br" link add "v$i" type veth peer name eth0 netns "$ns"
+    ip -n "$br" link set "v$i" master br0
+    ip -n "$br" link set "v$i" up
+    ip -n "$ns" addr add "$(member_addr "$m")/24" dev eth0
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set eth0 up
+    if [ -n "$rate" ] && [ "${m#etcd}" = "$m" ]; then
+      shape "$ns" eth0
+      shape "$br" "v$i"
+    fi
+    i=$((i + 1))
+  done
+  echo "testbed $name: $nodes nodes, $etcd etcd members on a bridge (10.77.$octet.0/24)${rate:+, nodes at ${rate} Mbit/s each way}"
 }
 
 shape() { # ns dev
@@ -57,6 +117,17 @@ up() {
   fi
   echo "testbed $name: $ns_a ($addr_a) <-> $ns_b ($addr_b)${rate:+, ${rate} Mbit/s each way}"
 }
+
+if [ -n "$nodes" ]; then
+  case "$cmd" in
+    up) up_bridge ;;
+    down) down ;;
+    exec) m=$1; shift; member_addr "$m" >/dev/null && exec ip netns exec "$name-$m" "$@" ;;
+    addr) member_addr "${1:-}" ;;
+    *) echo "usage: $0 --nodes N [--etcd M] up|down|exec|addr [--name N] [--rate MBIT]" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
 
 case "$cmd" in
   up) up ;;
