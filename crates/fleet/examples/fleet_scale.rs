@@ -122,7 +122,10 @@ async fn main() {
     let t = Instant::now();
     let mut hits = 0usize;
     for k in 0..lookups {
-        if maps[k % nodes].owner(&format!("svc{:04}", k % services)).is_some() {
+        if maps[k % nodes]
+            .owner(&format!("svc{:04}", k % services))
+            .is_some()
+        {
             hits += 1;
         }
     }
@@ -134,7 +137,9 @@ async fn main() {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| claim of one service (sequential, first time) | {claim_ms:.2} ms |");
-    println!("| agent memory (owner map + member map + client, RSS ÷ agents) | {per_agent_kib:.0} KiB |");
+    println!(
+        "| agent memory (owner map + member map + client, RSS ÷ agents) | {per_agent_kib:.0} KiB |"
+    );
     println!(
         "| migration commit (compare-and-swap), median / p99 of {commits} | {:.2} / {:.2} ms |",
         percentile(&commit_ms, 0.5),
