@@ -509,3 +509,85 @@ fn the_fleet_demo_moves_redis_across_five_namespaced_nodes() {
     }
     assert!(stdout.contains("no connection broke"), "{stdout}");
 }
+
+/// etcd loses its quorum while a migration runs (two of three members
+/// killed just after it starts, one back 3 s later): whatever the commit
+/// then meets — a refusal ("no leader"), or no answer, settled once
+/// quorum is back — the outcome `migrate` reports is the registry's, one
+/// owner serves, and every acknowledged INCR is on it.
+#[test]
+fn quorum_lost_mid_migration_ends_with_the_owner_migrate_reports() {
+    let mut cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start(&cluster);
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, "a", 1);
+    }
+    // Some bulk, so the migration lasts a few hundred milliseconds.
+    let mut bulk = RespClient::connect(fleet.listen("a")).unwrap();
+    let value = "v".repeat(4096);
+    for chunk in 0..40 {
+        let cmds: Vec<Vec<String>> = (0..100)
+            .map(|i| vec!["SET".into(), format!("bulk:{chunk}:{i}"), value.clone()])
+            .collect();
+        let refs: Vec<Vec<&str>> = cmds
+            .iter()
+            .map(|c| c.iter().map(String::as_str).collect())
+            .collect();
+        bulk.pipeline(&refs).unwrap();
+    }
+    drop(bulk);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = client(fleet.listen("c"), "quorum:0".into(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let migration = {
+        let admin = fleet.admin("a");
+        std::thread::spawn(move || {
+            replaymig()
+                .args(["migrate", "redis", "--to", "b", "--admin", &admin])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    cluster.kill(1);
+    cluster.kill(2);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.restart(1).unwrap();
+    let out = migration.join().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entry = registry_entry(&cluster);
+    let (owner, epoch) = if out.status.success() {
+        ("b", 2)
+    } else {
+        assert!(
+            text.contains("registry") || text.contains("etcd"),
+            "says why: {text}"
+        );
+        ("a", 1)
+    };
+    assert_eq!(
+        (entry["owner"].as_str(), entry["epoch"].as_u64()),
+        (Some(owner), Some(epoch)),
+        "migrate said:\n{text}"
+    );
+    for n in ["a", "b", "c"] {
+        fleet.wait_view(n, owner, epoch);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (key, acked, broke) = c.join().unwrap();
+    assert_eq!(broke, None, "{}", fleet.logs());
+    assert_eq!(get(fleet.listen("c"), &key), acked);
+    eprintln!(
+        "quorum lost mid-migration: migrate {}",
+        if out.status.success() {
+            "committed"
+        } else {
+            "refused"
+        }
+    );
+}

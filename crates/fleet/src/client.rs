@@ -94,16 +94,19 @@ impl Etcd {
         let started = Instant::now();
         let n = self.inner.members.len();
         let mut failures_in_round = 0;
+        let mut maybe_applied = false;
         loop {
             let i = self.inner.current.load(Ordering::Acquire) % n;
             let failure = match self.member(i).await {
                 Ok(client) => match op(client).await {
                     Ok(value) => return Ok(value),
                     Err(e) => {
+                        maybe_applied |= crate::error::maybe_applied(&e);
                         *self.inner.members[i].lock().await = None;
                         e
                     }
                 },
+                // Never connected: nothing was sent.
                 Err(e) => e,
             };
             let last = format!("{}: {failure}", self.inner.options.endpoints[i]);
@@ -119,6 +122,7 @@ impl Etcd {
                     what: what.to_string(),
                     waited_ms: started.elapsed().as_millis() as u64,
                     last,
+                    maybe_applied,
                 });
             }
             failures_in_round += 1;

@@ -191,6 +191,13 @@ impl Fleet {
         };
         let outcome = match committed {
             Ok(outcome) => outcome,
+            // Refused before it could be proposed (no member reachable, or
+            // no leader): known not to have happened.
+            Err(e) if !e.outcome_unknown() => {
+                return Err(anyhow::Error::from(e).context(
+                    "the registry (etcd) did not take the hand-over; keeping the service",
+                ))
+            }
             Err(e) => {
                 tracing::warn!(service, error = %e, "the registry commit's outcome is unknown: settling it before serving again (clients stay held)");
                 crate::telemetry::fleet_commit_unknown(service);
@@ -241,6 +248,7 @@ fn injected(what: &str) -> FleetError {
         what: format!("fail point: {what}"),
         waited_ms: 0,
         last: "injected".into(),
+        maybe_applied: true,
     }
 }
 
