@@ -7,6 +7,7 @@
 # what `migrate` said.
 #
 #   RUNS=20 tools/fleet-faults.sh
+#   RUNS=5 TESTS="quorum_lost_mid_migration_ends_with_the_owner_migrate_reports" tools/fleet-faults.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
@@ -18,7 +19,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "fleet" and m.get("executable"):
         print(m["executable"])' | tail -1)
 [ -x "$bin" ] || { echo "fleet-faults: the test binary was not built" >&2; exit 1; }
-mapfile -t tests < <("$bin" --list 2>/dev/null | sed -n 's/: test$//p')
+if [ -n "${TESTS:-}" ]; then
+  read -r -a tests <<<"$TESTS"
+else
+  mapfile -t tests < <("$bin" --list 2>/dev/null | sed -n 's/: test$//p')
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 echo "| fleet fault (tests/fleet.rs) | runs | passed |"
