@@ -136,6 +136,28 @@ impl Fleet {
         }
     }
 
+    /// Waits until every node sees `owner` own the service under `epoch`.
+    fn wait_all(&self, owner: &str, epoch: u64) {
+        for n in ["a", "b", "c"] {
+            self.wait_view(n, owner, epoch);
+        }
+    }
+
+    /// `replaymig migrate redis --to TO` at node `from`, in a thread.
+    fn migrate_in_background(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> std::thread::JoinHandle<std::process::Output> {
+        let (admin, to) = (self.admin(from), to.to_string());
+        std::thread::spawn(move || {
+            replaymig()
+                .args(["migrate", "redis", "--to", &to, "--admin", &admin])
+                .output()
+                .unwrap()
+        })
+    }
+
     /// `replaymig migrate redis --to TO` at node `from`: exit status, and
     /// stdout + stderr.
     fn migrate(&self, from: &str, to: &str) -> (bool, String) {
@@ -233,9 +255,7 @@ fn get(addr: SocketAddr, key: &str) -> i64 {
 fn a_service_moves_round_three_nodes_on_etcd_and_every_write_survives() {
     let cluster = EtcdCluster::start(3).unwrap();
     let fleet = Fleet::start(&cluster);
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     assert_eq!(registry_entry(&cluster)["owner"], "a");
 
     // Clients on every node, their connections kept across all the moves.
@@ -277,9 +297,7 @@ fn a_service_moves_round_three_nodes_on_etcd_and_every_write_survives() {
         );
         handover = lsn;
         // Every node follows, the one that took no part too.
-        for n in ["a", "b", "c"] {
-            fleet.wait_view(n, to, epoch);
-        }
+        fleet.wait_all(to, epoch);
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -306,20 +324,10 @@ fn a_service_moves_round_three_nodes_on_etcd_and_every_write_survives() {
 fn an_etcd_member_killed_mid_migration_does_not_stop_the_commit() {
     let mut cluster = EtcdCluster::start(3).unwrap();
     let fleet = Fleet::start(&cluster);
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     let load = IncrLoad::start(fleet.listen("c"), 2, "kill:", 1_000_000);
     std::thread::sleep(Duration::from_millis(300));
-    let migration = {
-        let admin = fleet.admin("a");
-        std::thread::spawn(move || {
-            replaymig()
-                .args(["migrate", "redis", "--to", "b", "--admin", &admin])
-                .output()
-                .unwrap()
-        })
-    };
+    let migration = fleet.migrate_in_background("a", "b");
     // The member listed first — every client's first choice — dies while
     // the migration runs.
     std::thread::sleep(Duration::from_millis(150));
@@ -333,9 +341,7 @@ fn an_etcd_member_killed_mid_migration_does_not_stop_the_commit() {
         fleet.logs()
     );
     assert_eq!(registry_entry(&cluster)["owner"], "b");
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "b", 2);
-    }
+    fleet.wait_all("b", 2);
     for (key, n) in load.finish() {
         assert_eq!(get(fleet.listen("a"), &key), n, "{key}");
     }
@@ -345,9 +351,7 @@ fn an_etcd_member_killed_mid_migration_does_not_stop_the_commit() {
 fn without_etcd_quorum_a_migration_is_refused_and_the_source_serves_on() {
     let mut cluster = EtcdCluster::start(3).unwrap();
     let fleet = Fleet::start(&cluster);
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     let load = IncrLoad::start(fleet.listen("a"), 2, "noq:", 1_000_000);
     cluster.kill(1);
     cluster.kill(2);
@@ -382,9 +386,7 @@ fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
         &cluster,
         &[("FAILPOINTS", "fleet-commit-answer-lost=return")],
     );
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c = client(fleet.listen("c"), "lost:0".into(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
@@ -400,9 +402,7 @@ fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
         (entry["owner"].as_str(), entry["epoch"].as_u64()),
         (Some("b"), Some(2))
     );
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "b", 2);
-    }
+    fleet.wait_all("b", 2);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (key, acked, broke) = c.join().unwrap();
     assert_eq!(broke, None);
@@ -416,9 +416,7 @@ fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
 fn a_commit_that_never_left_is_settled_as_not_committed() {
     let cluster = EtcdCluster::start(3).unwrap();
     let fleet = Fleet::start_with(&cluster, &[("FAILPOINTS", "fleet-commit-not-sent=return")]);
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c = client(fleet.listen("c"), "unsent:0".into(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
@@ -435,9 +433,7 @@ fn a_commit_that_never_left_is_settled_as_not_committed() {
         (Some("a"), Some(1))
     );
     std::thread::sleep(Duration::from_millis(500));
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (key, acked, broke) = c.join().unwrap();
     assert_eq!(broke, None, "{}", fleet.logs());
@@ -455,9 +451,7 @@ fn a_source_dying_after_the_registry_commit_leaves_the_destination_owning() {
         &cluster,
         &[("FAILPOINTS", "fleet-after-registry-commit=return")],
     );
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     // Writes acknowledged by a before the move.
     let mut writer = RespClient::connect(fleet.listen("b")).unwrap();
     for i in 1..=50 {
@@ -519,9 +513,7 @@ fn the_fleet_demo_moves_redis_across_five_namespaced_nodes() {
 fn quorum_lost_mid_migration_ends_with_the_owner_migrate_reports() {
     let mut cluster = EtcdCluster::start(3).unwrap();
     let fleet = Fleet::start(&cluster);
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, "a", 1);
-    }
+    fleet.wait_all("a", 1);
     // Some bulk, so the migration lasts a few hundred milliseconds.
     let mut bulk = RespClient::connect(fleet.listen("a")).unwrap();
     let value = "v".repeat(4096);
@@ -539,15 +531,7 @@ fn quorum_lost_mid_migration_ends_with_the_owner_migrate_reports() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c = client(fleet.listen("c"), "quorum:0".into(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
-    let migration = {
-        let admin = fleet.admin("a");
-        std::thread::spawn(move || {
-            replaymig()
-                .args(["migrate", "redis", "--to", "b", "--admin", &admin])
-                .output()
-                .unwrap()
-        })
-    };
+    let migration = fleet.migrate_in_background("a", "b");
     std::thread::sleep(Duration::from_millis(50));
     cluster.kill(1);
     cluster.kill(2);
@@ -574,9 +558,7 @@ fn quorum_lost_mid_migration_ends_with_the_owner_migrate_reports() {
         (Some(owner), Some(epoch)),
         "migrate said:\n{text}"
     );
-    for n in ["a", "b", "c"] {
-        fleet.wait_view(n, owner, epoch);
-    }
+    fleet.wait_all(owner, epoch);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (key, acked, broke) = c.join().unwrap();

@@ -104,16 +104,9 @@ impl Registry {
         deadline: Duration,
     ) -> Result<Owned, FleetError> {
         let key = self.keys.service(service);
-        let value = to_json(initial);
+        let absent = Compare::version(key.clone(), CompareOp::Equal, 0);
         let response = self
-            .etcd
-            .call("the ownership claim", deadline, |mut c| {
-                let txn = Txn::new()
-                    .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
-                    .or_else([TxnOp::get(key.clone(), None)]);
-                async move { c.txn(txn).await }
-            })
+            .put_if(&key, absent, initial, "the ownership claim", deadline)
             .await?;
         if response.succeeded() {
             let revision = response.header().map_or(0, |h| h.revision());
@@ -187,26 +180,37 @@ impl Registry {
         deadline: Duration,
     ) -> Result<Swap, FleetError> {
         let key = self.keys.service(service);
-        let value = to_json(write);
-        let response = self
-            .etcd
-            .call(what, deadline, |mut c| {
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        read.revision,
-                    )])
-                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
-                    .or_else([TxnOp::get(key.clone(), None)]);
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, read.revision);
+        let response = self.put_if(&key, unchanged, write, what, deadline).await?;
         if response.succeeded() {
             Ok(Swap::Written)
         } else {
             Ok(Swap::Moved(got(&response)?))
         }
+    }
+}
+
+impl Registry {
+    /// One transaction on `key`: if `compare` holds, write `entry`;
+    /// otherwise read the key (in the same revision).
+    async fn put_if(
+        &self,
+        key: &str,
+        compare: Compare,
+        entry: &OwnerEntry,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<TxnResponse, FleetError> {
+        let value = to_json(entry);
+        self.etcd
+            .call(what, deadline, |mut c| {
+                let txn = Txn::new()
+                    .when([compare.clone()])
+                    .and_then([TxnOp::put(key, value.clone(), None)])
+                    .or_else([TxnOp::get(key, None)]);
+                async move { c.txn(txn).await }
+            })
+            .await
     }
 }
 
