@@ -31,9 +31,28 @@ pub(crate) struct ServiceHost {
     /// The phase of the migration running here, or of the last one, with
     /// this node's role in it (`status` shows it; the metric mirrors it).
     pub phase: std::sync::Mutex<Option<(&'static str, crate::Phase)>>,
+    /// Copies given up by migrations, being stopped in the background.
+    pub retiring: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ServiceHost {
+    /// Stops a copy this node gave up, in the background (see
+    /// [`ServiceHost::retired`]).
+    pub(crate) fn retire(&self, process: ServiceProcess) {
+        let stopping = tokio::spawn(process.stop());
+        let mut retiring = self.retiring.lock().expect("poisoned");
+        retiring.retain(|t| !t.is_finished());
+        retiring.push(stopping);
+    }
+
+    /// Waits until every retired copy has exited.
+    pub(crate) async fn retired(&self) {
+        let stopping = std::mem::take(&mut *self.retiring.lock().expect("poisoned"));
+        for task in stopping {
+            let _ = task.await;
+        }
+    }
+
     /// Enters `phase` of a migration in which this node is `role`.
     pub(crate) fn set_phase(&self, role: &'static str, phase: crate::Phase) {
         *self.phase.lock().expect("poisoned") = Some((role, phase));

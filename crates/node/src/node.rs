@@ -78,6 +78,7 @@ impl Node {
                 proxy: proxy.control(),
                 ownership,
                 phase: std::sync::Mutex::new(None),
+                retiring: std::sync::Mutex::new(Vec::new()),
                 state: Mutex::new(ServiceState {
                     owner: record.owner,
                     epoch: record.epoch,
@@ -202,6 +203,7 @@ impl Node {
         }
         // 3 and 4, service by service.
         for host in self.shared.services.values() {
+            host.retired().await;
             if let Some(process) = host.state.lock().await.process.take() {
                 process.stop().await;
             }

@@ -411,8 +411,12 @@ impl<'a> SourceRun<'a> {
             A::StopService => {
                 let service = &self.host.config.name;
                 telemetry::ownership(service, self.plan.epoch, false);
+                // Clients already reach the new owner: the old copy gets no
+                // input, so the migration does not wait for it to exit
+                // (Redis, for one, acts on SIGTERM at its next 10 Hz
+                // tick). The node waits for it before it shuts down.
                 if let Some(p) = self.process.take() {
-                    p.stop().await;
+                    self.host.retire(p);
                 }
                 Some(E::Stopped)
             }
