@@ -11,6 +11,10 @@
 #
 #   tools/fleet-demo.sh
 #   RATE=100 tools/fleet-demo.sh      # each node's link shaped (Mbit/s)
+#   PARTITION=1 tools/fleet-demo.sh   # first, node a is cut off from etcd (iptables
+#                                     # in its namespace) at the commit of a move to c:
+#                                     # the move must be refused once etcd is back,
+#                                     # a serving throughout; then the moves as above
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "fleet-demo: needs root (network namespaces)" >&2; exit 1; }
@@ -78,7 +82,12 @@ ready = "$REDIS_READY"
 [service.snapshot]
 $REDIS_EXEC_SNAPSHOT
 TOML
-  in_ns "$n" "$BIN" node --config "$work/$n.toml" 2>"$work/$n.log" &
+  if [ "$n" = a ] && [ -n "${PARTITION:-}" ]; then
+    # A pause at the registry commit, in which the cut is made.
+    FAILPOINTS="fleet-before-registry-commit=1*return(1500)" in_ns "$n" "$BIN" node --config "$work/$n.toml" 2>"$work/$n.log" &
+  else
+    in_ns "$n" "$BIN" node --config "$work/$n.toml" 2>"$work/$n.log" &
+  fi
   pids+=($!)
 done
 for n in "${nodes[@]}"; do
@@ -133,6 +142,27 @@ PY
   load_pids+=($!)
 done
 sleep 1
+
+if [ -n "${PARTITION:-}" ]; then
+  echo "== migrate redis a -> c while node a is cut off from etcd at the commit (4 s)"
+  etcd_addrs=$(for i in 0 1 2; do tbx addr etcd$i; done)
+  run_in a "$BIN" migrate redis --to c >"$work/partitioned" 2>&1 &
+  migrating=$!
+  sleep 0.7
+  for ip in $etcd_addrs; do run_in a iptables -A OUTPUT -d "$ip" -j DROP; done
+  sleep 4
+  for ip in $etcd_addrs; do run_in a iptables -D OUTPUT -d "$ip" -j DROP; done
+  if wait "$migrating"; then
+    echo "== FAILED: the partitioned commit was taken" >&2; cat "$work/partitioned" >&2; exit 1
+  fi
+  grep -E "registry|etcd" "$work/partitioned" | tail -1
+  # Refused at once when no try reached etcd, or settled once etcd
+  # answered again when one may have: either way, not taken.
+  grep -q "did not take the hand-over" "$work/partitioned" \
+    || { echo "== FAILED: unexpected outcome" >&2; cat "$work/partitioned" >&2; exit 1; }
+  wait_owner a 1
+  echo "   refused; node a still owns redis under epoch 1 (node d's view)"
+fi
 
 epoch=1
 for step in "a c a" "c e b" "e b e"; do

@@ -155,10 +155,7 @@ impl NodeShared {
         }
         let addr = match (self.config.peers.get(owner), &self.fleet) {
             (Some(addr), _) => crate::dial::PeerAddress::Fixed(*addr),
-            (None, Some(fleet)) => crate::dial::PeerAddress::Registered {
-                name: owner.to_string(),
-                members: fleet.members.clone(),
-            },
+            (None, Some(fleet)) => crate::dial::PeerAddress::registered(owner, &fleet.members),
             (None, None) => anyhow::bail!("unknown node {owner:?} (not in [peers])"),
         };
         Ok(Route::Remote {

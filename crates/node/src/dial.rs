@@ -19,26 +19,48 @@ pub enum PeerAddress {
     Fixed(SocketAddr),
     /// Fleet mode: looked up in the member map at each dial, so an owner
     /// that registers (or moves) after the route was set is still found.
+    /// An owner whose registration lapsed (cut off from etcd, say) is
+    /// still dialed at its last known address: membership says who is
+    /// alive, not who owns — the epoch fence decides that.
     Registered {
         /// The owner's name.
         name: String,
         /// The registry's members.
         members: replaymig_fleet::MemberMap,
+        /// Where it was last registered.
+        last_known: Arc<std::sync::Mutex<Option<SocketAddr>>>,
     },
 }
 
 impl PeerAddress {
+    /// Node `name`'s address as fleet mode finds it.
+    pub fn registered(name: &str, members: &replaymig_fleet::MemberMap) -> PeerAddress {
+        let known = members.get(name).and_then(|m| m.value.peer.parse().ok());
+        PeerAddress::Registered {
+            name: name.to_string(),
+            members: members.clone(),
+            last_known: Arc::new(std::sync::Mutex::new(known)),
+        }
+    }
+
     fn resolve(&self) -> std::io::Result<SocketAddr> {
         match self {
             PeerAddress::Fixed(addr) => Ok(*addr),
-            PeerAddress::Registered { name, members } => members
-                .get(name)
-                .and_then(|m| m.value.peer.parse().ok())
-                .ok_or_else(|| {
+            PeerAddress::Registered {
+                name,
+                members,
+                last_known,
+            } => {
+                let mut last = last_known.lock().expect("poisoned");
+                if let Some(now) = members.get(name).and_then(|m| m.value.peer.parse().ok()) {
+                    *last = Some(now);
+                }
+                last.ok_or_else(|| {
                     std::io::Error::other(format!(
-                        "node {name} owns the service but is not registered in the fleet"
+                        "node {name} owns the service but was never seen registered in the fleet"
                     ))
-                }),
+                })
+            }
         }
     }
 }

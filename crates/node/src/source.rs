@@ -786,6 +786,12 @@ impl<'a> SourceRun<'a> {
             host.ownership
                 .save(&record)
                 .context("cannot record the hand-over's intent; keeping the service")?;
+            // Fault injection (tools/fleet-demo.sh PARTITION=1): a pause
+            // here, in which the test cuts this node off from etcd.
+            if let Some(ms) = fail::eval("fleet-before-registry-commit", |ms| ms) {
+                let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             if let Err(e) = fleet.commit(service, read, &next).await {
                 // Definitely not committed: nothing changed anywhere.
                 if let Err(save) = host.ownership.save(&state.record()) {
