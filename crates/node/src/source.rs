@@ -805,14 +805,26 @@ impl<'a> SourceRun<'a> {
                 std::process::abort()
             });
         }
-        host.ownership
+        let saved = host
+            .ownership
             .save(&OwnershipRecord {
                 owner: to.to_string(),
                 epoch,
                 prepared: None,
                 committing: None,
             })
-            .context("cannot record the hand-over; keeping the service")?;
+            .context("cannot record the hand-over; keeping the service");
+        match saved {
+            // Two-node mode: the local record is the commit point.
+            Err(e) if node.fleet.is_none() => return Err(e),
+            // Fleet mode: the registry's commit was the commit point, and
+            // the recorded intent settles it at a restart; giving up now
+            // would leave the service to nobody.
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "hand-over committed in the registry but not recorded here; a restart settles it from the intent")
+            }
+            Ok(()) => {}
+        }
         fail::fail_point!("source-after-commit-record", |_| {
             tracing::error!("fail point: crashing after the commit record");
             std::process::abort()
