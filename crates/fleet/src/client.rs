@@ -98,16 +98,24 @@ impl Etcd {
         loop {
             let i = self.inner.current.load(Ordering::Acquire) % n;
             let failure = match self.member(i).await {
-                Ok(client) => match op(client).await {
-                    Ok(value) => return Ok(value),
-                    Err(e) => {
+                // Bounded here too: a member behind a silent drop would
+                // otherwise hold a streaming call (its first answer) until
+                // TCP gives up.
+                Ok(client) => match tokio::time::timeout(self.op_bound(), op(client)).await {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(e)) => {
                         maybe_applied |= crate::error::maybe_applied(&e);
                         *self.inner.members[i].lock().await = None;
-                        e
+                        e.to_string()
+                    }
+                    Err(_) => {
+                        maybe_applied = true;
+                        *self.inner.members[i].lock().await = None;
+                        format!("no answer within {:?}", self.op_bound())
                     }
                 },
                 // Never connected: nothing was sent.
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             let last = format!("{}: {failure}", self.inner.options.endpoints[i]);
             tracing::debug!(what, error = %last, "etcd member failed; trying the next");
@@ -133,6 +141,12 @@ impl Etcd {
         }
     }
 
+    /// Bound on one try on one member, beyond the request timeout the
+    /// connection applies to unary calls.
+    fn op_bound(&self) -> Duration {
+        self.inner.options.request_timeout * 2
+    }
+
     /// Member `i`'s connection, made if there is none.
     async fn member(&self, i: usize) -> Result<Client, etcd_client::Error> {
         let mut slot = self.inner.members[i].lock().await;
@@ -145,7 +159,12 @@ impl Etcd {
             .with_connect_timeout(options.connect_timeout)
             // A member without a leader refuses at once instead of holding
             // the request until its timeout.
-            .with_require_leader(true);
+            .with_require_leader(true)
+            // A connection whose peer went silent (a partition) fails its
+            // streams (watches, lease renewals) within seconds, so they are
+            // re-created on a member that answers.
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
         let client = Client::connect([options.endpoints[i].as_str()], Some(connect)).await?;
         *slot = Some(client.clone());
         Ok(client)

@@ -103,14 +103,22 @@ impl Registry {
             let renewed = self
                 .etcd
                 .call("a membership renewal", ttl, |mut c| async move {
-                    let (mut keeper, mut answers) = c.lease_keep_alive(id).await?;
-                    keeper.keep_alive().await?;
-                    answers.message().await
+                    // Opening the stream reads the first answer: the crate
+                    // reports an expired lease (TTL 0) as this error.
+                    match c.lease_keep_alive(id).await {
+                        Ok(_) => Ok(true),
+                        Err(etcd_client::Error::LeaseKeepAliveError(why))
+                            if why.contains("not found") =>
+                        {
+                            Ok(false)
+                        }
+                        Err(e) => Err(e),
+                    }
                 })
                 .await;
             match renewed {
-                Ok(Some(answer)) if answer.ttl() > 0 => continue,
-                // Expired (TTL 0), no answer, or etcd gone for a whole TTL.
+                Ok(true) => continue,
+                // Expired, or etcd gone for a whole TTL: register again.
                 _ => return,
             }
         }

@@ -40,11 +40,19 @@ pub struct Owned {
     pub revision: i64,
 }
 
-/// How a commit (or a [`Registry::pin`]) ended; both are definite.
+/// How a commit (or a [`Registry::pin`]) ended; all are definite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
     /// The key says the new owner and epoch: the hand-over is committed.
     Committed,
+    /// The key moved past what was read to a later epoch under another
+    /// entry. Only the owner that was read could move it off that revision,
+    /// so this commit applied (its answer was lost) and later hand-overs
+    /// built on it: the caller owns nothing any more.
+    Superseded {
+        /// What the key holds now.
+        now: Owned,
+    },
     /// The key does not say the new owner and never will by this commit:
     /// it had moved on from what was read, or it was pinned as read.
     NotCommitted {
@@ -117,8 +125,12 @@ impl Registry {
         }
         match got(&response)? {
             Some(now) => Ok(now),
-            // Deleted between the compare and the read: claim again.
-            None => Box::pin(self.claim(service, initial, deadline)).await,
+            // Deleted between the compare and the read (by hand): one more
+            // try, not a loop.
+            None => Err(FleetError::Malformed {
+                key: self.keys.service(service),
+                reason: "deleted while being claimed; start again".into(),
+            }),
         }
     }
 
@@ -136,10 +148,7 @@ impl Registry {
         Ok(
             match self.swap_if_at(service, read, next, what, deadline).await? {
                 Swap::Written => CommitOutcome::Committed,
-                // An earlier try of this very commit applied (its answer was
-                // lost on the way).
-                Swap::Moved(Some(now)) if now.entry == *next => CommitOutcome::Committed,
-                Swap::Moved(now) => CommitOutcome::NotCommitted { now },
+                Swap::Moved(now) => moved(read, next, now),
             },
         )
     }
@@ -164,8 +173,7 @@ impl Registry {
                 Swap::Written => CommitOutcome::NotCommitted {
                     now: self.owner(service, deadline).await?,
                 },
-                Swap::Moved(Some(now)) if now.entry == *next => CommitOutcome::Committed,
-                Swap::Moved(now) => CommitOutcome::NotCommitted { now },
+                Swap::Moved(now) => moved(read, next, now),
             },
         )
     }
@@ -220,6 +228,20 @@ enum Swap {
     Written,
     /// The key had moved on; what it holds.
     Moved(Option<Owned>),
+}
+
+/// What it means that the key moved off `read` before a commit of `next`
+/// (or its pin) could compare: an earlier try of the commit applied (the
+/// key holds `next`, or a later epoch built on it), or the key was pinned
+/// as read (or edited by hand).
+fn moved(read: &Owned, next: &OwnerEntry, now: Option<Owned>) -> CommitOutcome {
+    match now {
+        Some(now) if now.entry == *next => CommitOutcome::Committed,
+        Some(now) if now.entry.epoch > read.entry.epoch && now.entry != read.entry => {
+            CommitOutcome::Superseded { now }
+        }
+        now => CommitOutcome::NotCommitted { now },
+    }
 }
 
 fn to_json(entry: &OwnerEntry) -> Vec<u8> {

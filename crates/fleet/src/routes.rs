@@ -203,9 +203,14 @@ async fn follow<T: DeserializeOwned>(
         *entries.write().expect("poisoned") = listed;
         revision.send_replace(at);
         // Watch (and re-watch) until the history we need is gone.
+        // The last revision whose events are all applied: a new watch
+        // resumes after it (not after a response header's revision, which
+        // a watch's first answer and its catch-up batches put ahead of the
+        // events still to come).
+        let mut applied = at;
         loop {
-            let seen = *revision.borrow();
-            match watch_from(&registry, &prefix, seen, &entries, &revision).await {
+            let seen = applied;
+            match watch_from(&registry, &prefix, &mut applied, &entries, &revision).await {
                 Ok(WatchEnd::Compacted) => break,
                 Ok(WatchEnd::Broken(why)) | Err(why) => {
                     tracing::info!(%prefix, from = seen + 1, reason = %why, "registry map: watch broke; watching again");
@@ -224,14 +229,16 @@ enum WatchEnd {
     Broken(String),
 }
 
-/// One watch of `prefix` from `seen + 1`, applied to `owners` until it ends.
+/// One watch of `prefix` from `applied + 1`, applied to `entries` until it
+/// ends; `applied` follows the events (and progress notifications).
 async fn watch_from<T: DeserializeOwned>(
     registry: &Registry,
     prefix: &str,
-    seen: i64,
+    applied: &mut i64,
     entries: &Entries<T>,
     revision: &watch::Sender<i64>,
 ) -> Result<WatchEnd, String> {
+    let seen = *applied;
     let mut stream = registry
         .etcd
         .call("a registry watch", STEP_DEADLINE, |mut c| {
@@ -280,10 +287,23 @@ async fn watch_from<T: DeserializeOwned>(
             }
         }
         drop(map);
+        let at = response.header().map_or(0, |h| h.revision());
+        match response
+            .events()
+            .iter()
+            .filter_map(|e| e.kv())
+            .map(|kv| kv.mod_revision())
+            .max()
+        {
+            Some(last) => *applied = (*applied).max(last),
+            // A progress notification: everything up to its revision was
+            // sent. (A created answer says nothing of what follows.)
+            None if !response.created() => *applied = (*applied).max(at),
+            None => {}
+        }
         // Every response wakes the readers if it changed the map: the
         // watch's first answer may already carry the revision of events
         // that come in the next one.
-        let at = response.header().map_or(0, |h| h.revision());
         let changed = !response.events().is_empty();
         revision.send_if_modified(|r| {
             let newer = at > *r;

@@ -49,17 +49,13 @@ async fn a_commit_swaps_only_what_was_read_and_its_retry_is_idempotent() {
     );
     let now = reg.owner("redis", D).await.unwrap().unwrap();
     assert_eq!(now.entry, next);
-    // A source that read before b's commit cannot commit over it.
+    // Another commit over the same read: the key moved on to a later
+    // epoch, which only a commit of that read could do — it is spent.
     let stale = reg
         .commit("redis", &first, &entry("c", 2, 99), D)
         .await
         .unwrap();
-    assert_eq!(
-        stale,
-        CommitOutcome::NotCommitted {
-            now: Some(now.clone())
-        }
-    );
+    assert_eq!(stale, CommitOutcome::Superseded { now: now.clone() });
     // etcd itself holds the entry as JSON under the fleet's prefix.
     let raw = cluster
         .etcdctl(&["get", "/t1/services/redis", "--print-value-only"])
@@ -68,6 +64,25 @@ async fn a_commit_swaps_only_what_was_read_and_its_retry_is_idempotent() {
         serde_json::from_str::<OwnerEntry>(raw.trim()).unwrap(),
         next
     );
+    // b moves it on to c; a, who lost the answer to a → b, pins: it finds
+    // the hand-over applied and superseded — never "not committed", which
+    // would let a serve again beside c.
+    let at_c = entry("c", 3, 2000);
+    assert_eq!(
+        reg.commit("redis", &now, &at_c, D).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    match reg.pin("redis", &first, &next, D).await.unwrap() {
+        CommitOutcome::Superseded { now } => assert_eq!(now.entry, at_c),
+        other => panic!("a pin after later moves must say superseded, got {other:?}"),
+    }
+    // A pin of the read as it still is, though, pins it.
+    let at_c_read = reg.owner("redis", D).await.unwrap().unwrap();
+    let pinned = reg
+        .pin("redis", &at_c_read, &entry("d", 4, 3000), D)
+        .await
+        .unwrap();
+    assert!(matches!(pinned, CommitOutcome::NotCommitted { now: Some(n) } if n.entry == at_c));
     // Something else's bytes under the key are an error naming it.
     cluster
         .etcdctl(&["put", "/t1/services/bad", "not json"])
@@ -219,6 +234,7 @@ async fn a_commit_without_quorum_is_unknown_until_a_pin_settles_it() {
             assert_eq!(now.entry, read.entry, "pinned as read");
             assert_eq!(said.as_ref().map(|o| &o.entry), Some(&read.entry));
         }
+        CommitOutcome::Superseded { now } => panic!("nobody moved it on: {now:?}"),
     }
     // And it stays decided: the late commit can no longer apply.
     cluster.restart(2).unwrap();

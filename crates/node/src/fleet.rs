@@ -44,6 +44,10 @@ pub(crate) struct Fleet {
     pub members: MemberMap,
     /// This node's registration (dropped: the lease lapses).
     membership: std::sync::Mutex<Option<Membership>>,
+    /// Peer addresses last seen registered: a node whose lease lapsed (cut
+    /// off from etcd) is still reachable, and still answers for what it
+    /// owns — membership is liveness, not ownership.
+    last_known: std::sync::Mutex<std::collections::HashMap<String, SocketAddr>>,
 }
 
 impl Fleet {
@@ -62,12 +66,35 @@ impl Fleet {
             members: registry.member_map(),
             registry,
             membership: std::sync::Mutex::new(Some(membership)),
+            last_known: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
-    /// Where node `name` listens for peers, if it is registered.
+    /// Where node `name` listens for peers: as registered, or as last seen
+    /// registered.
     pub(crate) fn peer(&self, name: &str) -> Option<SocketAddr> {
-        self.members.get(name)?.value.peer.parse().ok()
+        let mut known = self.last_known.lock().expect("poisoned");
+        match self
+            .members
+            .get(name)
+            .and_then(|m| m.value.peer.parse().ok())
+        {
+            Some(now) => {
+                known.insert(name.to_string(), now);
+                Some(now)
+            }
+            None => known.get(name).copied(),
+        }
+    }
+
+    /// Notes every registered node's address (see `peer`).
+    pub(crate) fn remember_members(&self) {
+        let mut known = self.last_known.lock().expect("poisoned");
+        for (name, member) in self.members.all() {
+            if let Ok(addr) = member.value.peer.parse() {
+                known.insert(name, addr);
+            }
+        }
     }
 
     /// Leaves the member list now (at shutdown).
@@ -88,6 +115,7 @@ impl Fleet {
         &self,
         service: &str,
         mut local: OwnershipRecord,
+        from_file: bool,
     ) -> Result<OwnershipRecord> {
         if let Some(committing) = local.committing.take() {
             let (read, next) = committing.entries();
@@ -102,15 +130,20 @@ impl Fleet {
                         next.owner, next.epoch
                     )
                 })?;
-            if outcome == CommitOutcome::Committed {
-                local.owner = next.owner.clone();
-                local.epoch = next.epoch;
-            }
-            tracing::info!(
-                service,
-                committed = outcome == CommitOutcome::Committed,
-                "hand-over recorded before the restart settled"
-            );
+            let (owner, epoch) = match &outcome {
+                CommitOutcome::Committed => (next.owner.clone(), next.epoch),
+                CommitOutcome::Superseded { now } => (now.entry.owner.clone(), now.entry.epoch),
+                CommitOutcome::NotCommitted { .. } => (local.owner.clone(), local.epoch),
+            };
+            tracing::info!(service, %owner, epoch, "hand-over recorded before the restart settled");
+            local.owner = owner;
+            local.epoch = epoch;
+        }
+        // A prepared hand-over is settled by its own recovery (which asks
+        // the registry first): owning the service now would serve it from
+        // a copy not yet rebuilt.
+        if local.prepared.is_some() {
+            return Ok(local);
         }
         let initial = OwnerEntry {
             owner: local.owner.clone(),
@@ -119,9 +152,17 @@ impl Fleet {
         };
         let now = match self.registry.claim(service, &initial, START_WAIT).await {
             Ok(now) => now.entry,
-            Err(e) => {
+            // The last ownership this node knew: it keeps what it had and
+            // takes nothing new.
+            Err(e @ FleetError::Unreachable { .. }) if from_file => {
                 tracing::warn!(service, error = %e, owner = %local.owner, epoch = local.epoch, "the registry is unreachable: starting with the last ownership this node knew");
                 return Ok(local);
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "{service}: this node has no ownership record of its own and the registry \
+                     does not say who owns the service: not starting"
+                )))
             }
         };
         if now.epoch < local.epoch {
@@ -206,6 +247,12 @@ impl Fleet {
         };
         match outcome {
             CommitOutcome::Committed => Ok(()),
+            // Applied, and the service moved on since: this node must not
+            // serve it; the owner map routes to where it is now.
+            CommitOutcome::Superseded { now } => {
+                tracing::warn!(service, owner = %now.entry.owner, epoch = now.entry.epoch, "the hand-over applied while its answer was lost, and the service moved on since");
+                Ok(())
+            }
             CommitOutcome::NotCommitted { now } => bail!(
                 "the registry did not take the hand-over: it says {}; keeping the service",
                 describe(now.as_ref())

@@ -8,6 +8,9 @@ use replaymig_fleet::{NodeInfo, OwnerEntry};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// How often the owner map is checked again without a change.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Keeps every service's route where the registry says its owner is: a
 /// node that takes no part in a hand-over learns of it here (its new
 /// client connections go to the new owner; its open tunnels were handed
@@ -17,6 +20,7 @@ pub(crate) async fn follow_owners(node: Arc<NodeShared>, stop: CancellationToken
     let fleet = node.fleet.as_ref().expect("fleet mode");
     let mut changes = fleet.owners.changes();
     loop {
+        fleet.remember_members();
         for host in node.services.values() {
             let Some(now) = fleet.owners.owner(&host.config.name) else {
                 continue;
@@ -25,9 +29,12 @@ pub(crate) async fn follow_owners(node: Arc<NodeShared>, stop: CancellationToken
                 tracing::warn!(service = %host.config.name, error = %format!("{e:#}"), "could not follow the registry's owner");
             }
         }
+        // A change skipped while a hand-over ran here is taken up at the
+        // next tick.
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RECHECK) => {}
         }
     }
 }

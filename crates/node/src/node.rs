@@ -48,7 +48,9 @@ impl Node {
             let journal = Journal::open_for(&service.journal, options, &service.name)
                 .with_context(|| format!("cannot open the journal of {}", service.name))?;
             let ownership = OwnershipFile::beside(&service.journal);
-            let mut record = ownership.load()?.unwrap_or_else(|| OwnershipRecord {
+            let saved = ownership.load()?;
+            let from_file = saved.is_some();
+            let mut record = saved.unwrap_or_else(|| OwnershipRecord {
                 owner: service.owner.clone(),
                 epoch: 1,
                 prepared: None,
@@ -57,7 +59,9 @@ impl Node {
             if let Some(fleet) = &fleet {
                 // The registry is the truth; the file, what this node knew.
                 let known = record.clone();
-                record = fleet.reconcile_at_start(&service.name, record).await?;
+                record = fleet
+                    .reconcile_at_start(&service.name, record, from_file)
+                    .await?;
                 if record != known {
                     tracing::info!(service = %service.name, owner = %record.owner, epoch = record.epoch, "ownership taken from the registry");
                     ownership.save(&record)?;

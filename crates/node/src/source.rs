@@ -786,13 +786,19 @@ impl<'a> SourceRun<'a> {
             host.ownership
                 .save(&record)
                 .context("cannot record the hand-over's intent; keeping the service")?;
+            // The state stays this node's meanwhile (`migrating` keeps other
+            // changes out), but unlocked: the registry may take long, and
+            // tunnels, owner queries and the owner map need the lock.
+            drop(state);
             // Fault injection (tools/fleet-demo.sh PARTITION=1): a pause
             // here, in which the test cuts this node off from etcd.
             if let Some(ms) = fail::eval("fleet-before-registry-commit", |ms| ms) {
                 let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            if let Err(e) = fleet.commit(service, read, &next).await {
+            let committed = fleet.commit(service, read, &next).await;
+            state = host.state.lock().await;
+            if let Err(e) = committed {
                 // Definitely not committed: nothing changed anywhere.
                 if let Err(save) = host.ownership.save(&state.record()) {
                     tracing::error!(error = %format!("{save:#}"), "could not clear the hand-over's intent; a restart settles it from the registry");
