@@ -205,25 +205,26 @@ impl Fleet {
         Ok(read)
     }
 
-    /// The hand-over's commit point in the registry, tried for `bound` (what
-    /// is left of the hold's). `Ok` once the entry says the new owner; an
-    /// error if it definitely does not (nothing changed: abort). An unknown
-    /// outcome is settled first, however long etcd takes to answer — the
-    /// clients stay held meanwhile, which is logged — because serving on
-    /// before knowing could leave two owners.
+    /// The hand-over's commit point in the registry. `Ok` once the entry
+    /// says the new owner; an error if it definitely does not (nothing
+    /// changed: abort). An unknown outcome is settled first, however long
+    /// etcd takes to answer — the clients stay held meanwhile, which is
+    /// logged — because serving on before knowing could leave two owners.
     pub(crate) async fn commit(
         &self,
         service: &str,
         read: &Owned,
         next: &OwnerEntry,
-        bound: Duration,
     ) -> Result<()> {
         // Fault injection (tests): etcd's answer lost, or the request
         // never sent — both look the same here: no answer.
         let committed = if fail::eval("fleet-commit-not-sent", |_| ()).is_some() {
             Err(injected("the commit was never sent"))
         } else {
-            let committed = self.registry.commit(service, read, next, bound).await;
+            let committed = self
+                .registry
+                .commit(service, read, next, REGISTRY_STEP)
+                .await;
             match fail::eval("fleet-commit-answer-lost", |_| ()) {
                 Some(()) => Err(injected("the commit's answer was lost")),
                 None => committed,

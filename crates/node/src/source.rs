@@ -796,10 +796,7 @@ impl<'a> SourceRun<'a> {
                 let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            // Within what is left of the hold's bound (iterative: the step
-            // timeout); only an outcome left unknown may outlast it.
-            let bound = self.step_bound().min(crate::fleet::REGISTRY_STEP);
-            let committed = fleet.commit(service, read, &next, bound).await;
+            let committed = fleet.commit(service, read, &next).await;
             state = host.state.lock().await;
             if let Err(e) = committed {
                 // Definitely not committed: nothing changed anywhere.
