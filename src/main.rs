@@ -583,7 +583,7 @@ async fn fleet_status(admin: AdminArgs, json: bool) -> Result<()> {
     println!();
     println!(
         "{:<16} {:<16} {:>6} {:>14} {:>23}",
-        "service", "owner", "epoch", "handover lsn", "journal here"
+        "service", "owner", "epoch", "handover lsn", "owner's journal"
     );
     for s in &fleet.services {
         let owner = if s.owner_alive {

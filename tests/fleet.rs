@@ -301,6 +301,14 @@ fn a_service_moves_round_three_nodes_on_etcd_and_every_write_survives() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // Asked at b, status --fleet shows the owner's (a's) journal: it goes
+    // on from the last hand-over.
+    let status = fleet.fleet_status("b");
+    let journal = &status["services"][0]["journal"];
+    assert!(
+        journal[1].as_u64().unwrap_or(0) >= handover,
+        "the owner's journal ends before the last hand-over at {handover}: {status}"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
     for c in clients {

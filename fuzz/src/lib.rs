@@ -595,6 +595,13 @@ pub mod seeds {
                 report: None,
                 error: Some("the registry did not take the hand-over".into()),
             },
+            Message::JournalQuery {
+                service: "redis".into(),
+            },
+            Message::JournalIs {
+                first: 1,
+                last: 4242,
+            },
             Message::LogBatch {
                 first_lsn: 42,
                 count: 2,

@@ -134,7 +134,7 @@ async fn handle(
             let _ = write.write_all(format!("{body}\n").as_bytes()).await;
         }
         Request::Fleet {} => {
-            let body = match crate::fleet_view::status(&node) {
+            let body = match crate::fleet_view::status(&node).await {
                 Some(fleet) => json!({ "fleet": fleet }),
                 None => {
                     json!({ "error": "this node is not in fleet mode (no [fleet] in its configuration)" })

@@ -97,40 +97,88 @@ pub struct FleetService {
     pub epoch: u64,
     /// The LSN of its last hand-over (0: never moved).
     pub handover_lsn: u64,
-    /// This node's journal of it (first and last LSN), if it hosts it —
-    /// the owner's is the service's.
+    /// The owner's journal of it (first and last LSN): read here when
+    /// this node owns it, asked of the owner otherwise; `None` when the
+    /// owner did not answer.
     pub journal: Option<(u64, u64)>,
 }
 
-/// The fleet's status from this node's maps.
-pub(crate) fn status(node: &NodeShared) -> Option<FleetStatus> {
+/// Bound on asking an owner for its journal range.
+const ASK_JOURNAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The fleet's status from this node's maps, with each service's journal
+/// range from its owner.
+pub(crate) async fn status(node: &NodeShared) -> Option<FleetStatus> {
     let fleet = node.fleet.as_ref()?;
     let members = fleet.members.all();
     let mut nodes: Vec<NodeInfo> = members.values().map(|m| m.value.clone()).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut services: Vec<FleetService> = fleet
-        .owners
-        .all()
-        .into_iter()
-        .map(|(name, owned)| {
-            let journal = node.services.get(&name).map(|host| {
-                let first = host.journal.first_lsn().ok().flatten().unwrap_or(0);
-                (first, host.journal.last_lsn())
-            });
-            FleetService {
-                owner_alive: members.contains_key(&owned.value.owner),
-                owner: owned.value.owner,
-                epoch: owned.value.epoch,
-                handover_lsn: owned.value.handover_lsn,
-                journal,
-                name,
+    let mut services = Vec::new();
+    for (name, owned) in fleet.owners.all() {
+        let owner = owned.value.owner;
+        let journal = if owner == node.config.name {
+            node.services
+                .get(&name)
+                .map(|host| journal_range(&host.journal))
+        } else {
+            match ask_journal(node, &owner, &name).await {
+                Ok(range) => Some(range),
+                Err(e) => {
+                    tracing::debug!(service = %name, %owner, error = %format!("{e:#}"), "no journal range from the owner");
+                    None
+                }
             }
-        })
-        .collect();
+        };
+        services.push(FleetService {
+            owner_alive: members.contains_key(&owner),
+            owner,
+            epoch: owned.value.epoch,
+            handover_lsn: owned.value.handover_lsn,
+            journal,
+            name,
+        });
+    }
     services.sort_by(|a, b| a.name.cmp(&b.name));
     Some(FleetStatus {
         nodes,
         services,
         revision: fleet.owners.revision(),
     })
+}
+
+fn journal_range(journal: &replaymig_journal::Journal) -> (u64, u64) {
+    let first = journal.first_lsn().ok().flatten().unwrap_or(0);
+    (first, journal.last_lsn())
+}
+
+/// One `JournalQuery` to node `owner`.
+async fn ask_journal(node: &NodeShared, owner: &str, service: &str) -> Result<(u64, u64)> {
+    let addr = node.peer_addr(owner)?;
+    let ask = async {
+        let mut link = replaymig_peer::PeerLink::connect(addr, &node.auth).await?;
+        link.send(replaymig_peer::Message::JournalQuery {
+            service: service.to_string(),
+        })
+        .await?;
+        match link.recv_timeout(ASK_JOURNAL).await? {
+            replaymig_peer::Message::JournalIs { first, last } => Ok((first, last)),
+            other => anyhow::bail!("{owner} answered {}", other.name()),
+        }
+    };
+    tokio::time::timeout(ASK_JOURNAL, ask).await?
+}
+
+/// Answers a `JournalQuery` with this node's journal range of the service.
+pub(crate) async fn answer_journal_query(
+    node: &NodeShared,
+    mut link: replaymig_peer::PeerLink,
+    service: &str,
+) -> Result<()> {
+    let Some(host) = node.services.get(service) else {
+        anyhow::bail!("journal query for unknown service {service:?}");
+    };
+    let (first, last) = journal_range(&host.journal);
+    link.send(replaymig_peer::Message::JournalIs { first, last })
+        .await?;
+    Ok(())
 }

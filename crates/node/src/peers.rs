@@ -95,6 +95,9 @@ async fn peer_connection(
             method,
             unverified,
         } => crate::forward::serve(&shared, link, service, to, method, unverified).await,
+        Message::JournalQuery { service } => {
+            crate::fleet_view::answer_journal_query(&shared, link, &service).await
+        }
         Message::OwnerQuery { service } => {
             handover::answer_owner_query(&shared, link, &service).await
         }

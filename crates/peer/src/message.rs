@@ -197,6 +197,19 @@ pub enum Message {
         /// Why it failed, otherwise.
         error: Option<String>,
     },
+    /// Fleet mode: which LSNs the receiver's journal of a service holds
+    /// (`replaymig status --fleet` asked at another node).
+    JournalQuery {
+        /// The service.
+        service: String,
+    },
+    /// Answer to `JournalQuery`: the first and last LSN (0, 0: empty).
+    JournalIs {
+        /// The oldest stored LSN.
+        first: u64,
+        /// The last durable LSN.
+        last: u64,
+    },
 }
 
 impl Message {
@@ -215,6 +228,8 @@ impl Message {
             Message::SnapshotStreamsNamed { .. } => "snapshot_streams_named",
             Message::MigrateRequest { .. } => "migrate_request",
             Message::MigrateResult { .. } => "migrate_result",
+            Message::JournalQuery { .. } => "journal_query",
+            Message::JournalIs { .. } => "journal_is",
             Message::LogBatch { .. } => "log_batch",
             Message::LogApplied { .. } => "log_applied",
             Message::MigrateBegin { .. } => "migrate_begin",
