@@ -60,6 +60,9 @@ impl Fleet {
             .join(", ");
         let fleet_section =
             format!("[fleet]\netcd = [{endpoints}]\nprefix = \"{PREFIX}\"\nlease_ttl_secs = 2\n");
+        // Before any node starts: a node that fails to start must not leave
+        // the Redis its predecessors started behind.
+        let redis = StopRedisOnDrop(ports.iter().map(|(_, p)| p.backend).collect());
         let mut nodes = Vec::new();
         for (i, (name, me)) in ports.iter().enumerate() {
             let other = &ports[(i + 1) % ports.len()];
@@ -69,12 +72,11 @@ impl Fleet {
             let env = if name == "a" { a_env } else { &[] };
             nodes.push(start_node(dir.path(), name, &config, me.admin, env, &[]));
         }
-        let backends = ports.iter().map(|(_, p)| p.backend).collect();
         Fleet {
             dir,
             ports,
             nodes,
-            _redis: StopRedisOnDrop(backends),
+            _redis: redis,
         }
     }
 
