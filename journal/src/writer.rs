@@ -43,7 +43,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// A staging file this large triggers a checkpoint early.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// A group this large is staged and stored on a blocking thread; a
-/// smaller one inline, where the hand-off would cost more than it frees.
+/// smaller one inline (unless it is fdatasynced), where the hand-off would
+/// cost more than it frees.
 pub(crate) const OFFLOAD_BYTES: usize = 8 << 10;
 /// How often a failed storage is reopened.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -455,17 +456,20 @@ impl Writer {
         }
     }
 
-    /// Staging write (+ fdatasync), then the sled insert, on a blocking
-    /// thread: they are a fifth of a busy proxy's thread (sled's encoding
-    /// and fresh buffers), and while they run the proxy relays on and the
-    /// next group fills up. One hand-off per group, not per record. Once
+    /// Staging write (+ fdatasync), then the sled insert — on a blocking
+    /// thread for a large group or any fdatasync: they are a fifth of a
+    /// busy proxy's thread (sled's encoding and fresh buffers), and while
+    /// they run the proxy relays on and the next group fills up; a small
+    /// group without fdatasync inline, where the hand-off would cost more.
+    /// One hand-off per group, not per record. Once
     /// the group is staged it is also inserted even if the fdatasync
     /// failed, so a later checkpoint never deletes the only copy of LSNs
     /// already spent (which would leave a gap); the callers still get the
     /// error.
     async fn persist(&mut self, first_lsn: Lsn) -> Result<(), Failure> {
         let sync = self.durability == Durability::Sync;
-        if self.segment.len() < OFFLOAD_BYTES {
+        // An fdatasync never runs on the relay's thread, whatever the size.
+        if !sync && self.segment.len() < OFFLOAD_BYTES {
             let staging = self.staging.as_mut();
             return persist_segment(&self.store, staging, sync, first_lsn, &self.segment);
         }
@@ -718,8 +722,8 @@ fn new_staging(store: &Store, durability: Durability) -> Result<Option<StagingLo
     }
 }
 
-/// [`Writer::persist`]'s work, on a blocking thread: stage `segment`
-/// (and fdatasync it with `sync`), then insert it into sled.
+/// [`Writer::persist`]'s work: stage `segment` (and fdatasync it with
+/// `sync`), then insert it into sled.
 fn persist_segment(
     store: &Store,
     staging: Option<&mut StagingLog>,
