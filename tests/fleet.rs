@@ -604,3 +604,86 @@ fn quorum_lost_mid_migration_ends_with_the_owner_migrate_reports() {
         }
     );
 }
+
+/// Shared state under fleet moves, not per-client keys: two clients on
+/// every node INCR one shared counter and APPEND to one shared string (a
+/// reply that grows), on connections kept across a → b → c. The oracle:
+/// every INCR answer is distinct (none executed twice, none lost between
+/// two answers), every APPEND length is distinct, and the final counter
+/// and string length equal the acknowledgements.
+#[test]
+fn shared_keys_from_every_node_stay_exact_across_fleet_moves() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start(&cluster);
+    fleet.wait_all("a", 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|n| (0..2).map(move |i| (*n, i)))
+        .map(|(n, i)| {
+            let (addr, stop) = (fleet.listen(n), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = RespClient::connect(addr).unwrap();
+                let (mut incrs, mut lens) = (Vec::new(), Vec::new());
+                let piece = "x".repeat(1 + i);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    match c.cmd(&["INCR", "shared:counter"]) {
+                        Ok(Reply::Int(v)) => incrs.push(v),
+                        other => return Err(format!("{n}{i}: INCR answered {other:?}")),
+                    }
+                    match c.cmd(&["APPEND", "shared:string", &piece]) {
+                        Ok(Reply::Int(len)) => lens.push((len, piece.len() as i64)),
+                        other => return Err(format!("{n}{i}: APPEND answered {other:?}")),
+                    }
+                }
+                Ok((incrs, lens))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let mut epoch = 1;
+    for (from, to) in [("a", "b"), ("b", "c")] {
+        let (ok, text) = fleet.migrate(from, to);
+        assert!(ok, "{text}\n{}", fleet.logs());
+        epoch += 1;
+        fleet.wait_all(to, epoch);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut incrs, mut lens, mut appended) = (Vec::new(), Vec::new(), 0i64);
+    for w in workers {
+        let (i, l) = w
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+        incrs.extend(i);
+        appended += l.iter().map(|(_, p)| p).sum::<i64>();
+        lens.extend(l.into_iter().map(|(len, _)| len));
+    }
+    let n = incrs.len() as i64;
+    incrs.sort_unstable();
+    incrs.dedup();
+    assert_eq!(incrs.len() as i64, n, "an INCR answer was given twice");
+    assert_eq!(
+        incrs,
+        (1..=n).collect::<Vec<_>>(),
+        "the INCR answers are 1..=n"
+    );
+    let m = lens.len();
+    lens.sort_unstable();
+    lens.dedup();
+    assert_eq!(lens.len(), m, "an APPEND length was given twice");
+    assert_eq!(get(fleet.listen("a"), "shared:counter"), n);
+    let mut c = RespClient::connect(fleet.listen("b")).unwrap();
+    assert_eq!(
+        c.cmd(&["STRLEN", "shared:string"]).unwrap(),
+        Reply::Int(appended)
+    );
+    assert_eq!(
+        *lens.last().unwrap(),
+        appended,
+        "the last APPEND saw the whole string"
+    );
+}
