@@ -687,3 +687,88 @@ fn shared_keys_from_every_node_stay_exact_across_fleet_moves() {
         "the last APPEND saw the whole string"
     );
 }
+
+/// A client on node `at` that pipelines `depth` INCRs of its own key per
+/// write and checks every answer (consecutive, from where it was): its
+/// acknowledged count, or what went wrong. Pipelines keep input in flight
+/// when a hand-over holds it, so a moved tunnel must send some again.
+fn pipelined_client(
+    addr: SocketAddr,
+    key: String,
+    depth: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<i64, String>> {
+    std::thread::spawn(move || {
+        let mut c = RespClient::connect(addr).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut acked = 0;
+        let batch: Vec<Vec<&str>> = (0..depth).map(|_| vec!["INCR", key.as_str()]).collect();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            let replies = c
+                .pipeline(&batch)
+                .map_err(|e| format!("{key}: connection broke after {acked}: {e}"))?;
+            for r in replies {
+                match r {
+                    Reply::Int(n) if n == acked + 1 => acked = n,
+                    other => return Err(format!("{key}: answer {other:?} after {acked}")),
+                }
+            }
+        }
+        Ok(acked)
+    })
+}
+
+/// Clients of node c reach the owner a through tunnels. At a's hand-over
+/// to b, a tells c to dial b itself (`TunnelMove`): c's connections then
+/// no longer pass through a, which is killed right after — and they keep
+/// working, every INCR counted exactly once. One of them pipelines, so
+/// input is in flight at the hand-over and c sends it again to b.
+#[test]
+fn tunnels_from_a_third_node_move_to_the_new_owner_and_outlive_the_old_one() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let mut fleet = Fleet::start(&cluster);
+    fleet.wait_all("a", 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let singles: Vec<_> = (0..2)
+        .map(|i| client(fleet.listen("c"), format!("c:{i}"), stop.clone()))
+        .collect();
+    let piped = pipelined_client(fleet.listen("c"), "c:piped".into(), 32, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (ok, text) = fleet.migrate("a", "b");
+    assert!(ok, "{text}\n{}", fleet.logs());
+    assert!(
+        text.contains("(+ 3 tunnels from other nodes redirected)"),
+        "a handed c's three tunnels to c itself:\n{text}\n{}",
+        fleet.logs()
+    );
+    fleet.wait_all("b", 2);
+    let log_c = fleet.log("c");
+    let moved: Vec<&str> = log_c
+        .lines()
+        .filter(|l| l.contains("relayed connection moved"))
+        .collect();
+    eprintln!("{}", moved.join("\n"));
+    let moved = moved.len();
+    assert_eq!(moved, 3, "c moved its three tunnels\n{}", fleet.logs());
+
+    // The old owner dies: c's clients no longer go through it.
+    fleet.nodes[0].kill9().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for c in singles {
+        let (key, n, broke) = c.join().unwrap();
+        assert_eq!(broke, None, "client {key}: {}", fleet.logs());
+        acked.push((key, n));
+    }
+    let piped = piped
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    acked.push(("c:piped".into(), piped));
+    for (key, n) in &acked {
+        assert!(*n > 0, "{key} made progress");
+        assert_eq!(get(fleet.listen("c"), key), *n, "{key}\n{}", fleet.logs());
+    }
+}

@@ -304,7 +304,7 @@ impl Closing {
     /// service gets end of input.
     async fn close(&mut self, shared: &Shared, slot: Arc<ConnSlot>, reason: Reason) {
         slot.evict.cancel();
-        let _ = slot.service_write.lock().await.shutdown().await;
+        let _ = slot.service_write.lock().await.half.shutdown().await;
         let (count, metric, total) = match reason {
             Reason::Unanswered => (
                 &mut self.counts.unanswered,

@@ -33,7 +33,7 @@ async fn each_service_socket<T>(
     let mut out = Vec::with_capacity(open.len());
     for slot in open {
         let half = slot.service_write.lock().await;
-        out.push(f(slot.conn, (*half).as_ref())?);
+        out.push(f(slot.conn, half.half.as_ref())?);
     }
     Ok(out)
 }

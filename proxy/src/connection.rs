@@ -96,6 +96,7 @@ async fn relay(start: Start, shared: &Shared, cancel: Cancel) -> Result<(), Conn
         client_write,
         slot,
         _open,
+        _relayed,
     } = setup.register(shared);
     let upstream = async {
         let r = Upstream::new(client_read, &slot, shared, &cancel)

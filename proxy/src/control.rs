@@ -3,7 +3,9 @@
 //! new clients, adopting tunnels, handing connections over, and status.
 
 use crate::barrier::{QuiesceError, QuiesceOptions, Quiesced};
-use crate::route::{Adopted, Dialer, Route};
+use crate::handover::HandedOver;
+use crate::relay_move::MoveError;
+use crate::route::{Adopted, Dialer, Redirector, RelayMove, Route};
 use crate::shared::Shared;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -73,10 +75,25 @@ impl ProxyControl {
     /// keeps the gate, each connection's service side is replaced by a
     /// tunnel from `dial` (told the connection id and the answer bytes its
     /// client has) and it stops journaling; new clients take the remote
-    /// route. A connection whose tunnel cannot be opened is closed.
-    /// Returns how many were switched (how the switch works: `handover`).
-    pub async fn hand_over(&self, hold: &Quiesced, dial: Dialer) -> usize {
-        crate::handover::hand_over(&self.shared, hold, dial).await
+    /// route. A tunnel from another node is offered to that node through
+    /// `redirect` first (it dials the new owner itself). A connection whose
+    /// tunnel cannot be opened is closed. Returns how many were switched
+    /// and redirected (how: `handover`).
+    pub async fn hand_over(
+        &self,
+        hold: &Quiesced,
+        dial: Dialer,
+        redirect: Option<Redirector>,
+    ) -> HandedOver {
+        crate::handover::hand_over(&self.shared, hold, dial, redirect).await
+    }
+
+    /// Moves relayed connection `relay` to a new owner on its old owner's
+    /// word (see the `relay_move` module): `Ok` once it is taken (the old
+    /// owner may end its tunnel; the rest runs in the background), an
+    /// error if it cannot be (the old owner keeps relaying it).
+    pub async fn move_relay(&self, relay: u64, order: RelayMove) -> Result<(), MoveError> {
+        crate::relay_move::begin(&self.shared, relay, order).await
     }
 
     /// A copy of the proxy's end of every journaled service connection,

@@ -12,7 +12,7 @@ use crate::connection::ConnError;
 use crate::shared::{ConnSlot, Shared};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 /// The service→client direction of one connection.
@@ -39,6 +39,14 @@ impl<'a> Downstream<'a> {
     /// Answer bytes owed by the service side's setup go first; a hand-over
     /// switches the reading half, owed bytes included (see `handover`).
     pub async fn run(mut self) -> Result<(), ConnError> {
+        let result = self.relay().await;
+        // However the direction ended, a move waiting for the old tunnel's
+        // end learns that it will not come (its sender is dropped).
+        self.slot.tunnel_end.lock().expect("poisoned").take();
+        result
+    }
+
+    async fn relay(&mut self) -> Result<(), ConnError> {
         let mut buf = vec![0u8; self.shared.read_buffer];
         // Only this direction reads the service side: it holds the reading
         // half for its whole life (no lock per read) and swaps in a posted
@@ -59,9 +67,23 @@ impl<'a> Downstream<'a> {
                     self.slot.service_read.swap_posted(&mut service);
                     continue;
                 }
-                n = service.half.read(&mut buf) => n.map_err(ConnError::BackendIo)?,
+                n = service.read(&mut buf) => n.map_err(ConnError::BackendIo)?,
             };
             if n == 0 {
+                // A move waits for this end (the old owner ended its tunnel
+                // after the answers it read): tell it where the answers
+                // stopped, then go on with the half it posts.
+                let moving = self.slot.tunnel_end.lock().expect("poisoned").take();
+                if let Some(moving) = moving {
+                    let read = self
+                        .slot
+                        .answer_bytes_read_from_service
+                        .load(Ordering::Acquire);
+                    let _ = moving.send(read);
+                    self.slot.service_read.posted().await;
+                    self.slot.service_read.swap_posted(&mut service);
+                    continue;
+                }
                 let _ = self.client.shutdown().await;
                 return Ok(());
             }

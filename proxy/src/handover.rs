@@ -50,14 +50,15 @@
 //!   the service's.
 
 use crate::barrier::Quiesced;
-use crate::route::{Dialer, Route, TunnelRequest};
+use crate::route::{Dialer, Redirect, Redirector, Route, TunnelRequest};
+use crate::sent::{SentInput, SENT_KEPT};
 use crate::shared::{ConnSlot, Shared};
 use bytes::Bytes;
 use replaymig_journal::ConnId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{MutexGuard, Notify};
 
 /// One half of a connection's service side, which a hand-over can replace
@@ -118,20 +119,104 @@ impl<H> ServiceHalf<H> {
 /// The service side's reading half, with answer bytes owed to the client
 /// before anything read from it.
 pub(crate) struct ServiceReader {
-    /// Where the service's answers come from.
-    pub half: OwnedReadHalf,
+    /// Where the service's answers come from; `None`: nothing more comes
+    /// (a tunnel ended by a redirect, a move that failed).
+    pub half: Option<OwnedReadHalf>,
     /// Answer bytes that arrived with the half's setup (a tunnel's
     /// handshake, a replayed connection): taken and delivered first.
     pub owed: Bytes,
+}
+
+impl ServiceReader {
+    /// A reader that has nothing more: the direction ends after what it
+    /// already read.
+    pub fn ended() -> Self {
+        ServiceReader {
+            half: None,
+            owed: Bytes::new(),
+        }
+    }
+
+    /// Reads answer bytes (0: end of stream).
+    pub async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.half {
+            Some(half) => half.read(buf).await,
+            None => Ok(0),
+        }
+    }
+}
+
+/// The service side's writing half; on a tunnel (a relayed connection),
+/// with what was sent into it lately (see `sent`).
+pub(crate) struct ServiceWriter {
+    /// Where client input goes.
+    pub half: OwnedWriteHalf,
+    /// The tunnel's recent input, kept for a move to a new owner.
+    pub sent: Option<SentInput>,
+}
+
+impl ServiceWriter {
+    /// A writer to the local service (nothing kept).
+    pub fn local(half: OwnedWriteHalf) -> Self {
+        ServiceWriter { half, sent: None }
+    }
+
+    /// A writer into a tunnel whose first bytes, `resent`, were written.
+    pub fn tunnel(half: OwnedWriteHalf, resent: &[u8]) -> Self {
+        ServiceWriter {
+            half,
+            sent: Some(SentInput::starting_with(SENT_KEPT, resent)),
+        }
+    }
+
+    /// Writes client input, keeping it if this is a tunnel.
+    pub async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.half.write_all(chunk).await?;
+        if let Some(sent) = &mut self.sent {
+            sent.push(chunk);
+        }
+        Ok(())
+    }
+
+    /// Passes the client's end of input on.
+    pub async fn end(&mut self) -> std::io::Result<()> {
+        if let Some(sent) = &mut self.sent {
+            sent.end();
+        }
+        self.half.shutdown().await
+    }
+}
+
+/// What a hand-over did with the open connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandedOver {
+    /// Relayed on through a tunnel from this node to the new owner.
+    pub switched: usize,
+    /// Tunnels from other nodes whose relaying node took the word to dial
+    /// the new owner itself (this node left their path).
+    pub redirected: usize,
+}
+
+/// What became of one connection.
+enum Outcome {
+    Redirected,
+    Tunnel(std::io::Result<crate::route::Tunnel>),
 }
 
 /// Hands every open journaled connection to a new owner: while `hold`
 /// keeps the gate, each connection's service side is replaced by a tunnel
 /// from `dial` (told the connection id and the answer bytes its client
 /// has) and it stops journaling; new clients take the remote route. A
-/// connection whose tunnel cannot be opened is closed. Returns how many
-/// were switched.
-pub(crate) async fn hand_over(shared: &Shared, hold: &Quiesced, dial: Dialer) -> usize {
+/// connection that came over a tunnel from another node is first offered
+/// to that node through `redirect` (it then dials the new owner itself);
+/// if it does not take it, the connection is relayed like the others. A
+/// connection whose tunnel cannot be opened is closed.
+pub(crate) async fn hand_over(
+    shared: &Shared,
+    hold: &Quiesced,
+    dial: Dialer,
+    redirect: Option<Redirector>,
+) -> HandedOver {
     let _ = hold;
     *shared.route.write().expect("poisoned") = Route::Remote { dial: dial.clone() };
     let open: Vec<(ConnId, Arc<ConnSlot>)> = shared
@@ -141,43 +226,90 @@ pub(crate) async fn hand_over(shared: &Shared, hold: &Quiesced, dial: Dialer) ->
         .iter()
         .map(|(c, s)| (*c, s.clone()))
         .collect();
-    // All tunnels are dialed at once: the hold lasts one dial, not one
-    // per open connection.
+    // All tunnels are dialed (and redirects asked) at once: the hold lasts
+    // one round, not one per open connection.
     let mut dials = tokio::task::JoinSet::new();
     for (conn, slot) in open {
         let request = TunnelRequest {
             conn: Some(conn),
             delivered: slot.answer_bytes_read_from_service.load(Ordering::Acquire),
             client: slot.client.clone(),
+            relay: slot.relay,
         };
         slot.journaling.store(false, Ordering::Release);
+        let offer = match (&redirect, &slot.origin) {
+            (Some(redirect), Some(origin)) => Some((
+                redirect.clone(),
+                Redirect {
+                    origin: origin.clone(),
+                    conn,
+                    // Stable: no forward runs while the gate is held.
+                    consumed: slot.input_bytes_forwarded.load(Ordering::Acquire),
+                    answers_end: request.delivered,
+                },
+            )),
+            _ => None,
+        };
         let dial = dial.clone();
         dials.spawn(async move {
+            if let Some((redirect, word)) = offer {
+                match redirect(word).await {
+                    Ok(()) => return (conn, slot, Outcome::Redirected),
+                    Err(e) => {
+                        tracing::info!(conn, error = %e, "the relaying node did not take the redirect; relaying through this node")
+                    }
+                }
+            }
             let tunnel = dial(request).await;
-            (conn, slot, tunnel)
+            (conn, slot, Outcome::Tunnel(tunnel))
         });
     }
-    let mut switched = 0;
-    while let Some(done) = dials.join_next().await {
-        let Ok((conn, slot, tunnel)) = done else {
+    let mut done = HandedOver::default();
+    while let Some(joined) = dials.join_next().await {
+        let Ok((conn, slot, outcome)) = joined else {
             continue;
         };
-        match tunnel {
-            Ok((stream, owed)) => {
+        match outcome {
+            Outcome::Redirected => {
+                end_redirected(&slot).await;
+                done.redirected += 1;
+            }
+            Outcome::Tunnel(Ok((stream, owed))) => {
                 let (read, write) = stream.into_split();
                 // Reading half first: its wake-up must be stored before the
                 // old writing half is dropped (see the module doc).
-                slot.service_read.post(ServiceReader { half: read, owed });
-                slot.service_write.post(write);
+                slot.service_read.post(ServiceReader {
+                    half: Some(read),
+                    owed,
+                });
+                slot.service_write.post(ServiceWriter::tunnel(write, b""));
                 // Swapped in now: the old writing half is dropped here.
                 drop(slot.service_write.lock().await);
-                switched += 1;
+                // A relayed connection now: a later owner can move it.
+                shared
+                    .relays
+                    .lock()
+                    .expect("poisoned")
+                    .insert(slot.relay, slot.clone());
+                done.switched += 1;
             }
-            Err(e) => {
+            Outcome::Tunnel(Err(e)) => {
                 tracing::warn!(conn, error = %e, "cannot hand a connection over; closing it");
-                let _ = slot.service_write.lock().await.shutdown().await;
+                let _ = slot.service_write.lock().await.half.shutdown().await;
             }
         }
     }
-    switched
+    done
+}
+
+/// Ends a tunnel whose relaying node took the redirect: no more of its
+/// input is taken (what it sent after `consumed` it sends to the new
+/// owner), the answers already read reach it, and then the tunnel's end —
+/// which the relaying node waits for before it dials the new owner.
+async fn end_redirected(slot: &ConnSlot) {
+    slot.evict.cancel();
+    // Reading half first, as above: the old service's close must not be
+    // read as the end of the answers.
+    slot.service_read.post(ServiceReader::ended());
+    let _ = slot.service_write.lock().await.half.shutdown().await;
 }

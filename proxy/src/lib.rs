@@ -13,7 +13,9 @@ mod downstream;
 mod handover;
 pub mod metrics;
 mod ordering;
+mod relay_move;
 pub mod route;
+mod sent;
 mod server;
 mod setup;
 mod shared;
@@ -22,6 +24,11 @@ mod upstream;
 pub use answers::AnswerJournaling;
 pub use barrier::{CloseAtBarrier, ClosedAtBarrier, QuiesceError, QuiesceOptions, Quiesced};
 pub use control::ProxyControl;
+pub use handover::HandedOver;
 pub use ordering::SETTLE_WAIT;
-pub use route::{Adopted, Dialer, Route, Tunnel, TunnelRequest};
+pub use relay_move::MoveError;
+pub use route::{
+    Adopted, Dialer, Redirect, Redirector, RelayMove, RelayOrigin, Route, Tunnel, TunnelRequest,
+};
+pub use sent::{bound_tunnel_buffer, ResendError, SENT_KEPT, TUNNEL_SOCKET_BUFFER};
 pub use server::{Proxy, ProxyConfig, ShutdownReport};

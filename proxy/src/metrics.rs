@@ -27,6 +27,11 @@ pub const ERRORS_TOTAL: &str = journal_names::ERRORS_TOTAL;
 /// (`unanswered`: input without an answer when the rest was quiet;
 /// `in_use`: used before a snapshot its destination cannot continue).
 pub const CLOSED_AT_BARRIER_TOTAL: &str = "replaymig_proxy_connections_closed_at_barrier_total";
+/// Relayed connections an old owner told to move to a new owner, by
+/// `outcome`: `moved`; `refused` (the old owner relays on); `kept` (taken,
+/// but the old owner never let go: it relays on); `failed` (closed: the
+/// old tunnel ended wrong, or the new owner could not be reached).
+pub const RELAY_MOVES_TOTAL: &str = "replaymig_proxy_relay_moves_total";
 
 /// Why a connection or the accept loop failed, as the `kind` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,15 @@ pub struct ProxyMetrics {
     pub closed_unanswered: Counter,
     /// Connections a barrier closed: in use before the snapshot.
     pub closed_in_use: Counter,
+    /// Relayed connections moved to a new owner.
+    pub relay_moves: Counter,
+    /// Relayed connections whose move was refused.
+    pub relay_moves_refused: Counter,
+    /// Relayed connections whose move was taken but not done by the old
+    /// owner (they stay on its tunnel).
+    pub relay_moves_kept: Counter,
+    /// Relayed connections closed because their move failed.
+    pub relay_moves_failed: Counter,
     errors: [Counter; ErrorKind::ALL.len()],
 }
 
@@ -103,6 +117,10 @@ impl ProxyMetrics {
             out_of_order_forwards: counter!(OUT_OF_ORDER_FORWARDS_TOTAL, "service" => s()),
             closed_unanswered: counter!(CLOSED_AT_BARRIER_TOTAL, "service" => s(), "reason" => "unanswered"),
             closed_in_use: counter!(CLOSED_AT_BARRIER_TOTAL, "service" => s(), "reason" => "in_use"),
+            relay_moves: counter!(RELAY_MOVES_TOTAL, "service" => s(), "outcome" => "moved"),
+            relay_moves_refused: counter!(RELAY_MOVES_TOTAL, "service" => s(), "outcome" => "refused"),
+            relay_moves_kept: counter!(RELAY_MOVES_TOTAL, "service" => s(), "outcome" => "kept"),
+            relay_moves_failed: counter!(RELAY_MOVES_TOTAL, "service" => s(), "outcome" => "failed"),
             errors: ErrorKind::ALL
                 .map(|k| counter!(ERRORS_TOTAL, "service" => s(), "kind" => k.as_str())),
         }
@@ -184,6 +202,10 @@ fn describe() {
     describe_counter!(
         CLOSED_AT_BARRIER_TOTAL,
         "Client connections a migration's barrier closed (clients reconnect) instead of carrying them, by reason"
+    );
+    describe_counter!(
+        RELAY_MOVES_TOTAL,
+        "Relayed connections an old owner told to dial the new owner directly, by outcome"
     );
     describe_counter!(
         journal_names::APPENDS_TOTAL,

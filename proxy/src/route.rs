@@ -22,6 +22,58 @@ pub struct TunnelRequest {
     pub delivered: u64,
     /// The client's address, for the owner's journal.
     pub client: String,
+    /// This proxy's id of the relayed connection: the owner names it when
+    /// it later tells this node to move the tunnel to a new owner
+    /// ([`RelayMove`]).
+    pub relay: u64,
+}
+
+/// Where an adopted tunnel comes from: the node that relays it and that
+/// node's id of the connection, so a hand-over can tell it to dial the
+/// new owner itself instead of relaying through this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOrigin {
+    /// The relaying node.
+    pub node: String,
+    /// Its id of the connection ([`TunnelRequest::relay`]).
+    pub relay: u64,
+}
+
+/// A hand-over's word to a relaying node: dial the new owner for this
+/// connection yourself.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// Who relays the connection.
+    pub origin: RelayOrigin,
+    /// The journaled connection (the new owner has it parked).
+    pub conn: ConnId,
+    /// Tunnel bytes this owner journaled: the relaying node sends the rest
+    /// again to the new owner.
+    pub consumed: u64,
+    /// The answer offset the tunnel ends at: this owner delivers answers up
+    /// to it, then ends the tunnel; the new owner continues from it.
+    pub answers_end: u64,
+}
+
+/// Delivers a [`Redirect`] to its relaying node and waits, bounded, for it
+/// to be taken (`Ok`). On an error the hand-over relays the connection
+/// through this node as before.
+pub type Redirector = Arc<
+    dyn Fn(Redirect) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> + Send + Sync,
+>;
+
+/// A relaying node's order for one of its connections (see
+/// [`crate::ProxyControl::move_relay`]).
+#[derive(Clone)]
+pub struct RelayMove {
+    /// The journaled connection the new owner has parked.
+    pub conn: ConnId,
+    /// Tunnel bytes the old owner journaled.
+    pub consumed: u64,
+    /// Answer offset the old tunnel ends at.
+    pub answers_end: u64,
+    /// Opens the tunnel to the new owner.
+    pub dial: Dialer,
 }
 
 /// An open tunnel: the stream, and answer bytes that arrived with the
@@ -74,4 +126,6 @@ pub struct Adopted {
     pub conn: Option<ConnId>,
     /// Answer bytes the client has already received on it.
     pub delivered: u64,
+    /// The relaying node, when it can move the tunnel later.
+    pub origin: Option<RelayOrigin>,
 }

@@ -113,6 +113,8 @@ impl Proxy {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             open: Default::default(),
             dirty: Default::default(),
+            relays: Default::default(),
+            next_relay: AtomicU64::new(1),
             order: Default::default(),
             forwards: Default::default(),
         });

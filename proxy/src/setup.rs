@@ -5,13 +5,13 @@
 //! sees a journaled connection either not begun or fully registered.
 
 use crate::connection::ConnError;
-use crate::handover::{ServiceHalf, ServiceReader};
-use crate::route::{Adopted, Route, TunnelRequest};
+use crate::handover::{ServiceHalf, ServiceReader, ServiceWriter};
+use crate::route::{Adopted, RelayOrigin, Route, TunnelRequest};
 use crate::shared::{ConnSlot, Shared};
 use bytes::Bytes;
 use replaymig_journal::{ConnId, Record};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -48,6 +48,8 @@ struct Arrival {
     /// A service side that came with the start (a replayed connection),
     /// with the answer bytes it still owes the client.
     service: Option<(TcpStream, Bytes)>,
+    /// The node that relays an adopted tunnel, if it can move it later.
+    origin: Option<RelayOrigin>,
 }
 
 impl From<Start> for Arrival {
@@ -59,6 +61,7 @@ impl From<Start> for Arrival {
                 continues: None,
                 delivered: 0,
                 service: None,
+                origin: None,
             },
             Start::Adopted(a) => Arrival {
                 client: a.client,
@@ -66,6 +69,7 @@ impl From<Start> for Arrival {
                 continues: a.conn,
                 delivered: a.delivered,
                 service: a.backend,
+                origin: a.origin,
             },
         }
     }
@@ -79,6 +83,9 @@ struct ServiceSide {
     owed: Bytes,
     /// Whether this proxy journals the connection (it owns the service).
     journaling: bool,
+    /// This proxy's id of the connection as a relay (its tunnel's
+    /// `TunnelRequest::relay`); 0 when it is not relayed.
+    relay: u64,
 }
 
 /// A connection set up (and journaled, when this proxy owns the service)
@@ -96,6 +103,8 @@ pub(crate) struct Setup {
     /// Answer bytes the client already had (from a previous owner): where
     /// this proxy's answer counting starts.
     delivered: u64,
+    /// The node that relays an adopted tunnel, if it can move it later.
+    origin: Option<RelayOrigin>,
     /// The gate permit the setup runs under, given up before a tunnel dial
     /// (see `open_service`) and once the connection is registered.
     permit: Option<OwnedRwLockReadGuard<()>>,
@@ -112,6 +121,25 @@ pub(crate) struct Registered<'a> {
     pub slot: Arc<ConnSlot>,
     /// Keeps the connection in the open set until the relay ends.
     pub _open: Option<OpenGuard<'a>>,
+    /// Keeps it among the relayed connections (if it is one, now or after
+    /// a hand-over) until the relay ends.
+    pub _relayed: RelayGuard<'a>,
+}
+
+/// Removes a connection from the relayed set however its task ends.
+pub(crate) struct RelayGuard<'a> {
+    shared: &'a Shared,
+    relay: u64,
+}
+
+impl Drop for RelayGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .relays
+            .lock()
+            .expect("poisoned")
+            .remove(&self.relay);
+    }
 }
 
 /// Removes a connection from the open set however its task ends.
@@ -142,6 +170,7 @@ impl Setup {
                 stream,
                 owed,
                 journaling: true,
+                relay: 0,
             },
             // A new client, accepted or tunneled here: to the local
             // service, or — when a tunneled one arrived during a hand-over
@@ -175,6 +204,7 @@ impl Setup {
             service,
             conn,
             delivered: arrival.delivered,
+            origin: arrival.origin,
             permit,
         })
     }
@@ -191,11 +221,20 @@ impl Setup {
             service,
             conn,
             delivered,
+            origin,
             permit,
         } = self;
         let (client_read, client_write) = client.into_split();
         let (service_read, service_write) = service.stream.into_split();
         let journaling = service.journaling;
+        let tunneled = service.relay != 0;
+        // Every connection has a relay id: one journaled now is relayed
+        // after a hand-over, and a later owner may move it.
+        let relay = if tunneled {
+            service.relay
+        } else {
+            shared.next_relay.fetch_add(1, Ordering::Relaxed)
+        };
         let slot = Arc::new(ConnSlot {
             conn,
             answer_bytes_delivered: AtomicU64::new(delivered),
@@ -207,15 +246,30 @@ impl Setup {
             )),
             client: label,
             journaling: AtomicBool::new(journaling),
-            service_write: ServiceHalf::new(service_write),
+            service_write: ServiceHalf::new(if tunneled {
+                ServiceWriter::tunnel(service_write, b"")
+            } else {
+                ServiceWriter::local(service_write)
+            }),
             service_read: ServiceHalf::new(ServiceReader {
-                half: service_read,
+                half: Some(service_read),
                 owed: service.owed,
             }),
             forwarded: AtomicU64::new(0),
             answered_after: AtomicU64::new(0),
             evict: Default::default(),
+            relay,
+            origin,
+            input_bytes_forwarded: AtomicU64::new(0),
+            tunnel_end: Default::default(),
         });
+        if tunneled {
+            shared
+                .relays
+                .lock()
+                .expect("poisoned")
+                .insert(relay, slot.clone());
+        }
         let open = journaling.then(|| {
             shared
                 .open
@@ -228,6 +282,10 @@ impl Setup {
         Registered {
             client_read,
             client_write,
+            _relayed: RelayGuard {
+                shared,
+                relay: slot.relay,
+            },
             slot,
             _open: open,
         }
@@ -265,13 +323,16 @@ async fn open_service(
             stream: connect_backend(shared, backend).await?,
             owed: Bytes::new(),
             journaling: true,
+            relay: 0,
         }),
         Route::Remote { dial } => {
             permit.take();
+            let relay = shared.next_relay.fetch_add(1, Ordering::Relaxed);
             let request = TunnelRequest {
                 conn: None,
                 delivered: 0,
                 client: label.to_string(),
+                relay,
             };
             let (stream, owed) =
                 dial(request)
@@ -284,6 +345,7 @@ async fn open_service(
                 stream,
                 owed,
                 journaling: false,
+                relay,
             })
         }
     }

@@ -24,14 +24,13 @@
 //! *delivered* counts: what the client could have seen when it sent.
 
 use crate::answers::{AnswerJournaling, OpenSegment};
-use crate::handover::{ServiceHalf, ServiceReader};
+use crate::handover::{ServiceHalf, ServiceReader, ServiceWriter};
 use crate::metrics::ProxyMetrics;
-use crate::route::Route;
+use crate::route::{RelayOrigin, Route};
 use replaymig_journal::{ConnId, Journal, Record};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::tcp::OwnedWriteHalf;
 
 /// What every connection of one proxy shares.
 pub(crate) struct Shared {
@@ -77,6 +76,11 @@ pub(crate) struct Shared {
     /// proxy delivered before it read a record is journaled before that
     /// record — the order replay reproduces across connections.
     pub dirty: std::sync::Mutex<Vec<Arc<ConnSlot>>>,
+    /// Connections relayed through a tunnel to another owner, by their
+    /// relay id: what an old owner's redirect names (`relay_move`).
+    pub relays: std::sync::Mutex<std::collections::HashMap<u64, Arc<ConnSlot>>>,
+    /// The next connection's relay id.
+    pub next_relay: AtomicU64,
 }
 
 /// Connections closed by barriers, by reason (see `barrier`).
@@ -117,8 +121,8 @@ pub(crate) struct ConnSlot {
     /// Cleared by a hand-over: the new owner journals from then on.
     pub journaling: AtomicBool,
     /// The service side's writing half (client→service); a hand-over
-    /// switches it (see `handover`).
-    pub service_write: ServiceHalf<OwnedWriteHalf>,
+    /// switches it (see `handover`), a move replaces it (`relay_move`).
+    pub service_write: ServiceHalf<ServiceWriter>,
     /// The service side's reading half (service→client); a hand-over
     /// switches it (see `handover`).
     pub service_read: ServiceHalf<ServiceReader>,
@@ -133,6 +137,20 @@ pub(crate) struct ConnSlot {
     /// `barrier`): client input stops at once, unjournaled, and the
     /// service side's end of input lets the service finish and close.
     pub evict: tokio_util::sync::CancellationToken,
+    /// This proxy's id of the connection while it is relayed through a
+    /// tunnel (named in a redirect, see `relay_move`).
+    pub relay: u64,
+    /// The node that relays this connection to this proxy, if it can move
+    /// it to a later owner itself (see `handover`).
+    pub origin: Option<RelayOrigin>,
+    /// Client bytes forwarded to the service side since this proxy took
+    /// the connection: at a hand-over, the tunnel bytes this owner
+    /// journaled (a redirect's `consumed`).
+    pub input_bytes_forwarded: AtomicU64,
+    /// Set by a move in progress: the answers direction reports the
+    /// answer count at which the old tunnel ended, then waits for the new
+    /// one (see `relay_move`).
+    pub tunnel_end: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
 }
 
 /// The answer bytes of a connection before its first forwarded input,

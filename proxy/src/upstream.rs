@@ -12,7 +12,7 @@ use bytes::Bytes;
 use replaymig_journal::Record;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
 /// The client→service direction of one connection.
@@ -104,7 +104,7 @@ impl<'a> Upstream<'a> {
         } else {
             None
         };
-        let _ = self.slot.service_write.lock().await.shutdown().await;
+        let _ = self.slot.service_write.lock().await.end().await;
         Ok(())
     }
 
@@ -126,7 +126,7 @@ impl<'a> Upstream<'a> {
         // so "answered since the last input" never misses a fast answer.
         self.slot.forwarded.fetch_add(1, Ordering::AcqRel);
         tokio::select! {
-            written = service.write_all(&chunk) => written.map_err(ConnError::BackendIo)?,
+            written = service.write(&chunk) => written.map_err(ConnError::BackendIo)?,
             // The answers side failed (e.g. the client reset): a service
             // that is not reading must not pin this task forever.
             _ = self.cancel.failed() => {
@@ -135,6 +135,9 @@ impl<'a> Upstream<'a> {
                 )))
             }
         }
+        self.slot
+            .input_bytes_forwarded
+            .fetch_add(chunk.len() as u64, Ordering::AcqRel);
         if ticket.is_some() && self.shared.forwards.settled() {
             self.shared.forwards.forwarded(self.slot);
         }

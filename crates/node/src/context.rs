@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use replaymig_journal::{ConnId, Journal};
 use replaymig_peer::Authenticator;
-use replaymig_proxy::{ProxyControl, Route};
+use replaymig_proxy::{Dialer, ProxyControl, Route};
 use replaymig_snapshot::Placeholders;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -153,14 +153,62 @@ impl NodeShared {
                 backend: service.backend,
             });
         }
-        let addr = match (self.config.peers.get(owner), &self.fleet) {
-            (Some(addr), _) => crate::dial::PeerAddress::Fixed(*addr),
-            (None, Some(fleet)) => crate::dial::PeerAddress::registered(owner, &fleet.members),
-            (None, None) => anyhow::bail!("unknown node {owner:?} (not in [peers])"),
-        };
         Ok(Route::Remote {
-            dial: crate::dial::dialer(self.auth.clone(), addr, service.name.clone(), epoch),
+            dial: self.tunnels_to(owner, epoch, &service.name)?,
         })
+    }
+
+    /// A dialer of tunnels for `service` to node `owner` under `epoch` —
+    /// this node's own peer listener when it is `owner` (a relayed
+    /// connection moving to this node as the new owner).
+    pub fn tunnels_to(&self, owner: &str, epoch: u64, service: &str) -> Result<Dialer> {
+        let addr = if owner == self.config.name {
+            crate::dial::PeerAddress::Fixed(self.own_peer_addr())
+        } else {
+            match (self.config.peers.get(owner), &self.fleet) {
+                (Some(addr), _) => crate::dial::PeerAddress::Fixed(*addr),
+                (None, Some(fleet)) => crate::dial::PeerAddress::registered(owner, &fleet.members),
+                (None, None) => anyhow::bail!("unknown node {owner:?} (not in [peers])"),
+            }
+        };
+        Ok(crate::dial::dialer(
+            self.auth.clone(),
+            addr,
+            service.to_string(),
+            epoch,
+        ))
+    }
+
+    /// Where this node reaches its own peer listener (a wildcard listen
+    /// address on loopback).
+    pub fn own_peer_addr(&self) -> std::net::SocketAddr {
+        let mut addr = match &self.config.fleet {
+            Some(fleet) => fleet.peer_address(&self.config),
+            None => self.config.peer_listen,
+        };
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        addr
+    }
+
+    /// Every node this one can dial now, itself included, by name: for
+    /// tasks that cannot borrow the node (a hand-over's redirects).
+    pub fn peer_book(&self) -> HashMap<String, std::net::SocketAddr> {
+        let mut book: HashMap<String, std::net::SocketAddr> =
+            self.config.peers.clone().into_iter().collect();
+        if let Some(fleet) = &self.fleet {
+            for name in fleet.members.all().into_keys() {
+                if let Some(addr) = fleet.peer(&name) {
+                    book.entry(name).or_insert(addr);
+                }
+            }
+        }
+        book.insert(self.config.name.clone(), self.own_peer_addr());
+        book
     }
 
     /// Starts the service's process from its `start` command.

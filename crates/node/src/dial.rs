@@ -86,18 +86,23 @@ async fn open(
 ) -> std::io::Result<Tunnel> {
     let io = |e: LinkError| std::io::Error::other(e.to_string());
     let mut link = PeerLink::connect(owner, auth).await.map_err(io)?;
-    link.send(Message::TunnelOpen {
+    // Movable: the owner's hand-over can tell this node to dial the next
+    // owner itself (see `redirect`).
+    link.send(Message::TunnelOpenMovable {
         service: service.to_string(),
         conn: request.conn,
         delivered: request.delivered,
         client: request.client,
         epoch,
+        relay: request.relay,
     })
     .await
     .map_err(io)?;
     match link.recv_timeout(TUNNEL_TIMEOUT).await.map_err(io)? {
         Message::TunnelReady => {
             let (stream, owed) = link.into_raw();
+            // What a move may have to send again is bounded by it.
+            replaymig_proxy::bound_tunnel_buffer(&stream, true)?;
             Ok((stream, owed.freeze()))
         }
         Message::MigrateAbort { reason } | Message::Goodbye { reason } => Err(

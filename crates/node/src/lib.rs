@@ -19,6 +19,7 @@ pub mod ownership;
 mod peers;
 mod precopy;
 mod process;
+mod redirect;
 mod report;
 mod source;
 pub mod telemetry;
@@ -53,7 +54,7 @@ mod layering {
         &["context", "listener"],
         &["carry"],
         &["migration", "precopy"],
-        &["handover", "fleet_view"],
+        &["handover", "fleet_view", "redirect"],
         &["destination", "source", "tunnel"],
         &["forward"],
         &["admin", "peers"],

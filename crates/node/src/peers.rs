@@ -1,10 +1,11 @@
 //! The peer listener: authenticated connections from other nodes, each
 //! dispatched on its first message — a migration to this node, a tunnel
-//! to a service it owns, or a question about who owns a service.
+//! to a service it owns, an old owner's word to move a relayed tunnel, or
+//! a question about who owns a service.
 
 use crate::context::NodeShared;
 use crate::listener::{self, Limits};
-use crate::{handover, tunnel};
+use crate::{handover, redirect, tunnel};
 use replaymig_peer::{Message, PeerLink};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,8 +87,47 @@ async fn peer_connection(
                 delivered,
                 client,
                 epoch,
+                relay: None,
             };
             tunnel::accept(&shared, link, request).await
+        }
+        Message::TunnelOpenMovable {
+            service,
+            conn,
+            delivered,
+            client,
+            epoch,
+            relay,
+        } => {
+            let request = tunnel::Request {
+                service,
+                conn,
+                delivered,
+                client,
+                epoch,
+                relay: Some(relay),
+            };
+            tunnel::accept(&shared, link, request).await
+        }
+        Message::TunnelMove {
+            service,
+            relay,
+            to,
+            epoch,
+            conn,
+            consumed,
+            answers_end,
+        } => {
+            let word = redirect::Word {
+                service,
+                relay,
+                to,
+                epoch,
+                conn,
+                consumed,
+                answers_end,
+            };
+            redirect::take(&shared, link, word).await
         }
         Message::MigrateRequest {
             service,

@@ -137,8 +137,12 @@ pub struct MigrationReport {
     /// snapshot and log messages.
     #[serde(default)]
     pub control_bytes: u64,
-    /// Client connections handed over through tunnels.
+    /// Client connections handed over through tunnels from this node.
     pub connections_handed_over: usize,
+    /// Tunnels from other nodes that left this node's path: the relaying
+    /// node took the word to dial the new owner itself.
+    #[serde(default)]
+    pub connections_redirected: usize,
     /// Client connections the barriers closed (their clients reconnect):
     /// input left unanswered, or in use before the snapshot
     /// (`close_connections`, docs/fidelity.md).
@@ -225,8 +229,8 @@ impl fmt::Display for MigrationReport {
         writeln!(f, "         control    {:>10}", self.control_bytes)?;
         writeln!(
             f,
-            "  connections handed over: {}",
-            self.connections_handed_over
+            "  connections handed over: {} (+ {} tunnels from other nodes redirected)",
+            self.connections_handed_over, self.connections_redirected
         )?;
         for (phase, secs) in &self.phase_seconds {
             writeln!(f, "  {phase:<17} {secs:>10.3} s")?;

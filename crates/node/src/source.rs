@@ -404,7 +404,12 @@ impl<'a> SourceRun<'a> {
                 let Some(Route::Remote { dial }) = self.dial.take() else {
                     bail!("no route to the new owner");
                 };
-                self.report.connections_handed_over = self.host.proxy.hand_over(hold, dial).await;
+                let (to, epoch) = (self.plan.to, self.plan.epoch);
+                let redirect =
+                    crate::redirect::redirector(self.node, &self.host.config.name, to, epoch);
+                let done = self.host.proxy.hand_over(hold, dial, Some(redirect)).await;
+                self.report.connections_handed_over = done.switched;
+                self.report.connections_redirected = done.redirected;
                 self.mark("switch");
                 Some(E::Switched)
             }

@@ -4,7 +4,7 @@
 
 use crate::context::NodeShared;
 use replaymig_peer::{Message, PeerLink};
-use replaymig_proxy::Adopted;
+use replaymig_proxy::{Adopted, RelayOrigin};
 
 /// A `TunnelOpen` as the owner receives it.
 pub(crate) struct Request {
@@ -13,6 +13,9 @@ pub(crate) struct Request {
     pub delivered: u64,
     pub client: String,
     pub epoch: u64,
+    /// The dialing node's id of the connection, when it can move it to a
+    /// later owner itself (`TunnelOpenMovable`).
+    pub relay: Option<u64>,
 }
 
 /// The owner's side: hand the tunnel to the service's proxy as a
@@ -28,7 +31,12 @@ pub(crate) async fn accept(
         delivered,
         client,
         epoch,
+        relay,
     } = request;
+    let origin = relay.map(|relay| RelayOrigin {
+        node: link.peer_node().to_string(),
+        relay,
+    });
     let Some(host) = node.services.get(&service) else {
         let _ = link
             .send(Message::MigrateAbort {
@@ -85,6 +93,8 @@ pub(crate) async fn accept(
     };
     link.send(Message::TunnelReady).await?;
     let (stream, early) = link.into_raw();
+    // What the dialing node may have to send again is bounded by it.
+    replaymig_proxy::bound_tunnel_buffer(&stream, false)?;
     // The other side sends nothing before it read TunnelReady.
     anyhow::ensure!(
         early.is_empty(),
@@ -97,6 +107,7 @@ pub(crate) async fn accept(
             backend,
             conn,
             delivered,
+            origin,
         })
         .await?;
     Ok(())

@@ -170,8 +170,12 @@ async fn redis_moves_from_a_to_b_under_load_without_losing_a_write() {
     assert!(report.control_bytes > 0 && report.log_bytes > 0 && report.snapshot_bytes > 0);
     assert!(report.destination_restore_seconds > 0.0 && report.destination_replay_seconds > 0.0);
     assert_eq!(
-        report.connections_handed_over, 10,
-        "8 of A's clients + the idle one + B's tunneled one"
+        report.connections_handed_over, 9,
+        "8 of A's clients + the idle one"
+    );
+    assert_eq!(
+        report.connections_redirected, 1,
+        "B's tunneled client: B dials the new owner (itself) for it, A leaves its path"
     );
 
     // B's redis holds every acknowledged write exactly once.

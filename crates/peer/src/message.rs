@@ -210,6 +210,47 @@ pub enum Message {
         /// The last durable LSN.
         last: u64,
     },
+    /// `TunnelOpen` from a node that can move the connection to a later
+    /// owner itself: `relay` is its id of the connection, which that
+    /// owner's hand-over names in a `TunnelMove`.
+    TunnelOpenMovable {
+        /// The service.
+        service: String,
+        /// The journaled connection being handed over, or a new client.
+        conn: Option<u64>,
+        /// Answer bytes the client has received on it.
+        delivered: u64,
+        /// The client's address, for the owner's journal.
+        client: String,
+        /// The ownership epoch the dialing node routes by.
+        epoch: u64,
+        /// The dialing node's id of the connection.
+        relay: u64,
+    },
+    /// Old owner → a node that relays a client to it over a tunnel, in the
+    /// old owner's hand-over (after its commit): dial `to` for connection
+    /// `conn` yourself, sending again the tunnel's input after `consumed`;
+    /// the old tunnel ends after answer byte `answers_end`. Answered with
+    /// `TunnelMoveTaken`, or `MigrateAbort` (then the old owner relays on).
+    TunnelMove {
+        /// The service.
+        service: String,
+        /// The relaying node's id of the connection.
+        relay: u64,
+        /// The new owner.
+        to: String,
+        /// Its epoch.
+        epoch: u64,
+        /// The journaled connection (parked at the new owner).
+        conn: u64,
+        /// Tunnel input bytes the old owner journaled.
+        consumed: u64,
+        /// Answer offset the old tunnel ends at.
+        answers_end: u64,
+    },
+    /// The relaying node took a `TunnelMove`: the old owner ends its
+    /// tunnel.
+    TunnelMoveTaken,
 }
 
 impl Message {
@@ -230,6 +271,9 @@ impl Message {
             Message::MigrateResult { .. } => "migrate_result",
             Message::JournalQuery { .. } => "journal_query",
             Message::JournalIs { .. } => "journal_is",
+            Message::TunnelOpenMovable { .. } => "tunnel_open_movable",
+            Message::TunnelMove { .. } => "tunnel_move",
+            Message::TunnelMoveTaken => "tunnel_move_taken",
             Message::LogBatch { .. } => "log_batch",
             Message::LogApplied { .. } => "log_applied",
             Message::MigrateBegin { .. } => "migrate_begin",

@@ -1,0 +1,185 @@
+//! Moving a relayed connection to a new owner: the relaying side of a
+//! redirect (the old owner's side is `handover`).
+//!
+//! The old owner, in its hand-over, tells this proxy how many of the
+//! tunnel's input bytes it journaled (`consumed`) and at which answer
+//! offset it ends the tunnel (`answers_end`). The move then:
+//!
+//! 1. takes the tunnel's writing half, so no more input goes into it, and
+//!    checks that what follows `consumed` is still kept (`sent`); if not,
+//!    it refuses, and the old owner relays the connection as before;
+//! 2. once taken, waits for the old tunnel's end and checks that exactly
+//!    `answers_end` answer bytes came (fewer or more: the answers the new
+//!    owner continues from would not join up, and the connection is
+//!    closed rather than continued wrong);
+//! 3. dials the new owner for the parked connection, from `answers_end`;
+//! 4. sends it the input after `consumed` again, then lets input flow.
+//!
+//! Client input waits in the client's socket meanwhile; the client sees a
+//! pause, or — if a step after the old owner let go fails — a close.
+
+use crate::handover::{ServiceReader, ServiceWriter};
+use crate::route::{RelayMove, TunnelRequest};
+use crate::sent::ResendError;
+use crate::shared::{ConnSlot, Shared};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{oneshot, MutexGuard};
+
+/// Bound on the wait for the old owner to end its tunnel after the move
+/// was taken (it does so within its hand-over's hold).
+const OLD_TUNNEL_END_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a move was refused (the old owner then keeps relaying) or failed
+/// after it was taken (the connection is closed).
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// No relayed connection has this id here (it ended, or never was).
+    #[error("no relayed connection {0} here")]
+    UnknownRelay(u64),
+    /// The input after the old owner's offset cannot be sent again.
+    #[error("cannot send the input again: {0}")]
+    Resend(#[from] ResendError),
+    /// The connection ended while the move was being set up.
+    #[error("the connection ended during the move")]
+    Ended,
+    /// The old tunnel ended at another answer offset than the old owner
+    /// said: the new owner's answers would not join up.
+    #[error("the old tunnel ended after answer byte {got}, the old owner said {said}")]
+    AnswersDiffer {
+        /// Where it ended.
+        got: u64,
+        /// What the old owner said.
+        said: u64,
+    },
+    /// The new owner's tunnel could not be opened or written.
+    #[error("tunnel to the new owner: {0}")]
+    NewTunnel(std::io::Error),
+}
+
+/// Takes the move of relayed connection `relay` (returns once step 1 is
+/// done: `Ok` means the old owner may end its tunnel) and runs the rest
+/// in the background.
+pub(crate) async fn begin(
+    shared: &Arc<Shared>,
+    relay: u64,
+    order: RelayMove,
+) -> Result<(), MoveError> {
+    let slot = shared
+        .relays
+        .lock()
+        .expect("poisoned")
+        .get(&relay)
+        .cloned()
+        .ok_or(MoveError::UnknownRelay(relay))?;
+    let (taken_tx, taken_rx) = oneshot::channel();
+    let refused = shared.metrics.relay_moves_refused.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut writer = slot.service_write.lock().await;
+        let resend = match writer.sent.as_ref() {
+            Some(sent) => sent.after(order.consumed).map_err(MoveError::from),
+            None => Err(MoveError::UnknownRelay(relay)),
+        };
+        let resend = match resend {
+            Ok(resend) => resend,
+            Err(e) => {
+                let _ = taken_tx.send(Err(e));
+                return;
+            }
+        };
+        let (end_tx, mut end_rx) = oneshot::channel();
+        *slot.tunnel_end.lock().expect("poisoned") = Some(end_tx);
+        if taken_tx.send(Ok(())).is_err() {
+            // Nobody heard the answer: the old owner keeps relaying.
+            slot.tunnel_end.lock().expect("poisoned").take();
+            return;
+        }
+        let answers = tokio::select! {
+            got = &mut end_rx => got.ok(),
+            _ = tokio::time::sleep(OLD_TUNNEL_END_WAIT) => {
+                if slot.tunnel_end.lock().expect("poisoned").take().is_some() {
+                    // The old owner never ended its tunnel (it did not hear
+                    // the answer, and relays on): nothing changed, go on.
+                    tracing::warn!(relay, "the old owner did not end its tunnel; the connection stays on it");
+                    shared.metrics.relay_moves_kept.increment(1);
+                    return;
+                }
+                // The answers' end arrived just now.
+                (&mut end_rx).await.ok()
+            }
+        };
+        let resent = resend.len();
+        match finish(&slot, &order, &mut writer, resend, answers).await {
+            Ok(()) => {
+                shared.metrics.relay_moves.increment(1);
+                tracing::info!(
+                    relay,
+                    conn = order.conn,
+                    resent,
+                    "relayed connection moved to the new owner"
+                );
+            }
+            Err(e) => {
+                shared.metrics.relay_moves_failed.increment(1);
+                tracing::warn!(relay, conn = order.conn, error = %e, "relayed connection could not move; closing it");
+                close(&slot, &mut writer).await;
+            }
+        }
+    });
+    let taken = taken_rx.await.unwrap_or(Err(MoveError::Ended));
+    if taken.is_err() {
+        refused.increment(1);
+    }
+    taken
+}
+
+/// Steps 2–4, with the writing half held.
+async fn finish(
+    slot: &ConnSlot,
+    order: &RelayMove,
+    writer: &mut MutexGuard<'_, ServiceWriter>,
+    resend: Bytes,
+    answers: Option<u64>,
+) -> Result<(), MoveError> {
+    let got = answers.ok_or(MoveError::Ended)?;
+    if got != order.answers_end {
+        return Err(MoveError::AnswersDiffer {
+            got,
+            said: order.answers_end,
+        });
+    }
+    let request = TunnelRequest {
+        conn: Some(order.conn),
+        delivered: order.answers_end,
+        client: slot.client.clone(),
+        relay: slot.relay,
+    };
+    let (stream, owed) = (order.dial)(request).await.map_err(MoveError::NewTunnel)?;
+    let (read, write) = stream.into_split();
+    let mut next = ServiceWriter::tunnel(write, b"");
+    next.write(&resend).await.map_err(MoveError::NewTunnel)?;
+    slot.service_read.post(ServiceReader {
+        half: Some(read),
+        owed,
+    });
+    // The old tunnel's writing half is dropped here.
+    **writer = next;
+    debug_assert_eq!(
+        slot.answer_bytes_read_from_service.load(Ordering::Acquire),
+        order.answers_end
+    );
+    Ok(())
+}
+
+/// Closes a connection whose move failed after the old owner let go: no
+/// more input is taken, the answers it got stand, then the client sees
+/// the end.
+async fn close(slot: &ConnSlot, writer: &mut MutexGuard<'_, ServiceWriter>) {
+    slot.evict.cancel();
+    let _ = writer.half.shutdown().await;
+    slot.service_read.post(ServiceReader::ended());
+}
