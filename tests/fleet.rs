@@ -36,11 +36,12 @@ struct Fleet {
 
 impl Fleet {
     fn start(cluster: &EtcdCluster) -> Fleet {
-        Fleet::start_with(cluster, &[])
+        Fleet::start_with(cluster, "a", &[])
     }
 
-    /// [`Fleet::start`], node a with extra environment (`FAILPOINTS`).
-    fn start_with(cluster: &EtcdCluster, a_env: &[(&str, &str)]) -> Fleet {
+    /// [`Fleet::start`], node `special` with extra environment
+    /// (`FAILPOINTS`).
+    fn start_with(cluster: &EtcdCluster, special: &str, special_env: &[(&str, &str)]) -> Fleet {
         let dir = TempDir::new().unwrap();
         std::fs::write(
             dir.path().join("secret"),
@@ -69,7 +70,7 @@ impl Fleet {
             let config =
                 write_node_config(dir.path(), name, me, (&other.0, &other.1), "a", None, None);
             fleet_config(&config, &fleet_section);
-            let env = if name == "a" { a_env } else { &[] };
+            let env = if name == special { special_env } else { &[] };
             nodes.push(start_node(dir.path(), name, &config, me.admin, env, &[]));
         }
         Fleet {
@@ -80,11 +81,13 @@ impl Fleet {
         }
     }
 
-    /// Starts node a again (after it died), without extra environment.
-    fn restart_a(&mut self) {
-        let config = self.dir.path().join("a.toml");
-        let admin = self.node("a").admin;
-        self.nodes[0] = start_node(self.dir.path(), "a", &config, admin, &[], &[]);
+    /// Starts node `name` again (after it died), without extra
+    /// environment.
+    fn restart(&mut self, name: &str) {
+        let config = self.dir.path().join(format!("{name}.toml"));
+        let admin = self.node(name).admin;
+        let i = self.ports.iter().position(|(n, _)| n == name).unwrap();
+        self.nodes[i] = start_node(self.dir.path(), name, &config, admin, &[], &[]);
     }
 
     fn log(&self, name: &str) -> String {
@@ -394,6 +397,7 @@ fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
     let cluster = EtcdCluster::start(3).unwrap();
     let fleet = Fleet::start_with(
         &cluster,
+        "a",
         &[("FAILPOINTS", "fleet-commit-answer-lost=return")],
     );
     fleet.wait_all("a", 1);
@@ -425,7 +429,11 @@ fn a_commit_whose_answer_was_lost_is_settled_as_committed() {
 #[test]
 fn a_commit_that_never_left_is_settled_as_not_committed() {
     let cluster = EtcdCluster::start(3).unwrap();
-    let fleet = Fleet::start_with(&cluster, &[("FAILPOINTS", "fleet-commit-not-sent=return")]);
+    let fleet = Fleet::start_with(
+        &cluster,
+        "a",
+        &[("FAILPOINTS", "fleet-commit-not-sent=return")],
+    );
     fleet.wait_all("a", 1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c = client(fleet.listen("c"), "unsent:0".into(), stop.clone());
@@ -459,6 +467,7 @@ fn a_source_dying_after_the_registry_commit_leaves_the_destination_owning() {
     let cluster = EtcdCluster::start(3).unwrap();
     let mut fleet = Fleet::start_with(
         &cluster,
+        "a",
         &[("FAILPOINTS", "fleet-after-registry-commit=return")],
     );
     fleet.wait_all("a", 1);
@@ -475,7 +484,7 @@ fn a_source_dying_after_the_registry_commit_leaves_the_destination_owning() {
         fleet.wait_view(n, "b", 2);
     }
     assert_eq!(get(fleet.listen("c"), "crash:0"), 50, "{}", fleet.logs());
-    fleet.restart_a();
+    fleet.restart("a");
     fleet.wait_view("a", "b", 2);
     assert!(fleet.log("a").contains("settled"), "{}", fleet.logs());
     let mut c = RespClient::connect(fleet.listen("a")).unwrap();
@@ -771,4 +780,66 @@ fn tunnels_from_a_third_node_move_to_the_new_owner_and_outlive_the_old_one() {
         assert!(*n > 0, "{key} made progress");
         assert_eq!(get(fleet.listen("c"), key), *n, "{key}\n{}", fleet.logs());
     }
+}
+
+/// The destination dies (node agent and its restored Redis, as in a
+/// machine crash) right after the source's registry commit, when it is
+/// told to own the service. The registry says b owns it; nothing serves
+/// until b is back; restarted, b rebuilds the service from the snapshot it
+/// kept and the log it journaled, and every write acknowledged before the
+/// move is there — once; a client cut by the crash finds its acknowledged
+/// INCRs there too (its last, unanswered one at most once).
+#[test]
+fn a_destination_dying_right_after_the_commit_owns_the_service_when_back() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let mut fleet = Fleet::start_with(
+        &cluster,
+        "b",
+        &[("FAILPOINTS", "destination-crash-at-commit=return")],
+    );
+    fleet.wait_all("a", 1);
+    let mut writer = RespClient::connect(fleet.listen("c")).unwrap();
+    for i in 1..=50 {
+        assert_eq!(writer.cmd(&["INCR", "dest:0"]).unwrap(), Reply::Int(i));
+    }
+    drop(writer);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = client(fleet.listen("a"), "dest:live".into(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (ok, text) = fleet.migrate("a", "b");
+    assert!(ok, "the source committed: {text}\n{}", fleet.logs());
+    let entry = registry_entry(&cluster);
+    assert_eq!(
+        (&entry["owner"], &entry["epoch"]),
+        (&"b".into(), &2.into()),
+        "{entry}"
+    );
+    assert!(
+        fleet.log("b").contains("crashing at the commit"),
+        "{}",
+        fleet.logs()
+    );
+    // The crash took b's service with it.
+    for pid in replaymig_testkit::listener_pids(fleet.node("b").backend) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let (key, acked, broke) = live.join().unwrap();
+    assert!(broke.is_some(), "the live client's connection went with b");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    fleet.restart("b");
+    fleet.wait_all("b", 2);
+    assert_eq!(get(fleet.listen("c"), "dest:0"), 50, "{}", fleet.logs());
+    let got = get(fleet.listen("a"), &key);
+    assert!(
+        got == acked || got == acked + 1,
+        "{key}: {acked} acknowledged, {got} on b\n{}",
+        fleet.logs()
+    );
+    let mut c = RespClient::connect(fleet.listen("a")).unwrap();
+    assert_eq!(c.cmd(&["INCR", "dest:0"]).unwrap(), Reply::Int(51));
 }

@@ -195,6 +195,8 @@ pub struct HandedOver {
     /// Tunnels from other nodes whose relaying node took the word to dial
     /// the new owner itself (this node left their path).
     pub redirected: usize,
+    /// Closed: no tunnel to the new owner could be opened for them.
+    pub closed: usize,
 }
 
 /// What became of one connection.
@@ -296,6 +298,7 @@ pub(crate) async fn hand_over(
             Outcome::Tunnel(Err(e)) => {
                 tracing::warn!(conn, error = %e, "cannot hand a connection over; closing it");
                 let _ = slot.service_write.lock().await.half.shutdown().await;
+                done.closed += 1;
             }
         }
     }

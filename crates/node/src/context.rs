@@ -78,6 +78,11 @@ pub(crate) struct ServiceState {
     /// parked) and waits for the source's commit: it does not serve as
     /// owner before that, so a lost message cannot split ownership.
     pub prepared: Option<Prepared>,
+    /// The prepared hand-over came from the record at a restart: its
+    /// replayed copy is gone, so only its rebuild (restore + replay of the
+    /// journal, `handover::recover_after_restart`) may commit it — not a
+    /// tunnel under its epoch, which would serve a half-rebuilt service.
+    pub rebuilding: bool,
 }
 
 impl ServiceState {

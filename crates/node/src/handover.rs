@@ -52,6 +52,12 @@ pub(crate) async fn commit_ownership(node: &NodeShared, host: &ServiceHost, epoc
     let Some(prepared) = state.prepared.take_if(|p| p.epoch == epoch) else {
         return;
     };
+    // Fault injection (tests/fleet.rs): the destination dies right after
+    // the source's commit, as it is told to own the service.
+    fail::fail_point!("destination-crash-at-commit", |_| {
+        tracing::error!("fail point: crashing at the commit");
+        std::process::abort()
+    });
     state.owner = node.config.name.clone();
     state.epoch = epoch;
     host.proxy.set_route(Route::Owner {
@@ -244,7 +250,9 @@ pub(crate) async fn recover_after_restart(
         // (the record says so) for an operator; clients are refused.
         tracing::error!(service = %host.config.name, error = %format!("{e:#}"), "cannot rebuild the service after a restart");
     }
-    host.state.lock().await.migrating = false;
+    let mut state = host.state.lock().await;
+    state.migrating = false;
+    state.rebuilding = false;
 }
 
 /// Restores the kept snapshot and replays this node's journal after it,

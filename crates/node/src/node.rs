@@ -91,6 +91,7 @@ impl Node {
                     // A hand-over prepared before a restart is resolved
                     // below; no migration starts meanwhile.
                     migrating: record.prepared.is_some(),
+                    rebuilding: record.prepared.is_some(),
                     prepared: record.prepared,
                 }),
             });

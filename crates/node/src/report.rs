@@ -143,6 +143,11 @@ pub struct MigrationReport {
     /// node took the word to dial the new owner itself.
     #[serde(default)]
     pub connections_redirected: usize,
+    /// Client connections closed at the switch: no tunnel to the new owner
+    /// could be opened for them (it died or is unreachable after the
+    /// commit); their clients reconnect.
+    #[serde(default)]
+    pub connections_closed_at_switch: usize,
     /// Client connections the barriers closed (their clients reconnect):
     /// input left unanswered, or in use before the snapshot
     /// (`close_connections`, docs/fidelity.md).
@@ -232,6 +237,13 @@ impl fmt::Display for MigrationReport {
             "  connections handed over: {} (+ {} tunnels from other nodes redirected)",
             self.connections_handed_over, self.connections_redirected
         )?;
+        if self.connections_closed_at_switch > 0 {
+            writeln!(
+                f,
+                "  connections closed at the switch: {} (the new owner could not be reached for them; their clients reconnect)",
+                self.connections_closed_at_switch
+            )?;
+        }
         for (phase, secs) in &self.phase_seconds {
             writeln!(f, "  {phase:<17} {secs:>10.3} s")?;
         }

@@ -410,6 +410,7 @@ impl<'a> SourceRun<'a> {
                 let done = self.host.proxy.hand_over(hold, dial, Some(redirect)).await;
                 self.report.connections_handed_over = done.switched;
                 self.report.connections_redirected = done.redirected;
+                self.report.connections_closed_at_switch = done.closed;
                 self.mark("switch");
                 Some(E::Switched)
             }

@@ -6,6 +6,12 @@ use crate::context::NodeShared;
 use replaymig_peer::{Message, PeerLink};
 use replaymig_proxy::{Adopted, RelayOrigin};
 
+/// How long a tunnel waits for a rebuild after a restart to finish (the
+/// dialing side gives up after 5 s).
+const REBUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+/// How often it looks.
+const REBUILD_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A `TunnelOpen` as the owner receives it.
 pub(crate) struct Request {
     pub service: String,
@@ -45,11 +51,33 @@ pub(crate) async fn accept(
             .await;
         anyhow::bail!("tunnel for unknown service {service:?}");
     };
-    // A tunnel under the prepared epoch comes from the source after its
-    // commit (no other node routes by that epoch before it): a commit too.
-    let prepared = host.state.lock().await.prepared_epoch();
-    if prepared == Some(epoch) {
-        crate::handover::commit_ownership(node, host, epoch).await;
+    // A tunnel under the prepared epoch comes after the source's commit
+    // (no other node routes by that epoch before it): a commit too — but
+    // not of a hand-over being rebuilt after a restart: the tunnel waits,
+    // bounded, for the rebuild to commit it.
+    let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
+    loop {
+        let (prepared, rebuilding) = {
+            let state = host.state.lock().await;
+            (state.prepared_epoch(), state.rebuilding)
+        };
+        if prepared != Some(epoch) {
+            break;
+        }
+        if !rebuilding {
+            crate::handover::commit_ownership(node, host, epoch).await;
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let reason = "the service is still being rebuilt here after a restart".to_string();
+            let _ = link
+                .send(Message::MigrateAbort {
+                    reason: reason.clone(),
+                })
+                .await;
+            anyhow::bail!("tunnel for {service} refused: {reason}");
+        }
+        tokio::time::sleep(REBUILD_POLL).await;
     }
     let backend = {
         let mut state = host.state.lock().await;
