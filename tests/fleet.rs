@@ -843,3 +843,106 @@ fn a_destination_dying_right_after_the_commit_owns_the_service_when_back() {
     let mut c = RespClient::connect(fleet.listen("a")).unwrap();
     assert_eq!(c.cmd(&["INCR", "dest:0"]).unwrap(), Reply::Int(51));
 }
+
+/// The source's registry commit applied, but it does not know yet (the
+/// answer was lost and etcd stays silent to it for 2 s): for that long a
+/// is a stale owner — it still thinks it owns epoch 1 and holds its
+/// clients — while the registry and every other node say b owns epoch 2.
+/// Meanwhile new clients of c are served by b (their tunnel under epoch 2
+/// is b's commit), a tunnel routed by epoch 2 to the stale owner is fenced,
+/// and nobody is served by a. Once a settles it hands its clients over:
+/// every answer of every client checked, every count exact on b.
+#[test]
+fn a_stale_owner_is_fenced_while_the_new_owner_serves() {
+    use replaymig_peer::{Authenticator, Message, PeerLink, Secret};
+    let cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start_with(
+        &cluster,
+        "a",
+        &[(
+            "FAILPOINTS",
+            "fleet-commit-answer-lost=return;fleet-before-settle=return(2000)",
+        )],
+    );
+    fleet.wait_all("a", 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = [
+        client(fleet.listen("a"), "stale:a".into(), stop.clone()),
+        client(fleet.listen("c"), "stale:c".into(), stop.clone()),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let migration = fleet.migrate_in_background("a", "b");
+    // The registry and c say b; a does not know yet.
+    fleet.wait_view("c", "b", 2);
+    let status_a = || -> Value {
+        let out = replaymig()
+            .args(["status", "--json", "--admin", &fleet.admin("a")])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let a = status_a();
+    assert_eq!(
+        (&a[0]["owner"], &a[0]["epoch"]),
+        (&"a".into(), &1.into()),
+        "a is a stale owner now: {a}"
+    );
+
+    // A new client of c reaches b, which owns by the registry.
+    let mut fresh = RespClient::connect(fleet.listen("c")).unwrap();
+    for i in 1..=20 {
+        assert_eq!(
+            fresh.cmd(&["INCR", "stale:fresh"]).unwrap(),
+            Reply::Int(i),
+            "{}",
+            fleet.logs()
+        );
+    }
+    // A tunnel routed by the new epoch to the stale owner is fenced.
+    let answer = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let secret = Secret::from_file(&fleet.dir.path().join("secret")).unwrap();
+        let a = fleet.node("a");
+        let mut link = PeerLink::connect((a.ip, a.peer).into(), &Authenticator::new("c", secret))
+            .await
+            .unwrap();
+        link.send(Message::TunnelOpen {
+            service: "redis".into(),
+            conn: None,
+            delivered: 0,
+            client: "test".into(),
+            epoch: 2,
+        })
+        .await
+        .unwrap();
+        link.recv_timeout(Duration::from_secs(10)).await.unwrap()
+    });
+    match answer {
+        Message::MigrateAbort { reason } => assert!(reason.contains("owns epoch 1"), "{reason}"),
+        other => panic!("the stale owner took a tunnel of epoch 2: {other:?}"),
+    }
+    let a = status_a();
+    assert_eq!(a[0]["epoch"], 1, "still settling: {a}");
+
+    let out = migration.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fleet.logs()
+    );
+    fleet.wait_all("b", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in held {
+        let (key, acked, broke) = c.join().unwrap();
+        assert_eq!(broke, None, "{key}\n{}", fleet.logs());
+        assert!(acked > 0, "{key} made progress");
+        assert_eq!(
+            get(fleet.listen("b"), &key),
+            acked,
+            "{key}\n{}",
+            fleet.logs()
+        );
+    }
+    assert_eq!(get(fleet.listen("a"), "stale:fresh"), 20);
+}

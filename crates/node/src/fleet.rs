@@ -271,6 +271,12 @@ impl Fleet {
     ) -> Result<CommitOutcome> {
         let started = Instant::now();
         let mut last_said = Instant::now();
+        // Fault injection (tests/fleet.rs): etcd stays silent this long
+        // (ms) first, so the source is a stale owner meanwhile.
+        if let Some(ms) = fail::eval("fleet-before-settle", |ms| ms) {
+            let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         loop {
             match self.registry.pin(service, read, next, REGISTRY_STEP).await {
                 Ok(outcome) => return Ok(outcome),
