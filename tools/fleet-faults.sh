@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Fleet mode's fault rows (issue #17), RUNS times each: every test of
-# tests/fleet.rs (three node agents on a real 3-member etcd, Redis under
-# checked INCR load) run on its own, one after another; prints per test how
-# many runs passed, as Markdown rows for docs/reliability.md. Each test
-# asserts exactly one owner serving, every acknowledged write present, and
-# what `migrate` said.
+# Fleet mode's fault rows (issue #17). The scenarios (three node agents on a
+# real 3-member etcd, Redis under checked INCR load; crates/chaos/src/fleet)
+# run RUNS times each through the chaos campaign binary, which prints one
+# Markdown row per scenario (runs, failures); then the two namespaced demos
+# of tests/fleet.rs (root) run DEMO_RUNS times each. Every run asserts
+# exactly one owner serving, every acknowledged write present, and what
+# `migrate` said.
 #
 #   RUNS=20 tools/fleet-faults.sh
-#   RUNS=5 TESTS="quorum_lost_mid_migration_ends_with_the_owner_migrate_reports" tools/fleet-faults.sh
+#   RUNS=5 SCENARIOS=quorum-lost,stale-owner DEMO_RUNS=0 tools/fleet-faults.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
+DEMO_RUNS=${DEMO_RUNS:-5}
 bash tools/setup.sh >/dev/null
+cargo build --release --quiet -p replaymig -p replaymig-chaos --bin replaymig --bin replaymig-chaos
+failed=0
+scenarios=()
+[ -n "${SCENARIOS:-}" ] && scenarios=(--fleet-scenarios "$SCENARIOS")
+target/release/replaymig-chaos --only fleet --fleet-runs "$RUNS" "${scenarios[@]}" || failed=1
+[ "$DEMO_RUNS" -gt 0 ] || exit "$failed"
 bin=$(cargo test --quiet --test fleet --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
@@ -19,20 +27,16 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "fleet" and m.get("executable"):
         print(m["executable"])' | tail -1)
 [ -x "$bin" ] || { echo "fleet-faults: the test binary was not built" >&2; exit 1; }
-if [ -n "${TESTS:-}" ]; then
-  read -r -a tests <<<"$TESTS"
-else
-  mapfile -t tests < <("$bin" --list 2>/dev/null | sed -n 's/: test$//p')
-fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-echo "| fleet fault (tests/fleet.rs) | runs | passed |"
+echo
+echo "| namespaced demo (tests/fleet.rs) | runs | passed |"
 echo "|---|---:|---:|"
-failed=0
-for t in "${tests[@]}"; do
+for t in the_fleet_demo_moves_redis_across_five_namespaced_nodes \
+         a_source_cut_off_from_etcd_at_the_commit_keeps_the_service; do
   pass=0
-  for _ in $(seq "$RUNS"); do
-    if (cd "$(pwd)" && "$bin" --exact "$t" >"$log" 2>&1); then
+  for _ in $(seq "$DEMO_RUNS"); do
+    if "$bin" --exact "$t" >"$log" 2>&1; then
       pass=$((pass + 1))
     else
       failed=1
@@ -40,6 +44,6 @@ for t in "${tests[@]}"; do
       tail -30 "$log" >&2
     fi
   done
-  echo "| \`$t\` | $RUNS | $pass |"
+  echo "| \`$t\` | $DEMO_RUNS | $pass |"
 done
 exit "$failed"

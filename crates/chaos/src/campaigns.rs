@@ -5,7 +5,7 @@
 //! `replaymig-chaos` executable (Cargo only tells a package's own tests
 //! where its binaries are).
 
-use crate::{connections, crash_loop, disk_full, migrations, table, Row, Target};
+use crate::{connections, crash_loop, disk_full, fleet, migrations, table, Row, Target};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ pub struct Campaigns {
     /// Sized for CI (said in the report's last line).
     pub quick: bool,
     /// Only these campaigns (`crash-loop`, `migrations`, `disk-full`,
-    /// `connections`); empty: all of them.
+    /// `connections`, `fleet`); empty: all of them.
     pub only: Vec<String>,
     /// The proxy kill -9 / restart loop.
     pub crash: crash_loop::CrashLoop,
@@ -25,6 +25,9 @@ pub struct Campaigns {
     pub disk: disk_full::DiskFull,
     /// The concurrent connection load.
     pub load: connections::ConnectionLoad,
+    /// Fleet mode's faults (none in `--quick`: `tests/fleet.rs` runs each
+    /// scenario once in CI).
+    pub fleet: fleet::FleetFaults,
 }
 
 impl Campaigns {
@@ -51,6 +54,10 @@ impl Campaigns {
             },
             load: connections::ConnectionLoad {
                 seconds: pick(5, 180),
+                ..Default::default()
+            },
+            fleet: fleet::FleetFaults {
+                runs: pick(0, 20),
                 ..Default::default()
             },
         }
@@ -80,7 +87,7 @@ impl Report {
 }
 
 /// Runs the wanted campaigns against `target`, in a fixed order (crash
-/// loop, faulted migrations, disk full, connection load), with a progress
+/// loop, faulted migrations, disk full, connection load, fleet), with a progress
 /// line on stderr before each. An error is a campaign that could not run
 /// at all; failed checks are in the rows.
 pub fn run(target: &Target, campaigns: &Campaigns) -> Result<Report> {
@@ -107,6 +114,13 @@ pub fn run(target: &Target, campaigns: &Campaigns) -> Result<Report> {
             campaigns.load.count, campaigns.load.seconds
         );
         rows.push(connections::run(target, &campaigns.load)?);
+    }
+    if campaigns.wanted("fleet") && campaigns.fleet.runs > 0 {
+        eprintln!(
+            "fleet faults: {} runs of each scenario ...",
+            campaigns.fleet.runs
+        );
+        rows.extend(fleet::run(target, &campaigns.fleet)?);
     }
     let text = format!(
         "{}\n{} campaigns in {:.0} s ({}).\n",
@@ -151,6 +165,7 @@ mod tests {
             (100, 50, 20, 5000, 180)
         );
         assert_eq!(full.crash.seed, 1);
+        assert_eq!((quick.fleet.runs, full.fleet.runs), (0, 20));
         assert!(quick.wanted("disk-full"), "empty only: every campaign");
         let only = Campaigns {
             only: vec!["connections".into()],

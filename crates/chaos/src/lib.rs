@@ -10,17 +10,50 @@ pub mod campaigns;
 pub mod connections;
 pub mod crash_loop;
 pub mod disk_full;
+pub mod fleet;
 pub mod migrations;
 mod rss;
 
+use anyhow::{Context, Result};
+use replaymig_testkit::{wait_for_listen, ChildGuard};
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Where the binary under test is.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The `replaymig` binary.
     pub bin: PathBuf,
+}
+
+/// Starts `BIN node --config CONFIG` with `env` (log in `DIR/NAME.log`)
+/// and waits for its admin port.
+pub(crate) fn start_node(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    config: &Path,
+    admin: u16,
+    env: &[(&str, &str)],
+) -> Result<ChildGuard> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
+    let child = Command::new(bin)
+        .args(["node", "--config"])
+        .arg(config)
+        .env("REPLAYMIG_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let guard = ChildGuard::new(format!("node {name}"), child);
+    wait_for_listen(admin, Duration::from_secs(30)).context("the node did not start")?;
+    Ok(guard)
 }
 
 /// One campaign's outcome, as a line of the report table.

@@ -27,9 +27,18 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// Only these campaigns (crash-loop, migrations, disk-full,
-    /// connections; default all).
+    /// connections, fleet; default all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Runs of each fleet scenario on a real 3-member etcd (default 20;
+    /// none with --quick, where tests/fleet.rs runs each once).
+    #[arg(long)]
+    fleet_runs: Option<u64>,
+    /// Only these fleet scenarios (moves, shared-keys, member-killed,
+    /// no-quorum, quorum-lost, answer-lost, never-sent, source-dies,
+    /// destination-dies, stale-owner, old-owner-dies; default all).
+    #[arg(long, value_delimiter = ',')]
+    fleet_scenarios: Vec<String>,
     /// Crash-loop runs (default 100; 5 with --quick).
     #[arg(long)]
     crash_runs: Option<u64>,
@@ -84,6 +93,10 @@ fn run(args: Args) -> Result<bool> {
         campaigns.faulted.runs = runs;
     }
     campaigns.faulted.only = args.faults;
+    if let Some(runs) = args.fleet_runs {
+        campaigns.fleet.runs = runs;
+    }
+    campaigns.fleet.only = args.fleet_scenarios;
     if let Some(runs) = args.disk_full_runs {
         campaigns.disk.runs = runs;
     }

@@ -16,7 +16,7 @@
 use crate::{Row, Target};
 use anyhow::{bail, Context, Result};
 use replaymig_testkit::{
-    wait_for_listen, write_node_config, ChildGuard, NodePorts, Reply, RespClient, StopRedisOnDrop,
+    write_node_config, ChildGuard, NodePorts, Reply, RespClient, StopRedisOnDrop,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -196,24 +196,6 @@ struct Pair {
     _redis: StopRedisOnDrop,
 }
 
-fn start_node(bin: &Path, dir: &Path, name: &str, config: &Path, admin: u16) -> Result<ChildGuard> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))?;
-    let child = Command::new(bin)
-        .args(["node", "--config"])
-        .arg(config)
-        .env("REPLAYMIG_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let guard = ChildGuard::new(format!("node {name}"), child);
-    wait_for_listen(admin, Duration::from_secs(30)).context("the node did not start")?;
-    Ok(guard)
-}
-
 impl Pair {
     fn start(bin: &Path, b_restore: Option<&str>) -> Result<Pair> {
         let dir = tempfile::TempDir::new()?;
@@ -230,8 +212,8 @@ impl Pair {
         };
         let config_a = write_node_config(dir.path(), "a", &pa, ("b", &relayed), "a", None, None);
         let config_b = write_node_config(dir.path(), "b", &pb, ("a", &pa), "a", None, b_restore);
-        let a = start_node(bin, dir.path(), "a", &config_a, pa.admin)?;
-        let b = start_node(bin, dir.path(), "b", &config_b, pb.admin)?;
+        let a = crate::start_node(bin, dir.path(), "a", &config_a, pa.admin, &[])?;
+        let b = crate::start_node(bin, dir.path(), "b", &config_b, pb.admin, &[])?;
         Ok(Pair {
             bin: bin.to_path_buf(),
             dir,
@@ -247,23 +229,25 @@ impl Pair {
     }
 
     fn restart_a(&mut self) -> Result<()> {
-        self.a = start_node(
+        self.a = crate::start_node(
             &self.bin,
             self.dir.path(),
             "a",
             &self.config_a,
             self.pa.admin,
+            &[],
         )?;
         Ok(())
     }
 
     fn restart_b(&mut self) -> Result<()> {
-        self.b = start_node(
+        self.b = crate::start_node(
             &self.bin,
             self.dir.path(),
             "b",
             &self.config_b,
             self.pb.admin,
+            &[],
         )?;
         Ok(())
     }
