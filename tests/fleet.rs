@@ -152,15 +152,23 @@ fn the_fleet_demo_moves_redis_across_five_namespaced_nodes() {
 }
 
 /// The source cut off from etcd by the network (iptables in its
-/// namespace) at the registry commit: the move is refused — at once if no
-/// try reached etcd, once etcd answers again otherwise — and a serves on;
-/// then the demo's moves run as usual.
+/// namespace, put in while it pauses just before the registry commit): the
+/// move is refused — at once if no try reached etcd, once etcd answers
+/// again otherwise — and a serves on; or, when the commit's request sat in
+/// a's TCP send queue and reached etcd once the cut healed, it is settled
+/// as committed. Either way every view agrees with what `migrate` said;
+/// then the demo's remaining moves run.
 #[test]
-fn a_source_cut_off_from_etcd_at_the_commit_keeps_the_service() {
+fn a_source_cut_off_from_etcd_at_the_commit_ends_as_the_registry_says() {
     if let Some(stdout) = fleet_demo(&[("PARTITION", "1")]) {
         assert!(
-            stdout.contains("refused; node a still owns redis under epoch 1"),
+            stdout.contains("refused; node a still owns redis under epoch 1")
+                || stdout.contains("taken once the cut healed (settled with the registry); node c owns redis under epoch 2"),
             "{stdout}"
         );
+        let outcome = stdout
+            .lines()
+            .find(|l| l.contains("refused; node") || l.contains("taken once"));
+        eprintln!("partitioned commit: {}", outcome.unwrap_or_default().trim());
     }
 }

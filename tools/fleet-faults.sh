@@ -33,7 +33,7 @@ echo
 echo "| namespaced demo (tests/fleet.rs) | runs | passed |"
 echo "|---|---:|---:|"
 for t in the_fleet_demo_moves_redis_across_five_namespaced_nodes \
-         a_source_cut_off_from_etcd_at_the_commit_keeps_the_service; do
+         a_source_cut_off_from_etcd_at_the_commit_ends_as_the_registry_says; do
   pass=0
   for _ in $(seq "$DEMO_RUNS"); do
     if "$bin" --exact "$t" >"$log" 2>&1; then

@@ -800,6 +800,7 @@ impl<'a> SourceRun<'a> {
             // here, in which the test cuts this node off from etcd.
             if let Some(ms) = fail::eval("fleet-before-registry-commit", |ms| ms) {
                 let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(1000);
+                tracing::warn!(ms, "fail point: pausing before the registry commit");
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             let committed = fleet.commit(service, read, &next).await;
