@@ -33,6 +33,9 @@ use tokio::sync::{oneshot, MutexGuard};
 /// was taken (it does so within its hand-over's hold).
 const OLD_TUNNEL_END_WAIT: Duration = Duration::from_secs(5);
 
+/// Bound on taking the tunnel's writing half (step 1).
+const TAKE_WAIT: Duration = Duration::from_millis(100);
+
 /// Why a move was refused (the old owner then keeps relaying) or failed
 /// after it was taken (the connection is closed).
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,10 @@ pub enum MoveError {
     /// The connection ended while the move was being set up.
     #[error("the connection ended during the move")]
     Ended,
+    /// Its input is blocked on the old tunnel (a full socket buffer): it
+    /// cannot stop at a known offset in time.
+    #[error("its input is blocked on the old tunnel")]
+    Busy,
     /// The old tunnel ended at another answer offset than the old owner
     /// said: the new owner's answers would not join up.
     #[error("the old tunnel ended after answer byte {got}, the old owner said {said}")]
@@ -79,7 +86,13 @@ pub(crate) async fn begin(
     let refused = shared.metrics.relay_moves_refused.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
-        let mut writer = slot.service_write.lock().await;
+        // A forward blocked on a full tunnel holds the half: rather than
+        // wait (the old owner is in its hold), refuse; it relays on.
+        let Ok(mut writer) = tokio::time::timeout(TAKE_WAIT, slot.service_write.lock()).await
+        else {
+            let _ = taken_tx.send(Err(MoveError::Busy));
+            return;
+        };
         let resend = match writer.sent.as_ref() {
             Some(sent) => sent.after(order.consumed).map_err(MoveError::from),
             None => Err(MoveError::UnknownRelay(relay)),

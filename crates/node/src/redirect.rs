@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// Bound on the old owner's wait, inside its hand-over's hold, for a
 /// relaying node to take a move.
-const TAKE_WAIT: Duration = Duration::from_secs(1);
+const TAKE_WAIT: Duration = Duration::from_millis(500);
 
 /// The old owner's side: tells relaying nodes, during the hand-over of
 /// `service` to `to` under `epoch`, to dial the new owner themselves.
