@@ -104,6 +104,7 @@ pub(crate) async fn begin(
                 return;
             }
         };
+        let taken_at = std::time::Instant::now();
         let (end_tx, mut end_rx) = oneshot::channel();
         *slot.tunnel_end.lock().expect("poisoned") = Some(end_tx);
         if taken_tx.send(Ok(())).is_err() {
@@ -133,6 +134,7 @@ pub(crate) async fn begin(
                     relay,
                     conn = order.conn,
                     resent,
+                    paused_ms = taken_at.elapsed().as_secs_f64() * 1e3,
                     "relayed connection moved to the new owner"
                 );
             }

@@ -42,7 +42,14 @@ pub(crate) async fn forward(
         unverified,
     })
     .await?;
-    match link.recv_timeout(FORWARD_TIMEOUT).await? {
+    let answer = link.recv_timeout(FORWARD_TIMEOUT).await.with_context(|| {
+        format!(
+            "no answer from {owner}, which runs the migration: it may still be running there, \
+             or settling its outcome with the registry — `replaymig status --fleet` says who \
+             owns {service} now"
+        )
+    })?;
+    match answer {
         Message::MigrateResult {
             report: Some(report),
             ..
