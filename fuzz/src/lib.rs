@@ -620,6 +620,7 @@ pub mod seeds {
                 answers_end: 1024,
             },
             Message::TunnelMoveTaken,
+            Message::TunnelMoveGo,
             Message::LogBatch {
                 first_lsn: 42,
                 count: 2,

@@ -4,7 +4,7 @@
 
 use crate::barrier::{QuiesceError, QuiesceOptions, Quiesced};
 use crate::handover::HandedOver;
-use crate::relay_move::MoveError;
+use crate::relay_move::{MoveError, MoveTaken};
 use crate::route::{Adopted, Dialer, Redirector, RelayMove, Route};
 use crate::shared::Shared;
 use std::sync::atomic::Ordering;
@@ -89,10 +89,11 @@ impl ProxyControl {
     }
 
     /// Moves relayed connection `relay` to a new owner on its old owner's
-    /// word (see the `relay_move` module): `Ok` once it is taken (the old
-    /// owner may end its tunnel; the rest runs in the background), an
-    /// error if it cannot be (the old owner keeps relaying it).
-    pub async fn move_relay(&self, relay: u64, order: RelayMove) -> Result<(), MoveError> {
+    /// word (see the `relay_move` module): `Ok` once it is taken — the rest
+    /// runs in the background once the old owner confirms through
+    /// [`MoveTaken::go`] — or an error if it cannot be (the old owner keeps
+    /// relaying it).
+    pub async fn move_relay(&self, relay: u64, order: RelayMove) -> Result<MoveTaken, MoveError> {
         crate::relay_move::begin(&self.shared, relay, order).await
     }
 

@@ -41,8 +41,25 @@ impl<'a> Downstream<'a> {
     pub async fn run(mut self) -> Result<(), ConnError> {
         let result = self.relay().await;
         // However the direction ended, a move waiting for the old tunnel's
-        // end learns that it will not come (its sender is dropped).
+        // end learns that it will not come (its sender is dropped), and no
+        // move is taken any more.
+        self.slot.answers_ended.store(true, Ordering::Release);
         self.slot.tunnel_end.lock().expect("poisoned").take();
+        if self.slot.reset_client.load(Ordering::Acquire) {
+            // A failed move: a reset once both halves are gone (the input
+            // direction was evicted), never an end of stream.
+            // (SO_LINGER 0: the close does not block, it resets.)
+            let reset = nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let _ = nix::sys::socket::setsockopt(
+                self.client.as_ref(),
+                nix::sys::socket::sockopt::Linger,
+                &reset,
+            );
+            self.client.forget();
+        }
         result
     }
 
@@ -84,7 +101,9 @@ impl<'a> Downstream<'a> {
                     self.slot.service_read.swap_posted(&mut service);
                     continue;
                 }
-                let _ = self.client.shutdown().await;
+                if !self.slot.reset_client.load(Ordering::Acquire) {
+                    let _ = self.client.shutdown().await;
+                }
                 return Ok(());
             }
             self.receive(n);

@@ -287,12 +287,17 @@ pub(crate) async fn hand_over(
                 slot.service_write.post(ServiceWriter::tunnel(write, b""));
                 // Swapped in now: the old writing half is dropped here.
                 drop(slot.service_write.lock().await);
-                // A relayed connection now: a later owner can move it.
-                shared
-                    .relays
-                    .lock()
-                    .expect("poisoned")
-                    .insert(slot.relay, slot.clone());
+                // A relayed connection now: a later owner can move it —
+                // if it is still open (see `setup::OpenGuard`).
+                let open = shared.open.lock().expect("poisoned");
+                if open.contains_key(&conn) {
+                    shared
+                        .relays
+                        .lock()
+                        .expect("poisoned")
+                        .insert(slot.relay, slot.clone());
+                }
+                drop(open);
                 done.switched += 1;
             }
             Outcome::Tunnel(Err(e)) => {
@@ -310,6 +315,7 @@ pub(crate) async fn hand_over(
 /// owner), the answers already read reach it, and then the tunnel's end —
 /// which the relaying node waits for before it dials the new owner.
 async fn end_redirected(slot: &ConnSlot) {
+    slot.drain_on_evict.store(true, Ordering::Release);
     slot.evict.cancel();
     // Reading half first, as above: the old service's close must not be
     // read as the end of the answers.

@@ -26,7 +26,7 @@ pub use barrier::{CloseAtBarrier, ClosedAtBarrier, QuiesceError, QuiesceOptions,
 pub use control::ProxyControl;
 pub use handover::HandedOver;
 pub use ordering::SETTLE_WAIT;
-pub use relay_move::MoveError;
+pub use relay_move::{MoveError, MoveTaken};
 pub use route::{
     Adopted, Dialer, Redirect, Redirector, RelayMove, RelayOrigin, Route, Tunnel, TunnelRequest,
 };

@@ -7,8 +7,10 @@
 //!
 //! 1. takes the tunnel's writing half, so no more input goes into it, and
 //!    checks that what follows `consumed` is still kept (`sent`); if not,
-//!    it refuses, and the old owner relays the connection as before;
-//! 2. once taken, waits for the old tunnel's end and checks that exactly
+//!    it refuses, and the old owner relays the connection as before; if
+//!    so, it says "taken", and goes on only when the old owner confirms
+//!    ([`MoveTaken::go`]) — else nothing changed;
+//! 2. waits for the old tunnel's end and checks that exactly
 //!    `answers_end` answer bytes came (fewer or more: the answers the new
 //!    owner continues from would not join up, and the connection is
 //!    closed rather than continued wrong);
@@ -16,7 +18,8 @@
 //! 4. sends it the input after `consumed` again, then lets input flow.
 //!
 //! Client input waits in the client's socket meanwhile; the client sees a
-//! pause, or — if a step after the old owner let go fails — a close.
+//! pause, or — if a step after the old owner let go fails — a reset (not
+//! an end of stream, which could pass for a complete answer).
 
 use crate::handover::{ServiceReader, ServiceWriter};
 use crate::route::{RelayMove, TunnelRequest};
@@ -29,9 +32,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, MutexGuard};
 
-/// Bound on the wait for the old owner to end its tunnel after the move
-/// was taken (it does so within its hand-over's hold).
-const OLD_TUNNEL_END_WAIT: Duration = Duration::from_secs(5);
+/// How long the old tunnel may deliver nothing before its end, once the
+/// old owner confirmed the move (it ends the tunnel within its hold, after
+/// the answers it already read).
+const OLD_TUNNEL_STALL: Duration = Duration::from_secs(5);
 
 /// Bound on taking the tunnel's writing half (step 1).
 const TAKE_WAIT: Duration = Duration::from_millis(100);
@@ -67,23 +71,39 @@ pub enum MoveError {
     NewTunnel(std::io::Error),
 }
 
+/// A move taken (step 1 done, input into the old tunnel stopped): the
+/// old owner is told so, and must confirm that it leaves the path —
+/// [`MoveTaken::go`] — or the move is dropped and the connection stays on
+/// the old tunnel (dropping this does that). The confirmation removes the
+/// one ambiguity a bounded wait would leave: an old owner that gave up
+/// waiting for "taken" relays on, and one that confirmed ends its tunnel,
+/// however long its last answers take to get through.
+#[derive(Debug)]
+pub struct MoveTaken {
+    go: oneshot::Sender<bool>,
+}
+
+impl MoveTaken {
+    /// The old owner confirmed: it ends its tunnel, the move goes on.
+    pub fn go(self) {
+        let _ = self.go.send(true);
+    }
+}
+
 /// Takes the move of relayed connection `relay` (returns once step 1 is
-/// done: `Ok` means the old owner may end its tunnel) and runs the rest
-/// in the background.
+/// done) and runs the rest in the background once confirmed.
 pub(crate) async fn begin(
     shared: &Arc<Shared>,
     relay: u64,
     order: RelayMove,
-) -> Result<(), MoveError> {
-    let slot = shared
-        .relays
-        .lock()
-        .expect("poisoned")
-        .get(&relay)
-        .cloned()
-        .ok_or(MoveError::UnknownRelay(relay))?;
-    let (taken_tx, taken_rx) = oneshot::channel();
+) -> Result<MoveTaken, MoveError> {
     let refused = shared.metrics.relay_moves_refused.clone();
+    let slot = shared.relays.lock().expect("poisoned").get(&relay).cloned();
+    let Some(slot) = slot else {
+        refused.increment(1);
+        return Err(MoveError::UnknownRelay(relay));
+    };
+    let (taken_tx, taken_rx) = oneshot::channel();
     let shared = shared.clone();
     tokio::spawn(async move {
         // A forward blocked on a full tunnel holds the half: rather than
@@ -94,6 +114,7 @@ pub(crate) async fn begin(
             return;
         };
         let resend = match writer.sent.as_ref() {
+            _ if slot.answers_ended.load(Ordering::Acquire) => Err(MoveError::Ended),
             Some(sent) => sent.after(order.consumed).map_err(MoveError::from),
             None => Err(MoveError::UnknownRelay(relay)),
         };
@@ -107,25 +128,21 @@ pub(crate) async fn begin(
         let taken_at = std::time::Instant::now();
         let (end_tx, mut end_rx) = oneshot::channel();
         *slot.tunnel_end.lock().expect("poisoned") = Some(end_tx);
-        if taken_tx.send(Ok(())).is_err() {
-            // Nobody heard the answer: the old owner keeps relaying.
-            slot.tunnel_end.lock().expect("poisoned").take();
-            return;
-        }
-        let answers = tokio::select! {
-            got = &mut end_rx => got.ok(),
-            _ = tokio::time::sleep(OLD_TUNNEL_END_WAIT) => {
-                if slot.tunnel_end.lock().expect("poisoned").take().is_some() {
-                    // The old owner never ended its tunnel (it did not hear
-                    // the answer, and relays on): nothing changed, go on.
-                    tracing::warn!(relay, "the old owner did not end its tunnel; the connection stays on it");
-                    shared.metrics.relay_moves_kept.increment(1);
-                    return;
-                }
-                // The answers' end arrived just now.
-                (&mut end_rx).await.ok()
+        let (go_tx, go_rx) = oneshot::channel();
+        if taken_tx.send(Ok(MoveTaken { go: go_tx })).is_err() || go_rx.await != Ok(true) {
+            // Not confirmed: the old owner relays on. Unless the old
+            // tunnel's end came meanwhile (it did leave: the confirmation
+            // was lost on the way), nothing changed.
+            if slot.tunnel_end.lock().expect("poisoned").take().is_some() {
+                tracing::info!(
+                    relay,
+                    "the old owner did not confirm the move; the connection stays on its tunnel"
+                );
+                shared.metrics.relay_moves_kept.increment(1);
+                return;
             }
-        };
+        }
+        let answers = wait_for_tunnel_end(&slot, &mut end_rx).await;
         let resent = resend.len();
         match finish(&slot, &order, &mut writer, resend, answers).await {
             Ok(()) => {
@@ -150,6 +167,30 @@ pub(crate) async fn begin(
         refused.increment(1);
     }
     taken
+}
+
+/// Waits for the old tunnel's end — as long as its last answers keep
+/// coming, and [`OLD_TUNNEL_STALL`] past the last of them: the answer
+/// count it ended at, or `None` if it broke or stalled.
+async fn wait_for_tunnel_end(slot: &ConnSlot, end: &mut oneshot::Receiver<u64>) -> Option<u64> {
+    let mut seen = slot.answer_bytes_read_from_service.load(Ordering::Acquire);
+    loop {
+        tokio::select! {
+            got = &mut *end => return got.ok(),
+            _ = tokio::time::sleep(OLD_TUNNEL_STALL) => {
+                let now = slot.answer_bytes_read_from_service.load(Ordering::Acquire);
+                if now == seen {
+                    // Stalled: take the end back (or, if it came just now,
+                    // have it).
+                    if slot.tunnel_end.lock().expect("poisoned").take().is_some() {
+                        return None;
+                    }
+                    return end.await.ok();
+                }
+                seen = now;
+            }
+        }
+    }
 }
 
 /// Steps 2–4, with the writing half held.
@@ -183,10 +224,6 @@ async fn finish(
     });
     // The old tunnel's writing half is dropped here.
     **writer = next;
-    debug_assert_eq!(
-        slot.answer_bytes_read_from_service.load(Ordering::Acquire),
-        order.answers_end
-    );
     Ok(())
 }
 
@@ -194,6 +231,7 @@ async fn finish(
 /// more input is taken, the answers it got stand, then the client sees
 /// the end.
 async fn close(slot: &ConnSlot, writer: &mut MutexGuard<'_, ServiceWriter>) {
+    slot.reset_client.store(true, Ordering::Release);
     slot.evict.cancel();
     let _ = writer.half.shutdown().await;
     slot.service_read.post(ServiceReader::ended());

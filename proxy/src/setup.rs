@@ -142,19 +142,25 @@ impl Drop for RelayGuard<'_> {
     }
 }
 
-/// Removes a connection from the open set however its task ends.
+/// Removes a connection from the open set however its task ends — and
+/// from the relayed set, under the open set's lock: a hand-over registers
+/// a switched connection as relayed under that lock, only while it is
+/// still open, so none is left registered after its task ended.
 pub(crate) struct OpenGuard<'a> {
     shared: &'a Shared,
     conn: ConnId,
+    relay: u64,
 }
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
+        let mut open = self.shared.open.lock().expect("poisoned");
+        open.remove(&self.conn);
         self.shared
-            .open
+            .relays
             .lock()
             .expect("poisoned")
-            .remove(&self.conn);
+            .remove(&self.relay);
     }
 }
 
@@ -262,6 +268,9 @@ impl Setup {
             origin,
             input_bytes_forwarded: AtomicU64::new(0),
             tunnel_end: Default::default(),
+            answers_ended: AtomicBool::new(false),
+            drain_on_evict: AtomicBool::new(false),
+            reset_client: AtomicBool::new(false),
         });
         if tunneled {
             shared
@@ -276,7 +285,11 @@ impl Setup {
                 .lock()
                 .expect("poisoned")
                 .insert(conn, slot.clone());
-            OpenGuard { shared, conn }
+            OpenGuard {
+                shared,
+                conn,
+                relay,
+            }
         });
         drop(permit);
         Registered {

@@ -151,6 +151,18 @@ pub(crate) struct ConnSlot {
     /// answer count at which the old tunnel ended, then waits for the new
     /// one (see `relay_move`).
     pub tunnel_end: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
+    /// The answers direction has ended: nothing will report a tunnel's end
+    /// any more, so a move is refused.
+    pub answers_ended: AtomicBool,
+    /// Set before `evict` by a redirect: the input direction reads and
+    /// drops what the relaying node still sends until its end, so the
+    /// socket is not closed with unread input (which would reset it and
+    /// discard the last answers on their way).
+    pub drain_on_evict: AtomicBool,
+    /// The connection is being closed because a move failed: the client
+    /// gets a reset, not an end of stream that could pass for a complete
+    /// answer.
+    pub reset_client: AtomicBool,
 }
 
 /// The answer bytes of a connection before its first forwarded input,

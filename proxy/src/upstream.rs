@@ -15,6 +15,9 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
+/// Bound on reading what a redirected relaying node still sends.
+const REDIRECT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The client→service direction of one connection.
 pub(crate) struct Upstream<'a> {
     /// What the client sends.
@@ -57,7 +60,7 @@ impl<'a> Upstream<'a> {
                 biased;
                 // Closed by a barrier: nothing more is taken from the client
                 // (the barrier ended the service side's input itself).
-                _ = self.slot.evict.cancelled() => return Ok(()),
+                _ = self.slot.evict.cancelled() => return self.drain_if_redirected().await,
                 // Stop between records, never between append and forward; the
                 // service then sees end-of-input exactly as a client FIN.
                 _ = self.cancel.ended() => 0,
@@ -73,12 +76,13 @@ impl<'a> Upstream<'a> {
                 Ok(permit) => permit,
                 Err(_) => tokio::select! {
                     biased;
-                    _ = self.slot.evict.cancelled() => return Ok(()),
+                    _ = self.slot.evict.cancelled() => return self.drain_if_redirected().await,
                     permit = self.shared.gate.read() => permit,
                 },
             };
             if self.slot.evict.is_cancelled() {
-                return Ok(());
+                drop(_permit);
+                return self.drain_if_redirected().await;
             }
             // Causality (and the answers since the last record, if they are
             // journaled) is cut under the permit: a barrier that cuts every
@@ -93,6 +97,19 @@ impl<'a> Upstream<'a> {
             self.forward(Bytes::copy_from_slice(&buf[..n]), journaling)
                 .await?;
         }
+    }
+
+    /// After a redirect (see `handover`), reads and drops what the relaying
+    /// node still sends — it sends it again to the new owner — until its
+    /// end of input (bounded), so the socket closes without unread input.
+    async fn drain_if_redirected(&mut self) -> Result<(), ConnError> {
+        if !self.slot.drain_on_evict.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; self.shared.read_buffer];
+        let drain = async { while matches!(self.client.read(&mut buf).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(REDIRECT_DRAIN, drain).await;
+        Ok(())
     }
 
     /// End of input is input too: journaled, and forwarded in its turn as

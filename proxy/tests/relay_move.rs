@@ -129,7 +129,7 @@ async fn a_move_sends_again_what_the_old_owner_did_not_take_and_the_answers_join
         answers_end: 2,
         dial: dialer(new.local_addr().unwrap(), b"ow", tx),
     };
-    relay.control.move_relay(id, order).await.unwrap();
+    relay.control.move_relay(id, order).await.unwrap().go();
     // Input while the move runs waits; then the old owner ends its tunnel.
     client.write_all(b"ghi").await.unwrap();
     tunnel.shutdown().await.unwrap();
@@ -151,7 +151,7 @@ async fn a_move_sends_again_what_the_old_owner_did_not_take_and_the_answers_join
 }
 
 #[tokio::test]
-async fn answers_that_end_elsewhere_than_the_old_owner_said_close_the_connection() {
+async fn answers_that_end_elsewhere_than_the_old_owner_said_reset_the_connection() {
     let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut relay = Relay::start(old.local_addr().unwrap()).await;
@@ -164,10 +164,50 @@ async fn answers_that_end_elsewhere_than_the_old_owner_said_close_the_connection
         answers_end: 5,
         dial: dialer(new.local_addr().unwrap(), b"", tx),
     };
-    relay.control.move_relay(id, order).await.unwrap();
+    relay.control.move_relay(id, order).await.unwrap().go();
     tunnel.shutdown().await.unwrap();
     drop(tunnel);
-    assert_eq!(read_to_end(&mut client).await, b"", "closed, nothing more");
+    // Reset, not an end of stream that could pass for a complete answer.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, client.read_to_end(&mut buf))
+        .await
+        .expect("the close in time");
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "got {buf:?}"
+    );
+    assert!(to_new.try_recv().is_err(), "the new owner was never dialed");
+}
+
+#[tokio::test]
+async fn a_move_the_old_owner_does_not_confirm_leaves_the_connection_on_its_tunnel() {
+    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut relay = Relay::start(old.local_addr().unwrap()).await;
+    let (mut client, mut tunnel, id) = connected(&mut relay, &old).await;
+    let (tx, mut to_new) = mpsc::unbounded_channel();
+    let order = RelayMove {
+        conn: 7,
+        consumed: 6,
+        answers_end: 2,
+        dial: dialer(new.local_addr().unwrap(), b"", tx),
+    };
+    let taken = relay.control.move_relay(id, order).await.unwrap();
+    // Input waits while the move is taken...
+    client.write_all(b"held").await.unwrap();
+    let mut buf = [0u8; 4];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), tunnel.read_exact(&mut buf))
+            .await
+            .is_err(),
+        "no input goes into the old tunnel while the move is taken"
+    );
+    // ... and flows on the old tunnel once the old owner gave up.
+    drop(taken);
+    assert_eq!(read_exactly(&mut tunnel, 4).await, b"held");
+    tunnel.write_all(b"ok").await.unwrap();
+    assert_eq!(read_exactly(&mut client, 2).await, b"ok");
     assert!(to_new.try_recv().is_err(), "the new owner was never dialed");
 }
 

@@ -37,6 +37,9 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) async fn prepare(host: &ServiceHost, prepared: Prepared) -> Result<()> {
     let mut state = host.state.lock().await;
     state.prepared = Some(prepared);
+    // A live hand-over: its replayed copy runs here, and a tunnel under
+    // its epoch is the source's commit.
+    state.rebuilding = false;
     if let Err(e) = host.ownership.save(&state.record()) {
         state.prepared = None;
         state.parked.clear();
@@ -234,6 +237,8 @@ pub(crate) async fn recover_after_restart(
     let outcome = match decision {
         Some(Resolution::Commit) => match rebuild(&node, &host, &prepared).await {
             Ok(()) => {
+                // Committed by the rebuild itself, before tunnels may.
+                host.state.lock().await.rebuilding = false;
                 commit_ownership(&node, &host, prepared.epoch).await;
                 Ok(())
             }
@@ -241,6 +246,7 @@ pub(crate) async fn recover_after_restart(
         },
         Some(_) => {
             discard_prepared(&host).await;
+            host.state.lock().await.rebuilding = false;
             Ok(())
         }
         None => Ok(()),
@@ -250,9 +256,9 @@ pub(crate) async fn recover_after_restart(
         // (the record says so) for an operator; clients are refused.
         tracing::error!(service = %host.config.name, error = %format!("{e:#}"), "cannot rebuild the service after a restart");
     }
-    let mut state = host.state.lock().await;
-    state.migrating = false;
-    state.rebuilding = false;
+    // A failed rebuild (or a shutdown before the decision) stays
+    // `rebuilding`: no tunnel may commit a half-rebuilt hand-over.
+    host.state.lock().await.migrating = false;
 }
 
 /// Restores the kept snapshot and replays this node's journal after it,

@@ -24,6 +24,11 @@ use std::time::Duration;
 /// relaying node to take a move.
 const TAKE_WAIT: Duration = Duration::from_millis(500);
 
+/// Bound on the relaying node's wait for the old owner's confirmation
+/// (longer than [`TAKE_WAIT`]: an old owner that gave up has closed the
+/// link by then).
+const GO_WAIT: Duration = Duration::from_secs(2);
+
 /// The old owner's side: tells relaying nodes, during the hand-over of
 /// `service` to `to` under `epoch`, to dial the new owner themselves.
 pub(crate) fn redirector(node: &NodeShared, service: &str, to: &str, epoch: u64) -> Redirector {
@@ -73,7 +78,10 @@ async fn tell(
     .await
     .map_err(io)?;
     match link.recv().await.map_err(io)? {
-        Message::TunnelMoveTaken => Ok(()),
+        Message::TunnelMoveTaken => {
+            // Confirmed from here on: this node ends its tunnel.
+            link.send(Message::TunnelMoveGo).await.map_err(io)
+        }
         Message::MigrateAbort { reason } => Err(std::io::Error::other(format!(
             "node {} refused the move: {reason}",
             word.origin.node
@@ -99,24 +107,33 @@ pub(crate) struct Word {
 /// The relaying node's side: takes the move (or says why not), then the
 /// proxy finishes it in the background.
 pub(crate) async fn take(node: &NodeShared, mut link: PeerLink, word: Word) -> Result<()> {
-    let refusal = match check(node, &word).await {
+    let taken = match check(node, &word).await {
         Ok(order) => {
             let host = &node.services[&word.service];
-            match host.proxy.move_relay(word.relay, order).await {
-                Ok(()) => None,
-                Err(e) => Some(e.to_string()),
-            }
+            host.proxy
+                .move_relay(word.relay, order)
+                .await
+                .map_err(|e| e.to_string())
         }
-        Err(e) => Some(format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
     };
-    match refusal {
-        None => {
-            link.send(Message::TunnelMoveTaken).await?;
-            tracing::info!(service = %word.service, relay = word.relay, to = %word.to, epoch = word.epoch, from = %link.peer_node(), "moving a relayed client to the new owner");
-        }
-        Some(reason) => {
+    let taken = match taken {
+        Ok(taken) => taken,
+        Err(reason) => {
             tracing::info!(service = %word.service, relay = word.relay, from = %link.peer_node(), %reason, "not moving a relayed client; the old owner relays it on");
             link.send(Message::MigrateAbort { reason }).await?;
+            return Ok(());
+        }
+    };
+    // Dropping `taken` without `go` keeps the connection on the old tunnel.
+    link.send(Message::TunnelMoveTaken).await?;
+    match link.recv_timeout(GO_WAIT).await {
+        Ok(Message::TunnelMoveGo) => {
+            taken.go();
+            tracing::info!(service = %word.service, relay = word.relay, to = %word.to, epoch = word.epoch, from = %link.peer_node(), "moving a relayed client to the new owner");
+        }
+        other => {
+            tracing::info!(service = %word.service, relay = word.relay, from = %link.peer_node(), answer = ?other.map(|m| m.name()), "the old owner did not confirm the move; the client stays on its tunnel");
         }
     }
     Ok(())

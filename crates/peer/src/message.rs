@@ -248,9 +248,13 @@ pub enum Message {
         /// Answer offset the old tunnel ends at.
         answers_end: u64,
     },
-    /// The relaying node took a `TunnelMove`: the old owner ends its
-    /// tunnel.
+    /// The relaying node took a `TunnelMove` (its input into the old
+    /// tunnel stopped); it goes on once the old owner confirms with
+    /// `TunnelMoveGo`, and stays on the old tunnel otherwise.
     TunnelMoveTaken,
+    /// Old owner → relaying node: confirmed, the old owner ends its
+    /// tunnel now.
+    TunnelMoveGo,
 }
 
 impl Message {
@@ -274,6 +278,7 @@ impl Message {
             Message::TunnelOpenMovable { .. } => "tunnel_open_movable",
             Message::TunnelMove { .. } => "tunnel_move",
             Message::TunnelMoveTaken => "tunnel_move_taken",
+            Message::TunnelMoveGo => "tunnel_move_go",
             Message::LogBatch { .. } => "log_batch",
             Message::LogApplied { .. } => "log_applied",
             Message::MigrateBegin { .. } => "migrate_begin",
