@@ -98,37 +98,74 @@ async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
-/// A client through `relay`, the old owner's end of its tunnel after
-/// "abc" + "def" went through and "HI" came back, and the relay id.
-async fn connected(relay: &mut Relay, old: &TcpListener) -> (TcpStream, TcpStream, u64) {
-    let mut client = TcpStream::connect(relay.listen).await.unwrap();
-    client.write_all(b"abc").await.unwrap();
-    let (mut tunnel, _) = old.accept().await.unwrap();
-    let request = relay.requests.recv().await.unwrap();
-    assert_eq!(request.conn, None, "a new client");
-    assert_eq!(read_exactly(&mut tunnel, 3).await, b"abc");
-    tunnel.write_all(b"HI").await.unwrap();
-    assert_eq!(read_exactly(&mut client, 2).await, b"HI");
-    client.write_all(b"def").await.unwrap();
-    assert_eq!(read_exactly(&mut tunnel, 3).await, b"def");
-    (client, tunnel, request.relay)
+/// A relay to a listener playing the old owner, with one client through
+/// it whose "abc" + "def" went through and "HI" came back; a listener
+/// playing the new owner.
+struct Scene {
+    relay: Relay,
+    new: TcpListener,
+    client: TcpStream,
+    /// The old owner's end of the client's tunnel.
+    tunnel: TcpStream,
+    /// The relay's id of the client's connection.
+    id: u64,
+}
+
+impl Scene {
+    async fn start() -> Scene {
+        let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut relay = Relay::start(old.local_addr().unwrap()).await;
+        let mut client = TcpStream::connect(relay.listen).await.unwrap();
+        client.write_all(b"abc").await.unwrap();
+        let (mut tunnel, _) = old.accept().await.unwrap();
+        let request = relay.requests.recv().await.unwrap();
+        assert_eq!(request.conn, None, "a new client");
+        assert_eq!(read_exactly(&mut tunnel, 3).await, b"abc");
+        tunnel.write_all(b"HI").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 2).await, b"HI");
+        client.write_all(b"def").await.unwrap();
+        assert_eq!(read_exactly(&mut tunnel, 3).await, b"def");
+        Scene {
+            relay,
+            new,
+            client,
+            tunnel,
+            id: request.relay,
+        }
+    }
+}
+
+/// The old owner's word for connection 7 at the new owner `new` (whose
+/// tunnel arrives with `owed`), and what the new owner is asked.
+fn order_to(
+    new: &TcpListener,
+    consumed: u64,
+    answers_end: u64,
+    owed: &'static [u8],
+) -> (RelayMove, mpsc::UnboundedReceiver<TunnelRequest>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let order = RelayMove {
+        conn: 7,
+        consumed,
+        answers_end,
+        dial: dialer(new.local_addr().unwrap(), owed, tx),
+    };
+    (order, rx)
 }
 
 #[tokio::test]
 async fn a_move_sends_again_what_the_old_owner_did_not_take_and_the_answers_join_up() {
-    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut relay = Relay::start(old.local_addr().unwrap()).await;
-    let (mut client, mut tunnel, id) = connected(&mut relay, &old).await;
+    let Scene {
+        relay,
+        new,
+        mut client,
+        mut tunnel,
+        id,
+    } = Scene::start().await;
 
-    let (tx, mut to_new) = mpsc::unbounded_channel();
     // The old owner journaled "abc" only: "def" was in flight.
-    let order = RelayMove {
-        conn: 7,
-        consumed: 3,
-        answers_end: 2,
-        dial: dialer(new.local_addr().unwrap(), b"ow", tx),
-    };
+    let (order, mut to_new) = order_to(&new, 3, 2, b"ow");
     relay.control.move_relay(id, order).await.unwrap().go();
     // Input while the move runs waits; then the old owner ends its tunnel.
     client.write_all(b"ghi").await.unwrap();
@@ -152,18 +189,15 @@ async fn a_move_sends_again_what_the_old_owner_did_not_take_and_the_answers_join
 
 #[tokio::test]
 async fn answers_that_end_elsewhere_than_the_old_owner_said_reset_the_connection() {
-    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut relay = Relay::start(old.local_addr().unwrap()).await;
-    let (mut client, mut tunnel, id) = connected(&mut relay, &old).await;
-    let (tx, mut to_new) = mpsc::unbounded_channel();
-    let order = RelayMove {
-        conn: 7,
-        consumed: 6,
-        // Only "HI" (2 bytes) ever comes.
-        answers_end: 5,
-        dial: dialer(new.local_addr().unwrap(), b"", tx),
-    };
+    let Scene {
+        relay,
+        new,
+        mut client,
+        mut tunnel,
+        id,
+    } = Scene::start().await;
+    // Only "HI" (2 bytes) ever comes.
+    let (order, mut to_new) = order_to(&new, 6, 5, b"");
     relay.control.move_relay(id, order).await.unwrap().go();
     tunnel.shutdown().await.unwrap();
     drop(tunnel);
@@ -182,17 +216,14 @@ async fn answers_that_end_elsewhere_than_the_old_owner_said_reset_the_connection
 
 #[tokio::test]
 async fn a_move_the_old_owner_does_not_confirm_leaves_the_connection_on_its_tunnel() {
-    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut relay = Relay::start(old.local_addr().unwrap()).await;
-    let (mut client, mut tunnel, id) = connected(&mut relay, &old).await;
-    let (tx, mut to_new) = mpsc::unbounded_channel();
-    let order = RelayMove {
-        conn: 7,
-        consumed: 6,
-        answers_end: 2,
-        dial: dialer(new.local_addr().unwrap(), b"", tx),
-    };
+    let Scene {
+        relay,
+        new,
+        mut client,
+        mut tunnel,
+        id,
+    } = Scene::start().await;
+    let (order, mut to_new) = order_to(&new, 6, 2, b"");
     let taken = relay.control.move_relay(id, order).await.unwrap();
     // Input waits while the move is taken...
     client.write_all(b"held").await.unwrap();
@@ -213,17 +244,14 @@ async fn a_move_the_old_owner_does_not_confirm_leaves_the_connection_on_its_tunn
 
 #[tokio::test]
 async fn a_move_that_needs_input_never_sent_is_refused_and_the_tunnel_stays() {
-    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut relay = Relay::start(old.local_addr().unwrap()).await;
-    let (mut client, mut tunnel, id) = connected(&mut relay, &old).await;
-    let (tx, _) = mpsc::unbounded_channel();
-    let order = RelayMove {
-        conn: 7,
-        consumed: 100,
-        answers_end: 2,
-        dial: dialer(new.local_addr().unwrap(), b"", tx),
-    };
+    let Scene {
+        relay,
+        new,
+        mut client,
+        mut tunnel,
+        id,
+    } = Scene::start().await;
+    let (order, _to_new) = order_to(&new, 100, 2, b"");
     match relay.control.move_relay(id, order.clone()).await {
         Err(MoveError::Resend(ResendError::BeyondSent {
             consumed: 100,
@@ -243,23 +271,20 @@ async fn a_move_that_needs_input_never_sent_is_refused_and_the_tunnel_stays() {
 
 #[tokio::test]
 async fn a_client_whose_end_of_input_went_on_is_not_moved() {
-    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut relay = Relay::start(old.local_addr().unwrap()).await;
-    let (mut client, mut tunnel, id) = connected(&mut relay, &old).await;
+    let Scene {
+        relay,
+        new,
+        mut client,
+        mut tunnel,
+        id,
+    } = Scene::start().await;
     client.shutdown().await.unwrap();
     assert_eq!(
         read_to_end(&mut tunnel).await,
         b"",
         "the end of input went on"
     );
-    let (tx, _) = mpsc::unbounded_channel();
-    let order = RelayMove {
-        conn: 7,
-        consumed: 6,
-        answers_end: 2,
-        dial: dialer(new.local_addr().unwrap(), b"", tx),
-    };
+    let (order, _to_new) = order_to(&new, 6, 2, b"");
     match relay.control.move_relay(id, order).await {
         Err(MoveError::Resend(ResendError::Ended)) => {}
         other => panic!("expected a refusal, got {other:?}"),

@@ -74,39 +74,8 @@ async fn peer_connection(
             crate::destination::migrate_in(&shared, link, service, epoch, verify_answers, stop)
                 .await
         }
-        Message::TunnelOpen {
-            service,
-            conn,
-            delivered,
-            client,
-            epoch,
-        } => {
-            let request = tunnel::Request {
-                service,
-                conn,
-                delivered,
-                client,
-                epoch,
-                relay: None,
-            };
-            tunnel::accept(&shared, link, request).await
-        }
-        Message::TunnelOpenMovable {
-            service,
-            conn,
-            delivered,
-            client,
-            epoch,
-            relay,
-        } => {
-            let request = tunnel::Request {
-                service,
-                conn,
-                delivered,
-                client,
-                epoch,
-                relay: Some(relay),
-            };
+        open @ (Message::TunnelOpen { .. } | Message::TunnelOpenMovable { .. }) => {
+            let request = tunnel::Request::from_open(open).expect("a tunnel opening");
             tunnel::accept(&shared, link, request).await
         }
         Message::TunnelMove {

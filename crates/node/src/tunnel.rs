@@ -24,6 +24,39 @@ pub(crate) struct Request {
     pub relay: Option<u64>,
 }
 
+impl Request {
+    /// The request a `TunnelOpen` or `TunnelOpenMovable` makes (`None` for
+    /// any other message).
+    pub fn from_open(message: Message) -> Option<Request> {
+        let (service, conn, delivered, client, epoch, relay) = match message {
+            Message::TunnelOpen {
+                service,
+                conn,
+                delivered,
+                client,
+                epoch,
+            } => (service, conn, delivered, client, epoch, None),
+            Message::TunnelOpenMovable {
+                service,
+                conn,
+                delivered,
+                client,
+                epoch,
+                relay,
+            } => (service, conn, delivered, client, epoch, Some(relay)),
+            _ => return None,
+        };
+        Some(Request {
+            service,
+            conn,
+            delivered,
+            client,
+            epoch,
+            relay,
+        })
+    }
+}
+
 /// The owner's side: hand the tunnel to the service's proxy as a
 /// journaled connection (continuing a handed-over one if `conn` is set).
 pub(crate) async fn accept(
