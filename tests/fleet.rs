@@ -23,6 +23,11 @@ fn a_service_moves_round_three_nodes_on_etcd_and_every_write_survives() {
 }
 
 #[test]
+fn connection_churn_on_every_node_stays_exact_across_fleet_moves() {
+    scenarios::connection_churn_on_every_node_stays_exact_across_fleet_moves(&target());
+}
+
+#[test]
 fn an_etcd_member_killed_mid_migration_does_not_stop_the_commit() {
     scenarios::an_etcd_member_killed_mid_migration_does_not_stop_the_commit(&target());
 }

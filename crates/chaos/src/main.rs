@@ -34,7 +34,7 @@ struct Args {
     /// none with --quick, where tests/fleet.rs runs each once).
     #[arg(long)]
     fleet_runs: Option<u64>,
-    /// Only these fleet scenarios (moves, shared-keys, member-killed,
+    /// Only these fleet scenarios (moves, shared-keys, churn, member-killed,
     /// no-quorum, quorum-lost, answer-lost, never-sent, source-dies,
     /// destination-dies, stale-owner, old-owner-dies; default all).
     #[arg(long, value_delimiter = ',')]

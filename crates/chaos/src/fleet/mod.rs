@@ -35,6 +35,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: scenarios::shared_keys_from_every_node_stay_exact_across_fleet_moves,
     },
     Scenario {
+        key: "churn",
+        name: "fleet: a new connection per INCR on every node across moves",
+        run: scenarios::connection_churn_on_every_node_stays_exact_across_fleet_moves,
+    },
+    Scenario {
         key: "member-killed",
         name: "fleet: an etcd member killed mid-migration",
         run: scenarios::an_etcd_member_killed_mid_migration_does_not_stop_the_commit,

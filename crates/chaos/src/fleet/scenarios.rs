@@ -615,3 +615,80 @@ pub fn a_stale_owner_is_fenced_while_the_new_owner_serves(target: &Target) {
     }
     assert_eq!(get(fleet.listen("a"), "stale:fresh"), 20);
 }
+
+/// Connection churn across moves: on every node a client opens a new
+/// connection for each INCR of its own key (a → b → c meanwhile), so
+/// connections are set up before, during and after each hand-over, through
+/// routes that are changing. A connection attempt may fail while a route
+/// follows the registry (the client then cannot know whether its INCR ran:
+/// it counts the attempt as unknown). The oracle: the answers of a key
+/// strictly increase, every value skipped between two answers is explained
+/// by an unknown attempt in between (none executed twice, none lost), and
+/// the final value is the last answer plus at most the unknown attempts
+/// after it.
+pub fn connection_churn_on_every_node_stays_exact_across_fleet_moves(target: &Target) {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let fleet = Fleet::start(target, &cluster);
+    fleet.wait_all("a", 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let (addr, stop, key) = (fleet.listen(n), stop.clone(), format!("churn:{n}"));
+            std::thread::spawn(move || {
+                // (answer, unknown attempts since the previous answer)
+                let mut answers: Vec<(i64, u64)> = Vec::new();
+                let mut unknown = 0u64;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    let answer = RespClient::connect(addr).and_then(|mut c| c.cmd(&["INCR", &key]));
+                    match answer {
+                        Ok(Reply::Int(v)) => {
+                            answers.push((v, unknown));
+                            unknown = 0;
+                        }
+                        Ok(other) => return Err(format!("{key}: INCR answered {other:?}")),
+                        Err(_) => unknown += 1,
+                    }
+                }
+                Ok((key, answers, unknown))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let mut epoch = 1;
+    for (from, to) in [("a", "b"), ("b", "c")] {
+        let (ok, text) = fleet.migrate(from, to);
+        assert!(ok, "{text}\n{}", fleet.logs());
+        epoch += 1;
+        fleet.wait_all(to, epoch);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failed_attempts = 0;
+    for churner in churners {
+        let (key, answers, unknown_after) = churner
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+        assert!(answers.len() > 10, "{key} made progress: {answers:?}");
+        let mut previous = 0;
+        for (value, unknown) in &answers {
+            failed_attempts += unknown;
+            assert!(
+                *value > previous && (*value - previous - 1) as u64 <= *unknown,
+                "{key}: answer {value} after {previous} with {unknown} unknown attempts between\n{}",
+                fleet.logs()
+            );
+            previous = *value;
+        }
+        failed_attempts += unknown_after;
+        let last = get(fleet.listen("c"), &key);
+        assert!(
+            last >= previous && (last - previous) as u64 <= unknown_after,
+            "{key}: {last} on the owner, last answer {previous}, {unknown_after} unknown after it"
+        );
+    }
+    eprintln!("connection churn across moves: {failed_attempts} connection attempts failed");
+}
