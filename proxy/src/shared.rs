@@ -145,7 +145,8 @@ pub(crate) struct ConnSlot {
     pub origin: Option<RelayOrigin>,
     /// Client bytes forwarded to the service side since this proxy took
     /// the connection: at a hand-over, the tunnel bytes this owner
-    /// journaled (a redirect's `consumed`).
+    /// journaled (a redirect's `consumed`). Counted only when `origin` is
+    /// set (nothing else reads it).
     pub input_bytes_forwarded: AtomicU64,
     /// Set by a move in progress: the answers direction reports the
     /// answer count at which the old tunnel ended, then waits for the new

@@ -152,9 +152,13 @@ impl<'a> Upstream<'a> {
                 )))
             }
         }
-        self.slot
-            .input_bytes_forwarded
-            .fetch_add(chunk.len() as u64, Ordering::AcqRel);
+        // Only a redirect reads it (an adopted tunnel's `consumed`): local
+        // clients skip the atomic on the per-read path.
+        if self.slot.origin.is_some() {
+            self.slot
+                .input_bytes_forwarded
+                .fetch_add(chunk.len() as u64, Ordering::AcqRel);
+        }
         if ticket.is_some() && self.shared.forwards.settled() {
             self.shared.forwards.forwarded(self.slot);
         }

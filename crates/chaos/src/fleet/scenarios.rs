@@ -411,13 +411,46 @@ pub fn tunnels_from_a_third_node_move_to_the_new_owner_and_outlive_the_old_one(t
         .map(|i| client(fleet.listen("c"), format!("c:{i}"), stop.clone()))
         .collect();
     let piped = pipelined_client(fleet.listen("c"), "c:piped".into(), 32, stop.clone());
+    // Replies whose length changes every time: the string grows by a
+    // piece per APPEND, and every GET must return exactly what the client
+    // appended so far (tens of KB by the end).
+    let growing = {
+        let (addr, stop) = (fleet.listen("c"), stop.clone());
+        std::thread::spawn(move || -> Result<String, String> {
+            let mut c = RespClient::connect(addr).map_err(|e| e.to_string())?;
+            let mut expected = String::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let piece = format!("{i}-{}|", "y".repeat(i % 97));
+                match c.cmd(&["APPEND", "c:growing", &piece]) {
+                    Ok(Reply::Int(n)) if n as usize == expected.len() + piece.len() => {}
+                    other => return Err(format!("APPEND {i}: {other:?}")),
+                }
+                expected.push_str(&piece);
+                match c.cmd(&["GET", "c:growing"]) {
+                    Ok(Reply::Bulk(v)) if v == expected.as_bytes() => {}
+                    Ok(Reply::Bulk(v)) => {
+                        return Err(format!(
+                            "GET {i}: {} bytes, expected {}",
+                            v.len(),
+                            expected.len()
+                        ))
+                    }
+                    other => return Err(format!("GET {i}: {other:?}")),
+                }
+                i += 1;
+            }
+            Ok(expected)
+        })
+    };
     std::thread::sleep(Duration::from_millis(500));
 
     let (ok, text) = fleet.migrate("a", "b");
     assert!(ok, "{text}\n{}", fleet.logs());
     assert!(
-        text.contains("(+ 3 tunnels from other nodes redirected)"),
-        "a handed c's three tunnels to c itself:\n{text}\n{}",
+        text.contains("(+ 4 tunnels from other nodes redirected)"),
+        "a handed c's four tunnels to c itself:\n{text}\n{}",
         fleet.logs()
     );
     fleet.wait_all("b", 2);
@@ -428,7 +461,7 @@ pub fn tunnels_from_a_third_node_move_to_the_new_owner_and_outlive_the_old_one(t
         .collect();
     eprintln!("{}", moved.join("\n"));
     let moved = moved.len();
-    assert_eq!(moved, 3, "c moved its three tunnels\n{}", fleet.logs());
+    assert_eq!(moved, 4, "c moved its four tunnels\n{}", fleet.logs());
 
     // The old owner dies: c's clients no longer go through it.
     fleet.nodes[0].kill9().unwrap();
@@ -449,6 +482,16 @@ pub fn tunnels_from_a_third_node_move_to_the_new_owner_and_outlive_the_old_one(t
         assert!(*n > 0, "{key} made progress");
         assert_eq!(get(fleet.listen("c"), key), *n, "{key}\n{}", fleet.logs());
     }
+    let expected = growing
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+    let mut c = RespClient::connect(fleet.listen("c")).unwrap();
+    assert_eq!(
+        c.cmd(&["GET", "c:growing"]).unwrap(),
+        Reply::Bulk(expected.into_bytes()),
+        "the grown string on the new owner"
+    );
 }
 
 /// The destination dies (node agent and its restored Redis, as in a
