@@ -28,7 +28,8 @@ case $workload in
   detector)
     nodes_config detector \
       "unshare --pid --fork setsid $WORKLOAD_BIN serve --listen 127.0.0.1:{port} --model-mb $DET_MODEL_MB --cpu-us $DET_CPU_US --dirty-kb $DET_DIRTY_KB --working-mb $DET_WORKING_MB" \
-      'driver = "criu"' \
+      "driver = \"criu\"
+stream = ${CRIU_STREAM:-true}" \
       "true"
     ;;
   *) echo "unknown workload $workload" >&2; exit 2 ;;

@@ -8,6 +8,7 @@ pub mod config;
 mod context;
 mod destination;
 mod dial;
+mod dump_stream;
 mod fleet;
 mod fleet_view;
 mod forward;
@@ -52,7 +53,7 @@ mod layering {
         &["telemetry"],
         &["fleet"],
         &["context", "listener"],
-        &["carry"],
+        &["carry", "dump_stream"],
         &["migration", "precopy"],
         &["handover", "fleet_view", "redirect"],
         &["destination", "source", "tunnel"],

@@ -5,6 +5,7 @@
 //! dump, transfer, log shipping, the commit record, the switch) is here.
 
 use crate::context::{NodeShared, ServiceHost};
+use crate::dump_stream::STREAM_POLL;
 use crate::migration::{
     ensure_dir, host, quiesce_with_retries, tell_abort, BarrierFor, CatchUp, FailedHolds, Hold,
     HoldSteps, Phases, Plan, ProgressFn, SettledForwarding, Ticker, CATCH_UP_TIMEOUT, STEP_TIMEOUT,
@@ -27,10 +28,6 @@ use replaymig_snapshot::{Driver, Manifest, Placeholders};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// How often a streamed dump looks for newly written pieces when none was
-/// ready: short against a dump's length, long enough not to spin.
-const STREAM_POLL: Duration = Duration::from_millis(5);
 
 /// Runs a migration of `service` from this node to `to`.
 pub async fn migrate_out(
@@ -193,7 +190,8 @@ struct SourceRun<'a> {
     settled: Option<SettledForwarding<'a>>,
     dir: Option<tempfile::TempDir>,
     manifest: Option<Manifest>,
-    /// The files sent while the dump was written (`ExecDriver::stream`).
+    /// The files sent while the dump was written (`ExecDriver::stream`,
+    /// `CriuDriver::stream`).
     streamed: Option<DumpStream>,
     shipper: Option<Shipper>,
     dial: Option<Route>,
@@ -507,19 +505,30 @@ impl<'a> SourceRun<'a> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-out-", self.host.config.name))
             .tempdir_in(ensure_dir(&self.node.config.work_dir)?)?;
-        match self.hold.as_ref() {
-            Some(hold) if self.host.config.carries_connections() => {
-                self.report.connections_carried = crate::carry::dump_carrying(
-                    self.host,
-                    hold,
-                    &self.driver,
-                    dir.path(),
-                    &self.vars,
-                )
-                .await?;
+        let (host, driver, vars, at) = (self.host, &self.driver, &self.vars, dir.path());
+        let dump = async {
+            match self.hold.as_ref() {
+                Some(hold) if host.config.carries_connections() => {
+                    crate::carry::dump_carrying(host, hold, driver, at, vars).await
+                }
+                _ => driver
+                    .fix_point(at, vars)
+                    .await
+                    .map(|()| 0)
+                    .map_err(Into::into),
             }
-            _ => self.driver.fix_point(dir.path(), &self.vars).await?,
-        }
+        };
+        // CRIU's dump holds the clients: its files go over the link while
+        // it writes them (never delaying its end), not after it.
+        let carried = if driver.streams_fix_point() && self.held_at_destination.is_none() {
+            let link = self.link.as_mut().expect("linked");
+            let (carried, streamed) = crate::dump_stream::stream_while(dump, at, link).await?;
+            self.streamed = Some(streamed);
+            carried
+        } else {
+            dump.await?
+        };
+        self.report.connections_carried = carried;
         self.dir = Some(dir);
         Ok(())
     }
@@ -563,7 +572,11 @@ impl<'a> SourceRun<'a> {
             .expect("the point is fixed")
             .path()
             .to_path_buf();
-        if self.driver.streams_dump() && self.held_at_destination.is_none() {
+        if self.streamed.is_some() {
+            // Streamed under the hold (CRIU): the piece the link had not
+            // taken when the dump ended goes now that clients are released.
+            self.link().flush().await?;
+        } else if self.driver.streams_dump() && self.held_at_destination.is_none() {
             self.dump_streaming(&dir).await?;
         } else {
             self.driver.finish_dump(&dir, &self.vars).await?;

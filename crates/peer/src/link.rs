@@ -194,6 +194,50 @@ impl PeerLink {
         Ok(())
     }
 
+    /// Whether every message queued or sent has been handed to the socket
+    /// (nothing waits in the link's write buffer): [`queue`](Self::queue)
+    /// may then be called without waiting.
+    pub fn is_flushed(&self) -> bool {
+        self.framed.write_buffer().is_empty()
+    }
+
+    /// Encodes `msg` into the link's write buffer without waiting, so a
+    /// caller that must not block (a dump under a hold, see the source's
+    /// fix point) can hand the link work and go on; [`flush`](Self::flush)
+    /// (cancel-safe) or the next [`send`](Self::send) writes it out, in
+    /// order. Only when [`is_flushed`](Self::is_flushed): a full buffer
+    /// would have to be flushed first, which is waiting.
+    pub fn queue(&mut self, msg: Message) -> Result<(), LinkError> {
+        if !self.is_flushed() {
+            return Err(LinkError::Frame(FrameError::Io(std::io::Error::other(
+                "a message was queued behind unflushed ones",
+            ))));
+        }
+        // An empty buffer is below the back-pressure boundary: ready at once.
+        // (Were it not, the message would be lost: an error, never a panic.)
+        match futures_util::FutureExt::now_or_never(self.framed.feed(msg)) {
+            Some(result) => result?,
+            None => {
+                return Err(LinkError::Frame(FrameError::Io(std::io::Error::other(
+                    "the link's write buffer was not ready",
+                ))))
+            }
+        }
+        counter!(names::FRAMES_TOTAL, "direction" => "sent").increment(1);
+        self.count_bytes();
+        Ok(())
+    }
+
+    /// Writes out what [`queue`](Self::queue) left in the write buffer
+    /// (bounded by [`SEND_TIMEOUT`]). Cancel-safe: dropped before it is
+    /// done, the rest stays buffered for the next flush or send.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        tokio::time::timeout(SEND_TIMEOUT, self.framed.flush())
+            .await
+            .map_err(|_| LinkError::SendTimeout(SEND_TIMEOUT))??;
+        Ok(())
+    }
+
     /// Adds what the link carried since the last call to the bytes counter.
     fn count_bytes(&mut self) {
         let now = self.framed.codec().wire;

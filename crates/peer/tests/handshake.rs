@@ -207,3 +207,39 @@ async fn a_replayed_handshake_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn queued_messages_go_out_in_order_and_never_behind_unflushed_ones() {
+    let (addr, server) = listen_once(auth("node-b", SHARED)).await;
+    let mut dialer = PeerLink::connect(addr, &auth("node-a", SHARED))
+        .await
+        .unwrap();
+    let mut listener = server.await.unwrap().unwrap();
+    // More than the socket buffers take at once: queued, then flushed in
+    // steps that may be cut short (the dump ending) without losing bytes.
+    let big = Message::SnapshotStreamChunk {
+        stream: 0,
+        offset: 0,
+        compressed: false,
+        data: vec![7u8; 6 << 20],
+        crc32: 0,
+    };
+    assert!(dialer.is_flushed());
+    dialer.queue(big.clone()).unwrap();
+    assert!(!dialer.is_flushed(), "queued, not written yet");
+    let second = dialer.queue(Message::Ping(1)).unwrap_err();
+    assert!(second.to_string().contains("unflushed"), "{second}");
+    // A flush cut short keeps what it did not write.
+    let _ = tokio::time::timeout(Duration::from_millis(5), dialer.flush()).await;
+    let reader = tokio::spawn(async move {
+        let first = listener.recv().await.unwrap();
+        let then = listener.recv().await.unwrap();
+        (first, then)
+    });
+    // A send after queued bytes goes behind them.
+    dialer.send(Message::Ping(2)).await.unwrap();
+    assert!(dialer.is_flushed());
+    let (first, then) = reader.await.unwrap();
+    assert_eq!(first, big);
+    assert_eq!(then, Message::Ping(2));
+}

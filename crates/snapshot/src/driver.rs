@@ -129,6 +129,12 @@ pub struct CriuDriver {
     /// the destination opens fresh ones.
     #[serde(default)]
     pub carry_connections: bool,
+    /// Send the image files while CRIU writes them (under the dump's
+    /// hold) instead of after it: the link works during the dump. What
+    /// changed after it was sent goes again; the manifest's checksums
+    /// stay the proof (see [`crate::stream`]).
+    #[serde(default = "default_stream")]
+    pub stream: bool,
 }
 
 fn default_freeze_timeout_secs() -> u64 {
@@ -214,6 +220,12 @@ impl Driver {
     /// files are to be sent while it does (`ExecDriver::stream`).
     pub fn streams_dump(&self) -> bool {
         matches!(self, Driver::Exec(e) if e.stream && !e.dump_after_fixed().is_empty())
+    }
+
+    /// Whether the dump that fixes the point (CRIU's, under the hold) has
+    /// its files sent while it runs (`CriuDriver::stream`).
+    pub fn streams_fix_point(&self) -> bool {
+        matches!(self, Driver::Criu(c) if c.stream)
     }
 
     /// Puts the state in `snapshot_dir` in place for the service (CRIU:

@@ -116,6 +116,7 @@ async fn criu_moves_a_running_redis_to_the_other_node_with_its_data() {
         timeout_secs: 60,
         freeze_timeout_secs: 2,
         carry_connections: false,
+        stream: true,
     });
     let images = TempDir::new().unwrap();
     let mut vars = Placeholders::new();
