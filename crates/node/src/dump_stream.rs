@@ -124,9 +124,15 @@ mod tests {
             .unwrap();
         let took = started.elapsed();
         assert_eq!(pieces, 32);
-        assert!(!sender.is_flushed(), "the link took everything: no test of the end");
+        assert!(
+            !sender.is_flushed(),
+            "the link took everything: no test of the end"
+        );
         let streamed = stream.stats.raw_bytes;
-        assert!(streamed >= CHUNK_BYTES as u64, "nothing went during the dump");
+        assert!(
+            streamed >= CHUNK_BYTES as u64,
+            "nothing went during the dump"
+        );
         assert!(took < Duration::from_secs(5), "{took:?}");
         // What was queued arrives whole and in order once read.
         let reading = tokio::spawn(async move {
@@ -166,6 +172,9 @@ mod tests {
             .err()
             .expect("the link died");
         assert!(ran_to_end.load(std::sync::atomic::Ordering::Acquire));
-        assert!(format!("{err:#}").contains("while it was written"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("while it was written"),
+            "{err:#}"
+        );
     }
 }
