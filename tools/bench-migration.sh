@@ -16,7 +16,8 @@
 # refuses such a migration — 3 of 4 runs with 2 streams, 2026-11-30; the
 # figures in docs/results were taken with 2 streams, before that check
 # existed), DIRTY_THRESHOLD_MBPS and
-# MAX_ITERATIONS (iterative method).
+# MAX_ITERATIONS (iterative method), CRIU_STREAM (false: the detector's CRIU
+# dump is sent after it ends instead of while it is written; for A/B runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench-migration: needs root (network namespaces, CRIU)" >&2; exit 1; }
