@@ -441,7 +441,8 @@ impl Migration {
 }
 
 impl Cluster {
-    fn start(svc: Svc) -> Cluster {
+    /// Fresh nodes for `svc`, node a's agent started with `a_env`.
+    fn start_with(svc: Svc, a_env: &[(&str, &str)]) -> Cluster {
         let dir = TempDir::new().unwrap();
         std::fs::write(
             dir.path().join("secret"),
@@ -474,7 +475,7 @@ impl Cluster {
         let ca = svc.config(dir.path(), "a", &pa, ("b", &pb));
         let cb = svc.config(dir.path(), "b", &pb, ("a", &pa));
         let (na, nb) = (netns('a'), netns('b'));
-        let a = start_node_in(na.as_deref(), dir.path(), "a", &ca, pa.admin, &[], &[]);
+        let a = start_node_in(na.as_deref(), dir.path(), "a", &ca, pa.admin, a_env, &[]);
         let b = start_node_in(nb.as_deref(), dir.path(), "b", &cb, pb.admin, &[], &[]);
         let cluster = Cluster {
             svc,
@@ -836,6 +837,17 @@ fn exactly_one_to_n(values: &[i64], what: &str) -> Vec<String> {
     out
 }
 
+/// What a suite's migrations must end in.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Either moved exactly or refused with a reason.
+    Either,
+    /// Refused, naming a divergence or mismatch (an exit 0 is a failure).
+    Divergence,
+    /// Refused, the reason containing this (a fault the suite injects).
+    Refusal(&'static str),
+}
+
 /// Runs one suite: `runs()` migrations, each on fresh nodes under the load
 /// `clients` starts; `check` is the oracle against the node holding the
 /// service. `must_refuse`: an exit 0 is itself a failure.
@@ -846,6 +858,25 @@ fn campaign<L: Send + Sync + 'static>(
     clients: impl Fn(&Cluster, &Control) -> Vec<JoinHandle<L>>,
     check: impl Fn(&[L], &Cluster, char) -> Verdict + Sync,
 ) {
+    let expect = if must_refuse {
+        Expect::Divergence
+    } else {
+        Expect::Either
+    };
+    campaign_with(suite, svc, expect, &[], clients, check);
+}
+
+/// [`campaign`] with any expectation, node a started with `a_env` (a
+/// `FAILPOINTS` fault, say).
+fn campaign_with<L: Send + Sync + 'static>(
+    suite: &str,
+    svc: Svc,
+    expect: Expect,
+    a_env: &[(&str, &str)],
+    clients: impl Fn(&Cluster, &Control) -> Vec<JoinHandle<L>>,
+    check: impl Fn(&[L], &Cluster, char) -> Verdict + Sync,
+) {
+    let must_refuse = !matches!(expect, Expect::Either);
     let _one_at_a_time = serial();
     if let Some(why) = svc.unavailable() {
         eprintln!("SKIP fidelity {suite}: {why}");
@@ -856,7 +887,7 @@ fn campaign<L: Send + Sync + 'static>(
     let mut details = Vec::new();
     let mut reasons = Vec::new();
     for run in 1..=runs {
-        let cluster = Cluster::start(svc);
+        let cluster = Cluster::start_with(svc, a_env);
         let ctl = Control::new(&cluster);
         let handles = clients(&cluster, &ctl);
         std::thread::sleep(WARM_UP);
@@ -883,12 +914,16 @@ fn campaign<L: Send + Sync + 'static>(
             if let Err(e) = cluster.service_stopped('a') {
                 failures.push(e);
             }
-            if must_refuse {
-                failures.push(
+            match expect {
+                Expect::Either => {}
+                Expect::Divergence => failures.push(
                     "migrate exited 0, but this load's answers (STATS) cannot be reproduced: \
                      the destination cannot be proven equal and the migration must be refused"
                         .into(),
-                );
+                ),
+                Expect::Refusal(why) => failures.push(format!(
+                    "migrate exited 0, but the injected fault ({why}) must refuse it"
+                )),
             }
             'b'
         } else {
@@ -897,6 +932,13 @@ fn campaign<L: Send + Sync + 'static>(
                     "migrate failed (exit {:?}) without naming a reason",
                     m.code
                 )),
+                Some(reason) if matches!(expect, Expect::Refusal(_)) => {
+                    if let Expect::Refusal(why) = expect {
+                        if !reason.contains(why) {
+                            failures.push(format!("the refusal does not name {why:?}: {reason}"));
+                        }
+                    }
+                }
                 Some(reason) if must_refuse => {
                     let r = reason.to_lowercase();
                     if !["diverg", "mismatch", "differ", "state"]
@@ -1028,6 +1070,7 @@ fn suite_label(suite: &str) -> &'static str {
         "k" => "memcached -t 1: noreply writers (confirmed by mn), a shared counter, one writer tunneled (driver none)",
         "j" => "Redis with requirepass, connection_state undeclared: SELECT+SETNAME, MULTI across the barrier, SUBSCRIBE+PUBLISH, BLPOP 0, 2 MiB SETs sent slowly, an idle connection",
         "o" => "suite l by the iterative method (pre-copy rounds, then one hold to the hand-over)",
+        "p" => "suite h, the peer link failing while CRIU's dump streams under its hold (must be refused; a thawed, serving)",
         "n" => "suite k with CRIU carrying the connections (no writer closed)",
         "m" => "suite b with CRIU carrying the connections, connection_state undeclared",
         "l" => "suite j with CRIU carrying the connections (socket holder): in-use connections continue with their state",
@@ -1720,6 +1763,21 @@ fn b_seqsvc_global_sequence_with_greetings_and_split_answers() {
 #[test]
 fn h_seqsvc_global_sequence_with_criu() {
     campaign("h", Svc::SeqsvcCriu, false, seq_sequence_clients, check_seq);
+}
+
+/// Suite b with CRIU, the peer link failing while CRIU's dump streams
+/// (under the hold): refused with that reason, CRIU thawed the service,
+/// and the clients on a went on, every answer checked.
+#[test]
+fn p_seqsvc_with_criu_the_link_failing_while_the_dump_streams() {
+    campaign_with(
+        "p",
+        Svc::SeqsvcCriu,
+        Expect::Refusal("while it was written"),
+        &[("FAILPOINTS", "dump-stream-link-fails=return")],
+        seq_sequence_clients,
+        check_seq,
+    );
 }
 
 /// Suite b with CRIU carrying the connections (`connection_state`

@@ -32,15 +32,7 @@ pub(crate) async fn stream_while<T>(
     let mut failed: Option<anyhow::Error> = None;
     let dumped = loop {
         if failed.is_none() && link.is_flushed() {
-            let queued =
-                stream
-                    .next_message()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|msg| match msg {
-                        Some(msg) => link.queue(msg).map_err(anyhow::Error::from),
-                        None => Ok(()),
-                    });
-            if let Err(e) = queued {
+            if let Err(e) = queue_next(&mut stream, link) {
                 failed = Some(e);
             }
         }
@@ -62,6 +54,19 @@ pub(crate) async fn stream_while<T>(
         return Err(e).context("sending the dump's files while it was written");
     }
     Ok((dumped, stream))
+}
+
+/// Queues the next whole piece written, if there is one.
+fn queue_next(stream: &mut DumpStream, link: &mut PeerLink) -> Result<()> {
+    // Tests: the link failing while the dump runs (CRIU's keeps the
+    // service frozen meanwhile), whether or not a piece was ready yet.
+    if fail::eval("dump-stream-link-fails", |_| ()).is_some() {
+        anyhow::bail!("the link failed (fail point dump-stream-link-fails)");
+    }
+    if let Some(msg) = stream.next_message()? {
+        link.queue(msg)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
