@@ -8,7 +8,8 @@
 #   tools/demo.sh                  # exec driver (redis SAVE + restart on the RDB)
 #   DRIVER=criu tools/demo.sh      # CRIU checkpoint/restore of the process, carrying
 #                                  # the client connections (the service under the
-#                                  # socket holder; CARRY=0: --tcp-close instead)
+#                                  # socket holder; CARRY=0: --tcp-close instead;
+#                                  # CRIU_STREAM=false: images sent after the dump)
 #   RATE=100 tools/demo.sh         # shape the link (Mbit/s)
 #   BIN=path/to/replaymig tools/demo.sh   # use that binary (tests do)
 #   PRELOAD_MB=200 tools/demo.sh   # first write that much incompressible data through the proxy
@@ -41,6 +42,9 @@ carry_connections = true'
     start="unshare --pid --fork setsid $start"
     snapshot='driver = "criu"'
   fi
+  # CRIU_STREAM=false: the image files go after the dump, not while it runs.
+  snapshot="$snapshot
+stream = ${CRIU_STREAM:-true}"
 fi
 nodes_config redis "$start" "$snapshot" "$REDIS_READY"
 nodes_start

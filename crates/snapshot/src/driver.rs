@@ -130,9 +130,14 @@ pub struct CriuDriver {
     #[serde(default)]
     pub carry_connections: bool,
     /// Send the image files while CRIU writes them (under the dump's
-    /// hold) instead of after it: the link works during the dump. What
-    /// changed after it was sent goes again; the manifest's checksums
-    /// stay the proof (see [`crate::stream`]).
+    /// hold) instead of after it, so the link works during the dump: only
+    /// pieces zstd would not shrink, uncompressed, so no compression runs
+    /// beside the frozen dump (see `DumpStream::incompressible_only`).
+    /// What changed after it was sent goes again; the manifest's checksums
+    /// stay the proof (see [`crate::stream`]). Measured cost: ~4 ms more
+    /// hold at 580 Mbit/s for a 25 MB image of random data, none when the
+    /// image compresses (nothing streams then); `false` keeps the hold to
+    /// the dump alone.
     #[serde(default = "default_stream")]
     pub stream: bool,
 }

@@ -35,16 +35,20 @@ struct Followed {
     dev: u64,
     ino: u64,
     file: File,
-    /// Bytes sent, from 0 (whole chunks only).
+    /// Bytes looked at, from 0 (whole chunks only): sent or passed over.
     sent: u64,
-    /// CRC-32 of each chunk sent, in order.
-    crcs: Vec<u32>,
+    /// Per chunk looked at, in order: the CRC-32 of what was sent, or
+    /// `None` for a chunk passed over (sent after the dump, as a range).
+    crcs: Vec<Option<u32>>,
 }
 
 /// The sending side: files of a dump in progress, sent as they grow.
 pub struct DumpStream {
     dir: PathBuf,
     compress: bool,
+    /// Only pieces zstd would not shrink, sent as they are (see
+    /// [`DumpStream::incompressible_only`]).
+    incompressible_only: bool,
     /// Index = stream number.
     followed: Vec<Followed>,
     buf: Vec<u8>,
@@ -69,9 +73,22 @@ impl DumpStream {
         DumpStream {
             dir: dir.to_path_buf(),
             compress,
+            incompressible_only: false,
             followed: Vec::new(),
             buf: vec![0u8; CHUNK_BYTES],
             stats: TransferStats::default(),
+        }
+    }
+
+    /// Follows the files under `dir` for a dump that holds the clients
+    /// (CRIU's): compressing beside it would take the CPU the dump needs
+    /// and lengthen the hold, so only pieces that zstd would not shrink
+    /// (memory of random or already compressed data) go, as they are; the
+    /// others are passed over and go compressed after the dump.
+    pub fn incompressible_only(dir: &Path) -> Self {
+        DumpStream {
+            incompressible_only: true,
+            ..DumpStream::new(dir, false)
         }
     }
 
@@ -79,21 +96,27 @@ impl DumpStream {
     pub fn next_message(&mut self) -> Result<Option<Message>, TransferError> {
         self.discover()?;
         for (stream, f) in self.followed.iter_mut().enumerate() {
-            if f.file.metadata()?.len() < f.sent + CHUNK_BYTES as u64 {
-                continue;
+            while f.file.metadata()?.len() >= f.sent + CHUNK_BYTES as u64 {
+                let offset = f.sent;
+                f.sent += CHUNK_BYTES as u64;
+                // Judged on samples read alone: a piece passed over is
+                // never read whole.
+                if self.incompressible_only && compresses(&f.file, offset)? {
+                    f.crcs.push(None);
+                    continue;
+                }
+                std::os::unix::fs::FileExt::read_exact_at(&f.file, &mut self.buf, offset)?;
+                let piece = Piece::of(&self.buf, self.compress)?;
+                self.stats.count(&piece);
+                f.crcs.push(Some(piece.crc32));
+                return Ok(Some(Message::SnapshotStreamChunk {
+                    stream: stream as u32,
+                    offset,
+                    compressed: piece.compressed,
+                    data: piece.data,
+                    crc32: piece.crc32,
+                }));
             }
-            let piece = Piece::read(&f.file, f.sent, &mut self.buf, self.compress)?;
-            self.stats.count(&piece);
-            let offset = f.sent;
-            f.sent += CHUNK_BYTES as u64;
-            f.crcs.push(piece.crc32);
-            return Ok(Some(Message::SnapshotStreamChunk {
-                stream: stream as u32,
-                offset,
-                compressed: piece.compressed,
-                data: piece.data,
-                crc32: piece.crc32,
-            }));
         }
         Ok(None)
     }
@@ -149,10 +172,9 @@ impl DumpStream {
         for entry in &manifest.files {
             let path = self.dir.join(safe_relative(&entry.name)?);
             let meta = std::fs::metadata(&path)?;
-            let stream = self
-                .followed
-                .iter()
-                .position(|f| f.dev == meta.dev() && f.ino == meta.ino() && f.sent > 0);
+            let stream = self.followed.iter().position(|f| {
+                f.dev == meta.dev() && f.ino == meta.ino() && f.crcs.iter().any(Option::is_some)
+            });
             let Some(stream) = stream.filter(|s| claimed.insert(*s)) else {
                 ranges.push(whole(entry.size));
                 continue;
@@ -166,6 +188,11 @@ impl DumpStream {
                 if start >= end {
                     break;
                 }
+                let Some(crc) = crc else {
+                    // Passed over while streaming: goes now.
+                    push_range(&mut pending, (start, end));
+                    continue;
+                };
                 let now = &mut self.buf[..(end - start) as usize];
                 std::os::unix::fs::FileExt::read_exact_at(&f.file, now, start)?;
                 if end - start < CHUNK_BYTES as u64 || crc32fast::hash(now) != *crc {
@@ -192,6 +219,23 @@ fn whole(size: u64) -> Vec<Range> {
     } else {
         Vec::new()
     }
+}
+
+/// Whether zstd would shrink the whole piece of `file` at `piece_at`
+/// noticeably, judged on four 4 KiB samples spread over it (tens of
+/// microseconds, not the milliseconds a whole piece takes): a wrong guess
+/// costs link bytes or an early send, never correctness.
+fn compresses(file: &File, piece_at: u64) -> std::io::Result<bool> {
+    const SAMPLE: usize = 4 << 10;
+    let mut sample = [0u8; SAMPLE];
+    let (mut raw, mut packed) = (0, 0);
+    for k in 0..4u64 {
+        let at = piece_at + k * CHUNK_BYTES as u64 / 4;
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut sample, at)?;
+        raw += SAMPLE;
+        packed += zstd::bulk::compress(&sample, 1).map_or(SAMPLE, |c| c.len());
+    }
+    Ok(packed * 10 < raw * 9)
 }
 
 /// Appends `range`, merged with the last one if they touch.
@@ -370,6 +414,18 @@ mod tests {
         assert_eq!(settled.stale_bytes, chunk as u64);
         assert_eq!(settled.names.len(), 2);
 
+        apply_and_verify(staged, &settled, &manifest, src.path(), dst.path());
+    }
+
+    /// What a receiver does after the streams: names them, writes the
+    /// ranges still to send from the source's files, checks the result.
+    fn apply_and_verify(
+        mut staged: StreamedFiles,
+        settled: &Settled,
+        manifest: &Manifest,
+        src: &Path,
+        dst: &Path,
+    ) {
         staged.name(&settled.names).unwrap();
         staged.finish().unwrap();
         for (entry, ranges) in manifest.files.iter().zip(&settled.ranges) {
@@ -377,10 +433,10 @@ mod tests {
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(dst.path().join(&entry.name))
+                .open(dst.join(&entry.name))
                 .unwrap();
             out.set_len(entry.size).unwrap();
-            let data = std::fs::read(src.path().join(&entry.name)).unwrap();
+            let data = std::fs::read(src.join(&entry.name)).unwrap();
             for (start, end) in ranges {
                 std::os::unix::fs::FileExt::write_all_at(
                     &out,
@@ -390,8 +446,80 @@ mod tests {
                 .unwrap();
             }
         }
-        manifest.verify(dst.path()).unwrap();
-        assert!(!dst.path().join(STAGING_DIR).exists());
+        manifest.verify(dst).unwrap();
+        assert!(!dst.join(STAGING_DIR).exists());
+    }
+
+    /// Pseudo-random bytes: what zstd cannot shrink.
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Under a hold (CRIU's dump): compressible pieces are passed over
+    /// (no compression beside the dump), incompressible ones go as they
+    /// are; the passed-over ones come back as ranges, and the result is
+    /// exact. A file whose every piece compresses is not a stream at all.
+    #[test]
+    fn under_a_hold_only_incompressible_pieces_stream_and_the_rest_follows() {
+        let chunk = CHUNK_BYTES;
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let mut stream = DumpStream::incompressible_only(src.path());
+        let mut staged = StreamedFiles::new(dst.path());
+        // pages: compressible, random, compressible, random, then a tail.
+        let mut pages = bytes(chunk, 1);
+        pages.extend(noise(chunk, 7));
+        pages.extend(bytes(chunk, 3));
+        pages.extend(noise(chunk, 9));
+        pages.extend(bytes(100, 4));
+        std::fs::write(src.path().join("pages-1.img"), &pages).unwrap();
+        std::fs::write(src.path().join("core.img"), bytes(2 * chunk, 5)).unwrap();
+        let mut sent = Vec::new();
+        while let Some(msg) = stream.next_message().unwrap() {
+            let Message::SnapshotStreamChunk {
+                stream,
+                offset,
+                compressed,
+                data,
+                crc32,
+            } = msg
+            else {
+                panic!("not a streamed piece")
+            };
+            assert!(!compressed, "nothing is compressed under a hold");
+            sent.push(offset);
+            staged
+                .write(stream, offset, compressed, data, crc32)
+                .unwrap();
+        }
+        assert_eq!(sent, vec![chunk as u64, 3 * chunk as u64]);
+        assert_eq!(stream.stats.raw_bytes, 2 * chunk as u64);
+
+        let manifest = Manifest::build(src.path(), "svc", "criu", 9).unwrap();
+        let settled = stream.settle(&manifest).unwrap();
+        // Manifest order: core.img, pages-1.img.
+        assert_eq!(
+            settled.ranges,
+            vec![
+                vec![(0, 2 * chunk as u64)],
+                vec![
+                    (0, chunk as u64),
+                    (2 * chunk as u64, 3 * chunk as u64),
+                    (4 * chunk as u64, 4 * chunk as u64 + 100)
+                ],
+            ]
+        );
+        assert_eq!(settled.stale_bytes, 0);
+        assert_eq!(settled.names.len(), 1, "core.img streamed nothing");
+        apply_and_verify(staged, &settled, &manifest, src.path(), dst.path());
     }
 
     #[test]

@@ -183,6 +183,11 @@ impl Piece {
         compress: bool,
     ) -> Result<Piece, TransferError> {
         std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)?;
+        Piece::of(buf, compress)
+    }
+
+    /// A piece of bytes already read.
+    pub(crate) fn of(buf: &[u8], compress: bool) -> Result<Piece, TransferError> {
         let crc32 = crc32fast::hash(buf);
         let (data, compressed) = if compress {
             (zstd::bulk::compress(buf, 3)?, true)
