@@ -162,6 +162,18 @@ impl Fleet {
         }
     }
 
+    /// Moves the service a → b → c, each move required to succeed and seen
+    /// by every node (epochs 2 and 3) before the next, with a pause of
+    /// load after each.
+    pub fn migrate_a_b_c(&self) {
+        for (epoch, (from, to)) in [(2, ("a", "b")), (3, ("b", "c"))] {
+            let (ok, text) = self.migrate(from, to);
+            assert!(ok, "{text}\n{}", self.logs());
+            self.wait_all(to, epoch);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// `replaymig migrate redis --to TO` at node `from`, in a thread.
     pub fn migrate_in_background(
         &self,

@@ -352,14 +352,7 @@ pub fn shared_keys_from_every_node_stay_exact_across_fleet_moves(target: &Target
         })
         .collect();
     std::thread::sleep(Duration::from_millis(400));
-    let mut epoch = 1;
-    for (from, to) in [("a", "b"), ("b", "c")] {
-        let (ok, text) = fleet.migrate(from, to);
-        assert!(ok, "{text}\n{}", fleet.logs());
-        epoch += 1;
-        fleet.wait_all(to, epoch);
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    fleet.migrate_a_b_c();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut incrs, mut lens, mut appended) = (Vec::new(), Vec::new(), 0i64);
     for w in workers {
@@ -700,14 +693,7 @@ pub fn connection_churn_on_every_node_stays_exact_across_fleet_moves(target: &Ta
         })
         .collect();
     std::thread::sleep(Duration::from_millis(400));
-    let mut epoch = 1;
-    for (from, to) in [("a", "b"), ("b", "c")] {
-        let (ok, text) = fleet.migrate(from, to);
-        assert!(ok, "{text}\n{}", fleet.logs());
-        epoch += 1;
-        fleet.wait_all(to, epoch);
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    fleet.migrate_a_b_c();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut failed_attempts = 0;
     for churner in churners {
