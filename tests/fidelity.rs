@@ -1064,7 +1064,7 @@ fn suite_label(suite: &str) -> &'static str {
         "d" => "memcached -t 1, gets/cas, incr and append on shared keys (driver none)",
         "e" => "memcached -t 4 (multi-threaded), the same load as d",
         "f" => "Redis, MULTI/EXEC transactions and 96 KiB values on the shared counter and list",
-        "g" => "suite a with the criu driver (nodes in two network namespaces)",
+        "g" => "suite a with the criu driver (nodes in two network namespaces), over 9 MB of random values (part of the image streams under the hold)",
         "h" => "suite b with the criu driver (nodes in two network namespaces)",
         "i" => "Redis, long-lived connections that ran SELECT 3 before the snapshot, connection_state undeclared (closed at the snapshot, clients reconnect)",
         "k" => "memcached -t 1: noreply writers (confirmed by mn), a shared counter, one writer tunneled (driver none)",
@@ -1479,15 +1479,88 @@ fn a_redis_shared_counter_and_list() {
     campaign("a", Svc::Redis, false, redis_shared_clients, check_redis);
 }
 
-/// Suite a with the criu driver: the frozen process is the snapshot.
+/// Incompressible values suite g writes before its load: CRIU's image
+/// then holds pieces zstd cannot shrink, which are the ones sent while the
+/// dump runs under its hold (`DumpStream::incompressible_only`), so the
+/// suite moves state both streamed and sent after the dump.
+const RANDOM_VALUES: usize = 6;
+const RANDOM_VALUE_BYTES: usize = 1_500_000;
+
+/// The `i`th random value (xorshift, so the check can make it again).
+fn random_value(i: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let mut out = Vec::with_capacity(RANDOM_VALUE_BYTES + 8);
+    while out.len() < RANDOM_VALUE_BYTES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(RANDOM_VALUE_BYTES);
+    out
+}
+
+/// SETs the random values through `proxy` (binary, so written as RESP).
+fn set_random_values(proxy: SocketAddr) {
+    let mut c = RespClient::connect(proxy).expect("connect for the random values");
+    for i in 0..RANDOM_VALUES {
+        let key = format!("random:{i}");
+        let value = random_value(i);
+        let mut cmd = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        )
+        .into_bytes();
+        cmd.extend_from_slice(&value);
+        cmd.extend_from_slice(b"\r\n");
+        c.send(&cmd).unwrap();
+        assert_eq!(c.read_reply().unwrap(), Reply::Status("OK".into()));
+    }
+}
+
+/// Every random value byte for byte on the holder.
+fn check_random_values(cluster: &Cluster, holder: char) -> Vec<String> {
+    let mut c = match RespClient::connect(cluster.backend(holder)) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("cannot read the random values on {holder}: {e:#}")],
+    };
+    (0..RANDOM_VALUES)
+        .filter_map(|i| match c.cmd(&["GET", &format!("random:{i}")]) {
+            Ok(Reply::Bulk(v)) if v == random_value(i) => None,
+            Ok(Reply::Bulk(v)) => Some(format!(
+                "random:{i} differs on {holder} ({} bytes)",
+                v.len()
+            )),
+            other => Some(format!("random:{i} on {holder}: {other:?}")),
+        })
+        .collect()
+}
+
+/// Suite a with the criu driver: the frozen process is the snapshot. It
+/// also holds random values, so part of the image streams under the hold.
 #[test]
 fn g_redis_shared_counter_and_list_with_criu() {
     campaign(
         "g",
         Svc::RedisCriu,
         false,
-        redis_shared_clients,
-        check_redis,
+        |c, ctl| {
+            // From where the clients run (a testbed's namespace).
+            let (proxy, at) = (c.proxy_a(), ctl.clone());
+            std::thread::spawn(move || {
+                at.enter();
+                set_random_values(proxy)
+            })
+            .join()
+            .expect("writing the random values");
+            redis_shared_clients(c, ctl)
+        },
+        |logs, c, holder| {
+            let mut verdict = check_redis(logs, c, holder);
+            verdict.failures.extend(check_random_values(c, holder));
+            verdict
+        },
     );
 }
 
