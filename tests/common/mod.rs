@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use replaymig_journal::{Entry, Journal, JournalOptions, Lsn, OpenMode};
-use replaymig_testkit::{free_port, wait_for_listen, ChildGuard};
+use replaymig_testkit::{free_port, wait_for_listen_by, ChildGuard};
 pub use replaymig_testkit::{scrape, Metrics};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -70,7 +70,8 @@ impl ProxyProcess {
             .stderr(Stdio::inherit())
             .spawn()?;
         let guard = ChildGuard::new("replaymig proxy", child);
-        wait_for_listen(listen.port(), Duration::from_secs(15)).context("proxy did not come up")?;
+        wait_for_listen_by(guard.pid(), listen.port(), Duration::from_secs(15))
+            .context("proxy did not come up")?;
         Ok(ProxyProcess {
             guard,
             listen,
@@ -181,7 +182,8 @@ pub fn start_node_in(
         .spawn()
         .unwrap();
     let guard = ChildGuard::new(format!("node {name}"), child);
-    let up = move || wait_for_listen(admin, Duration::from_secs(30));
+    let pid = guard.pid();
+    let up = move || wait_for_listen_by(pid, admin, Duration::from_secs(30));
     match netns {
         Some(ns) => replaymig_testkit::in_netns(ns, up).unwrap().unwrap(),
         None => up().unwrap(),

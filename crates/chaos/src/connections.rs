@@ -21,7 +21,7 @@
 use crate::{rss, Row, Target};
 use anyhow::{bail, Context, Result};
 use replaymig_journal::CACHE_CAPACITY_BYTES;
-use replaymig_testkit::{encode_command, free_port, wait_for_listen, ChildGuard, RedisServer};
+use replaymig_testkit::{encode_command, free_port, wait_for_listen_by, ChildGuard, RedisServer};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,7 +182,7 @@ pub fn run(target: &Target, options: &ConnectionLoad) -> Result<Row> {
         .spawn()
         .with_context(|| format!("cannot start {}", target.bin.display()))?;
     let mut proxy = ChildGuard::new("replaymig proxy", child);
-    wait_for_listen(listen.port(), Duration::from_secs(15))?;
+    wait_for_listen_by(proxy.pid(), listen.port(), Duration::from_secs(15))?;
     let pid = proxy.pid();
     let rss_start = rss::rss_bytes(pid).unwrap_or(0);
 

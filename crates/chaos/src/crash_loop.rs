@@ -9,7 +9,7 @@ use crate::{check_incrs, Row, Target};
 use anyhow::{Context, Result};
 use replaymig_journal::{Durability, Entry, Journal, JournalOptions, Lsn, OpenMode};
 use replaymig_testkit::journal_view::{connections, journaled_incrs, JournaledConn};
-use replaymig_testkit::{free_port, wait_for_listen, ChildGuard, IncrLoad, RedisServer};
+use replaymig_testkit::{free_port, wait_for_listen_by, ChildGuard, IncrLoad, RedisServer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -70,7 +70,8 @@ pub(crate) fn start_proxy(
         .spawn()
         .with_context(|| format!("cannot start {}", target.bin.display()))?;
     let guard = ChildGuard::new("replaymig proxy", child);
-    wait_for_listen(listen.port(), Duration::from_secs(15)).context("the proxy did not start")?;
+    wait_for_listen_by(guard.pid(), listen.port(), Duration::from_secs(15))
+        .context("the proxy did not start")?;
     Ok((guard, listen))
 }
 

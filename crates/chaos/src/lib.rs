@@ -14,8 +14,8 @@ pub mod fleet;
 pub mod migrations;
 mod rss;
 
-use anyhow::{Context, Result};
-use replaymig_testkit::{wait_for_listen, ChildGuard};
+use anyhow::{bail, Context, Result};
+use replaymig_testkit::{wait_for_listen_by, ChildGuard};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,7 +52,11 @@ pub(crate) fn start_node(
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let guard = ChildGuard::new(format!("node {name}"), child);
-    wait_for_listen(admin, Duration::from_secs(30)).context("the node did not start")?;
+    if let Err(e) = wait_for_listen_by(guard.pid(), admin, Duration::from_secs(30)) {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let last = log.lines().last().unwrap_or("(its log is empty)");
+        bail!("node {name} did not start: {e:#}; its log ends: {last}");
+    }
     Ok(guard)
 }
 

@@ -27,8 +27,8 @@ pub use nodecfg::{
 };
 pub use peer::peer_link_pair;
 pub use process::{
-    free_port, listener_pids, wait_for_listen, wait_for_port, ChildGuard, StopListenersOnDrop,
-    StopRedisOnDrop,
+    free_port, listener_pids, wait_for_listen, wait_for_listen_by, wait_for_port, ChildGuard,
+    StopListenersOnDrop, StopRedisOnDrop,
 };
 pub use redis::RedisServer;
 pub use resp::{encode_command, Reply, RespClient};

@@ -82,19 +82,41 @@ impl Drop for ChildGuard {
 /// A loopback port nobody listens on right now, and never handed out
 /// before in this process (tests running in parallel would otherwise be
 /// given the same port between its release here and their bind).
+///
+/// Drawn below the kernel's ephemeral range (`ip_local_port_range`): a
+/// port from that range, free when checked, can be given to anyone's
+/// `bind(0)` or outgoing `connect()` before the process meant to listen
+/// on it binds it (seen: a test relay's `bind(0)` took a node's admin
+/// port, so the node never started). The kernel assigns nothing below
+/// the range on its own.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let below = ports_below_ephemeral();
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind an ephemeral port");
+        let port = match &below {
+            Some(range) => fastrand::u16(range.clone()),
+            None => TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("bind an ephemeral port"),
+        };
+        if below.is_some() && TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // someone listens there (or holds it) now
+        }
         let mut given = GIVEN.lock().expect("poisoned");
         if !given.contains(&port) {
             given.push(port);
             return port;
         }
     }
+}
+
+/// The 12,000 ports just below the kernel's ephemeral range, if the range
+/// starts high enough to leave them (the default starts at 32768).
+fn ports_below_ephemeral() -> Option<std::ops::Range<u16>> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (low >= 16_000).then(|| low - 12_000..low)
 }
 
 /// Waits until something accepts connections on `addr`.
@@ -142,15 +164,15 @@ impl Drop for StopRedisOnDrop {
     }
 }
 
-/// The PIDs of the processes holding a socket that listens on loopback
-/// TCP `port` (IPv4) in this network namespace: the socket's inode from
-/// `/proc/net/tcp`, then every `/proc/PID/fd` entry that is that socket.
-pub fn listener_pids(port: u16) -> Vec<u32> {
+/// The `socket:[INODE]` names of the sockets listening on loopback TCP
+/// `port` (IPv4) in the calling thread's network namespace, read from the
+/// kernel's table (what `/proc/PID/fd` links point to).
+fn listening_sockets(port: u16) -> Vec<String> {
     // thread-self: the calling thread's network namespace (a thread that
     // entered a testbed node's namespace sees that node's sockets).
     let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
     let local = format!(":{port:04X}");
-    let inodes: Vec<String> = table
+    table
         .lines()
         .skip(1)
         .filter_map(|l| {
@@ -160,7 +182,57 @@ pub fn listener_pids(port: u16) -> Vec<u32> {
             let ours = f.get(1).is_some_and(|a| a.ends_with(&local));
             (listening && ours).then(|| f.get(9).map(|i| format!("socket:[{i}]")))?
         })
-        .collect();
+        .collect()
+}
+
+/// Whether process `pid` holds one of `sockets` (`socket:[INODE]` names).
+fn holds_any(pid: u32, sockets: &[String]) -> bool {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten();
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| sockets.iter().any(|i| target.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
+}
+
+/// Whether process `pid` has exited (gone, or a zombie not yet reaped).
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // pid (comm) STATE ...: the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Waits until process `pid` itself listens on loopback `port`. Unlike
+/// [`wait_for_listen`], another process that happens to listen there (a
+/// port handed out by [`free_port`] can be taken by anyone's `bind(0)`
+/// before the child binds it) does not count, and a child that exited
+/// (its bind failed) fails at once instead of passing or timing out.
+pub fn wait_for_listen_by(pid: u32, port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let sockets = listening_sockets(port);
+        if !sockets.is_empty() && holds_any(pid, &sockets) {
+            return Ok(());
+        }
+        if has_exited(pid) {
+            bail!("process {pid} exited before it listened on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("process {pid} does not listen on port {port} after {timeout:?}")
+}
+
+/// The PIDs of the processes holding a socket that listens on loopback
+/// TCP `port` (IPv4) in this network namespace: the socket's inode from
+/// `/proc/net/tcp`, then every `/proc/PID/fd` entry that is that socket.
+pub fn listener_pids(port: u16) -> Vec<u32> {
+    let inodes = listening_sockets(port);
     if inodes.is_empty() {
         return Vec::new();
     }
@@ -177,15 +249,7 @@ pub fn listener_pids(port: u16) -> Vec<u32> {
         if pid == me {
             continue;
         }
-        let fds = std::fs::read_dir(entry.path().join("fd"))
-            .into_iter()
-            .flatten();
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-                .unwrap_or(false)
-        });
-        if holds {
+        if holds_any(pid, &inodes) {
             pids.push(pid);
         }
     }
@@ -204,5 +268,63 @@ impl Drop for StopListenersOnDrop {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn free_ports_are_never_ones_the_kernel_hands_out_by_itself() {
+        let Some(below) = ports_below_ephemeral() else {
+            eprintln!("skipped: the ephemeral range starts too low to leave ports below it");
+            return;
+        };
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        assert!(ports.iter().all(|p| below.contains(p)), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port given twice: {ports:?}");
+        // And bind(0) never lands in that range.
+        for _ in 0..200 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            assert!(!below.contains(&l.local_addr().unwrap().port()));
+        }
+    }
+
+    #[test]
+    fn a_listener_counts_only_when_the_child_itself_holds_it() {
+        let port = free_port();
+        // Someone else (this process) listens on the port.
+        let _other = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        assert!(wait_for_listen(port, Duration::from_secs(1)).is_ok());
+        let sleeper = Command::new("sleep").arg("10").spawn().unwrap();
+        let mut sleeper = ChildGuard::new("sleep", sleeper);
+        let err = wait_for_listen_by(sleeper.pid(), port, Duration::from_millis(300)).unwrap_err();
+        assert!(err.to_string().contains("does not listen"), "{err:#}");
+        sleeper.kill9().unwrap();
+
+        // A child that exits (its bind failed) fails at once, not at the timeout.
+        let quitter = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let quitter = ChildGuard::new("sh", quitter);
+        let started = Instant::now();
+        let err = wait_for_listen_by(quitter.pid(), port, Duration::from_secs(20)).unwrap_err();
+        assert!(err.to_string().contains("exited"), "{err:#}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        // The child's own listener counts.
+        let mine = free_port();
+        let script = format!(
+            "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',{mine}))\ns.listen()\ntime.sleep(10)"
+        );
+        let listener = Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        let listener = ChildGuard::new("python3", listener);
+        wait_for_listen_by(listener.pid(), mine, Duration::from_secs(10)).unwrap();
     }
 }
