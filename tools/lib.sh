@@ -14,7 +14,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A loopback port nobody holds, drawn below the kernel's ephemeral range
+# (as crates/testkit's free_port): a port from that range can be taken by
+# anyone's bind(0) or outgoing connect() before our process binds it.
+free_port() {
+  python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+while True:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(low - 12000, low) if low >= 16000 else 0))
+    except OSError:
+        continue
+    print(s.getsockname()[1])
+    break'
+}
 
 wait_listen() {
   local hex
