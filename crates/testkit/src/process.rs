@@ -209,10 +209,10 @@ fn has_exited(pid: u32) -> bool {
 }
 
 /// Waits until process `pid` itself listens on loopback `port`. Unlike
-/// [`wait_for_listen`], another process that happens to listen there (a
-/// port handed out by [`free_port`] can be taken by anyone's `bind(0)`
-/// before the child binds it) does not count, and a child that exited
-/// (its bind failed) fails at once instead of passing or timing out.
+/// [`wait_for_listen`], another process that happens to listen there
+/// (another test process given the same port, a service left behind)
+/// does not count, and a child that exited (its bind failed) fails at
+/// once, its port named, instead of passing or timing out.
 pub fn wait_for_listen_by(pid: u32, port: u16, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
