@@ -1488,16 +1488,7 @@ const RANDOM_VALUE_BYTES: usize = 1_500_000;
 
 /// The `i`th random value (xorshift, so the check can make it again).
 fn random_value(i: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    let mut out = Vec::with_capacity(RANDOM_VALUE_BYTES + 8);
-    while out.len() < RANDOM_VALUE_BYTES {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(RANDOM_VALUE_BYTES);
-    out
+    replaymig_testkit::noise(RANDOM_VALUE_BYTES, i as u64 + 1)
 }
 
 /// SETs the random values through `proxy` (binary, so written as RESP).
@@ -1506,14 +1497,7 @@ fn set_random_values(proxy: SocketAddr) {
     for i in 0..RANDOM_VALUES {
         let key = format!("random:{i}");
         let value = random_value(i);
-        let mut cmd = format!(
-            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
-            key.len(),
-            value.len()
-        )
-        .into_bytes();
-        cmd.extend_from_slice(&value);
-        cmd.extend_from_slice(b"\r\n");
+        let cmd = replaymig_testkit::encode_command_bytes(&[b"SET", key.as_bytes(), &value]);
         c.send(&cmd).unwrap();
         assert_eq!(c.read_reply().unwrap(), Reply::Status("OK".into()));
     }

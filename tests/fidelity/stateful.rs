@@ -356,14 +356,7 @@ fn large(s: &mut Session, log: &mut StateLog, ctl: &Control) -> Result<(), Strin
         let key = format!("fidelity:j:large:{}", k % 3);
         let mut value = format!("seq={k:012};").into_bytes();
         value.resize(LARGE_VALUE, b'x');
-        let mut request = format!(
-            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
-            key.len(),
-            value.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(&value);
-        request.extend_from_slice(b"\r\n");
+        let request = replaymig_testkit::encode_command_bytes(&[b"SET", key.as_bytes(), &value]);
         let c = s.open()?;
         let mut sent = Ok(());
         for piece in request.chunks(LARGE_PIECE) {

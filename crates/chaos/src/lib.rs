@@ -53,11 +53,21 @@ pub(crate) fn start_node(
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let guard = ChildGuard::new(format!("node {name}"), child);
     if let Err(e) = wait_for_listen_by(guard.pid(), admin, Duration::from_secs(30)) {
-        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-        let last = log.lines().last().unwrap_or("(its log is empty)");
+        let last = log_tail(dir, name, 1);
         bail!("node {name} did not start: {e:#}; its log ends: {last}");
     }
     Ok(guard)
+}
+
+/// The last `lines` lines of node `name`'s log in `dir` (as
+/// [`start_node`] writes it), for a failure message.
+pub(crate) fn log_tail(dir: &Path, name: &str, lines: usize) -> String {
+    let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    match all.len() {
+        0 => "(its log is empty)".to_string(),
+        n => all[n.saturating_sub(lines)..].join("\n"),
+    }
 }
 
 /// One campaign's outcome, as a line of the report table.

@@ -252,14 +252,6 @@ impl Pair {
         Ok(())
     }
 
-    /// The last lines of a node's log, for a failure message.
-    fn log_tail(&self, name: &str) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-            .unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(12)..].join("\n")
-    }
-
     fn listen_a(&self) -> SocketAddr {
         (self.pa.ip, self.pa.listen).into()
     }
@@ -448,7 +440,7 @@ fn one_run(target: &Target, fault: Fault, options: &FaultedMigrations) -> Result
     match reason.lines().find(clear) {
         Some(line) => out.error = line.trim().to_string(),
         None => {
-            let a_log = pair.log_tail("a");
+            let a_log = crate::log_tail(pair.dir.path(), "a", 12);
             return out.failed(format!(
                 "no clear error from migrate: {reason}; node a's log ends: {a_log}"
             ));

@@ -100,17 +100,8 @@ mod tests {
     /// them below what the socket buffers hold).
     async fn dump(dir: &Path, pieces: usize, pause: Duration) -> Result<usize> {
         let mut file = std::fs::File::create(dir.join("pages-1.img"))?;
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..pieces {
-            let piece: Vec<u8> = (0..CHUNK_BYTES / 8)
-                .flat_map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()
-                })
-                .collect();
-            file.write_all(&piece)?;
+        for i in 0..pieces {
+            file.write_all(&replaymig_testkit::noise(CHUNK_BYTES, i as u64))?;
             tokio::time::sleep(pause).await;
         }
         Ok(pieces)

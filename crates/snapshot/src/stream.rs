@@ -344,6 +344,7 @@ impl StreamedFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use replaymig_testkit::noise;
     use std::io::Write;
 
     /// Delivers every piece ready; their offsets and whether compressed.
@@ -452,19 +453,6 @@ mod tests {
         }
         manifest.verify(dst).unwrap();
         assert!(!dst.join(STAGING_DIR).exists());
-    }
-
-    /// Pseudo-random bytes: what zstd cannot shrink.
-    fn noise(len: usize, mut x: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-        out.truncate(len);
-        out
     }
 
     /// Under a hold (CRIU's dump): compressible pieces are passed over

@@ -31,5 +31,22 @@ pub use process::{
     StopListenersOnDrop, StopRedisOnDrop,
 };
 pub use redis::RedisServer;
-pub use resp::{encode_command, Reply, RespClient};
+pub use resp::{encode_command, encode_command_bytes, Reply, RespClient};
 pub use tmpfs::{fill_up, Tmpfs};
+
+/// `len` pseudo-random bytes from `seed` (xorshift64): what zstd cannot
+/// shrink, like memory pages of random data, and made again identically
+/// from the same seed when a test checks them.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    // Never 0, where xorshift stays.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -25,10 +25,16 @@ pub enum Reply {
 
 /// Encodes a command as a RESP array of bulk strings.
 pub fn encode_command(args: &[&str]) -> Vec<u8> {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    encode_command_bytes(&args)
+}
+
+/// [`encode_command`] for arguments that are not text (binary values).
+pub fn encode_command_bytes(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
     out
@@ -134,5 +140,23 @@ impl RespClient {
             }
             other => bail!("not a RESP reply: {other:?}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_encode_as_arrays_of_bulk_strings_binary_values_too() {
+        assert_eq!(
+            encode_command(&["SET", "k", "vv"]),
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n".to_vec()
+        );
+        let binary = [0u8, b'\r', b'\n', 255];
+        assert_eq!(
+            encode_command_bytes(&[b"SET", b"k", &binary]),
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\n\0\r\n\xff\r\n".to_vec()
+        );
     }
 }
