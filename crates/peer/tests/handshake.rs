@@ -28,13 +28,18 @@ async fn listen_once(
     (addr, task)
 }
 
-#[tokio::test]
-async fn nodes_with_the_same_secret_authenticate_each_other_and_talk() {
+/// node-a dialed node-b, both with the shared secret: (dialer, listener).
+async fn authenticated_pair() -> (PeerLink, PeerLink) {
     let (addr, server) = listen_once(auth("node-b", SHARED)).await;
-    let mut dialer = PeerLink::connect(addr, &auth("node-a", SHARED))
+    let dialer = PeerLink::connect(addr, &auth("node-a", SHARED))
         .await
         .unwrap();
-    let mut listener = server.await.unwrap().unwrap();
+    (dialer, server.await.unwrap().unwrap())
+}
+
+#[tokio::test]
+async fn nodes_with_the_same_secret_authenticate_each_other_and_talk() {
+    let (mut dialer, mut listener) = authenticated_pair().await;
     assert_eq!(dialer.peer_node(), "node-b");
     assert_eq!(listener.peer_node(), "node-a");
     dialer.send(Message::Ping(42)).await.unwrap();
@@ -210,11 +215,7 @@ async fn a_replayed_handshake_is_refused() {
 
 #[tokio::test]
 async fn queued_messages_go_out_in_order_and_never_behind_unflushed_ones() {
-    let (addr, server) = listen_once(auth("node-b", SHARED)).await;
-    let mut dialer = PeerLink::connect(addr, &auth("node-a", SHARED))
-        .await
-        .unwrap();
-    let mut listener = server.await.unwrap().unwrap();
+    let (mut dialer, mut listener) = authenticated_pair().await;
     // More than the socket buffers take at once: queued, then flushed in
     // steps that may be cut short (the dump ending) without losing bytes.
     let big = Message::SnapshotStreamChunk {
